@@ -1,0 +1,78 @@
+"""loopwatch: a runtime guard for asyncio services.
+
+Installed in one line, it intercepts ``asyncio.run()`` / ``loop.run_until_complete()``
+calls made inside a running event loop, keeps them from crashing, reports each one with
+the user's line and the route / event / command it belongs to, and exports Prometheus
+metrics. Framework adapters live in :mod:`loopwatch.adapters` and are imported only when
+you import them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._context import handler_context
+from ._errors import ConfigError, LoopwatchError
+from ._incidents import Incident
+from ._monitor import Monitor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Incident",
+    "LoopwatchError",
+    "Monitor",
+    "__version__",
+    "handler_context",
+    "incidents",
+    "install",
+    "load_ipython_extension",
+    "uninstall",
+    "unload_ipython_extension",
+]
+
+
+def install(**options: Any) -> Monitor:
+    """Install the guard in this process and return the :class:`Monitor`.
+
+    Idempotent: a second call returns the same monitor, reconfigured with any options
+    given. Options (each also a ``LOOPWATCH_*`` environment variable): ``on_reentry``
+    (``offload``/``raise``/``reenter``), ``block_threshold`` (seconds), ``log_format``
+    (``text``/``json``), ``metrics_port``, ``metrics_addr``, ``disable``,
+    ``offload_timeout``, ``label_cap``, ``default_framework``, ``watchdog``, ``lag_tick``;
+    and ``registry`` (a prometheus_client ``CollectorRegistry``). A bad value raises
+    :class:`ConfigError` naming the option or variable.
+    """
+    from . import _monitor
+
+    return _monitor.install(**options)
+
+
+def uninstall() -> None:
+    """Remove the guard: every patched object is restored to the identical original."""
+    from . import _monitor
+
+    _monitor.uninstall()
+
+
+def incidents() -> list[Incident]:
+    """Recent incidents, one per fingerprint (kind, api, site), oldest first; bounded."""
+    from . import _monitor
+
+    monitor = _monitor._current
+    return [] if monitor is None else monitor.store.snapshot()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext loopwatch``: install for the kernel (see :mod:`loopwatch.adapters.ipython`)."""
+    from .adapters import ipython as adapter
+
+    adapter.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext loopwatch``."""
+    from .adapters import ipython as adapter
+
+    adapter.unload_ipython_extension(ipython)

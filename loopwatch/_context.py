@@ -1,0 +1,88 @@
+"""The handler context: which framework and handler the current work belongs to.
+
+One :class:`~contextvars.ContextVar` carries the labels. asyncio copies it into every task
+and ``loop.run_in_executor``/``asyncio.to_thread`` carry it into worker threads, so an
+incident raised anywhere inside a request, event or command is attributed to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from ._errors import ConfigError
+
+__all__ = [
+    "FRAMEWORKS",
+    "NO_HANDLER",
+    "Labels",
+    "current_labels",
+    "handler_context",
+    "reset_labels",
+    "set_labels",
+]
+
+FRAMEWORKS = frozenset({"starlette", "fastapi", "discord", "jupyter", "none"})
+NO_HANDLER = "__none__"
+
+
+class Labels(NamedTuple):
+    """The attribution labels every incident and metric carries."""
+
+    framework: str
+    handler: str
+
+
+_DEFAULT = Labels("none", NO_HANDLER)
+_labels: contextvars.ContextVar[Labels | None] = contextvars.ContextVar(
+    "loopwatch_labels", default=None
+)
+# Outside any handler the framework label is the install's default (``jupyter`` in a kernel).
+_default_labels = _DEFAULT
+
+
+def set_default_framework(framework: str) -> None:
+    """Set the framework reported for work outside any handler context."""
+    global _default_labels
+    _default_labels = Labels(framework, NO_HANDLER)
+
+
+def current_labels() -> Labels:
+    """Return the labels of the work running now."""
+    labels = _labels.get()
+    return _default_labels if labels is None else labels
+
+
+def set_labels(framework: str, handler: str) -> contextvars.Token[Labels | None]:
+    """Set the labels without validation (the adapters' fast path); undo with :func:`reset_labels`."""
+    return _labels.set(Labels(framework, handler))
+
+
+def reset_labels(token: contextvars.Token[Labels | None]) -> None:
+    """Undo a :func:`set_labels`."""
+    _labels.reset(token)
+
+
+@contextlib.contextmanager
+def handler_context(framework: str, handler: str) -> Iterator[Labels]:
+    """Attribute the work inside the ``with`` block to ``framework`` and ``handler``.
+
+    ``framework`` is one of ``starlette``, ``fastapi``, ``discord``, ``jupyter``, ``none``;
+    ``handler`` should be a template (``GET /items/{item_id}``, ``command:ping``), never a
+    raw value such as an id, since it becomes a metric label.
+    """
+    if framework not in FRAMEWORKS:
+        raise ConfigError(
+            f"handler_context: framework={framework!r} is not accepted; "
+            f"use one of {', '.join(sorted(FRAMEWORKS))}"
+        )
+    if not isinstance(handler, str) or not handler:
+        raise ConfigError(f"handler_context: handler={handler!r} must be a non-empty string")
+    labels = Labels(framework, handler)
+    token = _labels.set(labels)
+    try:
+        yield labels
+    finally:
+        _labels.reset(token)

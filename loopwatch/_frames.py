@@ -1,0 +1,115 @@
+"""Stack capture and the user-frame rule.
+
+Only code attributes are read (file, line, function name): never ``inspect``, never
+``linecache`` and never local variables, so capture is cheap, safe from another thread and
+cannot leak secrets held in locals.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+import sysconfig
+import types
+from typing import NamedTuple
+
+__all__ = [
+    "Frame",
+    "capture_stack",
+    "is_user_file",
+    "stack_from_frame",
+    "user_frame",
+    "without_own_frames",
+]
+
+
+class Frame(NamedTuple):
+    """One frame of a captured stack."""
+
+    file: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    paths: set[str] = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            paths.add(sysconfig.get_paths()[key])
+        except KeyError:
+            continue
+    for scheme_var in ("base_prefix", "exec_prefix", "base_exec_prefix"):
+        prefix = getattr(sys, scheme_var, "")
+        if prefix:
+            paths.add(os.path.join(prefix, "lib"))
+    try:
+        paths.update(site.getsitepackages())
+    except AttributeError:  # some embedded interpreters lack it
+        pass
+    user_site = getattr(site, "USER_SITE", None)
+    if user_site:
+        paths.add(user_site)
+    paths.add(os.path.dirname(os.path.abspath(__file__)))
+    cleaned = {os.path.normcase(os.path.abspath(p)) + os.sep for p in paths if p}
+    return tuple(sorted(cleaned, key=len, reverse=True))
+
+
+_LIBRARY_PREFIXES = _library_prefixes()
+_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+_user_file_cache: dict[str, bool] = {}
+
+
+def is_user_file(filename: str) -> bool:
+    """True when ``filename`` is the user's code: not the stdlib, site-packages or loopwatch."""
+    known = _user_file_cache.get(filename)
+    if known is not None:
+        return known
+    if filename.startswith("<"):
+        # <frozen importlib._bootstrap>, <string>: code without a file of the user's. Only
+        # IPython cells ("<ipython-input-...>") and exec'd user code count as user code.
+        result = filename.startswith("<ipython-input") or filename == "<stdin>"
+    else:
+        path = os.path.normcase(os.path.abspath(filename))
+        result = not path.startswith(_LIBRARY_PREFIXES) and not any(m in path for m in _MARKERS)
+    if len(_user_file_cache) < 10_000:
+        _user_file_cache[filename] = result
+    return result
+
+
+def stack_from_frame(frame: types.FrameType | None, limit: int = 64) -> list[Frame]:
+    """Walk ``frame`` outwards (innermost first), at most ``limit`` frames."""
+    out: list[Frame] = []
+    while frame is not None and len(out) < limit:
+        code = frame.f_code
+        out.append(Frame(code.co_filename, frame.f_lineno or 0, code.co_name))
+        frame = frame.f_back
+    return out
+
+
+def capture_stack(skip: int = 0, limit: int = 64) -> list[Frame]:
+    """The current thread's stack, innermost first, without this function and ``skip`` more."""
+    try:
+        frame: types.FrameType | None = sys._getframe(skip + 1)
+    except ValueError:
+        return []
+    return stack_from_frame(frame, limit)
+
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def without_own_frames(stack: list[Frame]) -> list[Frame]:
+    """``stack`` without loopwatch's own frames (its wrappers sit between user frames)."""
+    return [f for f in stack if not f.file.startswith(_OWN_DIR)]
+
+
+def user_frame(stack: list[Frame] | tuple[Frame, ...]) -> Frame | None:
+    """The innermost frame of the user's code, or ``None`` when the stack has none."""
+    for frame in stack:
+        if is_user_file(frame.file):
+            return frame
+    return None

@@ -1,0 +1,283 @@
+"""Prometheus metrics (PRODUCT.md §6): definitions, per-registry reuse, label caps, exposition.
+
+Every metric is created once per registry: a second app, a rebuilt middleware stack or a
+reloaded extension gets the same objects back from :func:`get_metrics`. Exposition always
+runs off the event loop (a thread of its own, or the loop's executor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import start_http_server as _prom_start_http_server
+
+from ._errors import LoopwatchError
+
+__all__ = [
+    "METRIC_NAMES",
+    "Metrics",
+    "MetricsServer",
+    "get_metrics",
+    "make_asgi_app",
+    "multiprocess_registry",
+    "start_http_server",
+]
+
+METRIC_NAMES = (
+    "loopwatch_reentry_total",
+    "loopwatch_reentry_stall_seconds",
+    "loopwatch_event_loop_lag_seconds",
+    "loopwatch_event_loop_blocks_total",
+    "loopwatch_event_loop_blocked_seconds_total",
+    "loopwatch_task_exceptions_unretrieved_total",
+    "loopwatch_coroutines_never_awaited_total",
+    "loopwatch_handler_duration_seconds",
+    "loopwatch_discord_latency_seconds",
+    "loopwatch_label_overflow_total",
+    "loopwatch_internal_errors_total",
+    "loopwatch_info",
+)
+
+# Handler values that are always allowed: they are bounded by construction.
+_RESERVED_HANDLERS = frozenset({"__none__", "__unmatched__", "__other__"})
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+Metric = Counter | Gauge | Histogram
+
+
+def _make(
+    registry: CollectorRegistry, cls: type[Metric], name: str, doc: str, labels: tuple[str, ...],
+    **kwargs: Any,
+) -> Any:
+    """Create a metric on ``registry`` or reuse the one already there with the same shape."""
+    # prometheus_client keys counters by their full sample names; look any of them up.
+    existing = getattr(registry, "_names_to_collectors", {}).get(name)
+    if existing is None and cls is Counter:
+        existing = getattr(registry, "_names_to_collectors", {}).get(name + "_total")
+    if existing is not None:
+        same = isinstance(existing, cls) and tuple(getattr(existing, "_labelnames", ())) == labels
+        if same:
+            return existing
+        raise LoopwatchError(
+            f"metric {name!r} is already registered on this registry as "
+            f"{type(existing).__name__} with labels {getattr(existing, '_labelnames', ())}; "
+            f"loopwatch needs a {cls.__name__} with labels {labels}. Pass loopwatch its own "
+            "registry (install(registry=CollectorRegistry())) or rename the other metric."
+        )
+    base = name[: -len("_total")] if cls is Counter and name.endswith("_total") else name
+    return cls(base, doc, labels, registry=registry, **kwargs)
+
+
+class Metrics:
+    """All loopwatch metrics on one registry. Obtain it with :func:`get_metrics`."""
+
+    def __init__(self, registry: CollectorRegistry, label_cap: int = 100) -> None:
+        self.registry = registry
+        self.label_cap = label_cap
+        r = registry
+        self.reentry_total = _make(
+            r, Counter, "loopwatch_reentry_total",
+            "Re-entrant or cross-thread event loop runs intercepted.",
+            ("api", "action", "framework", "handler"),
+        )
+        self.reentry_stall_seconds = _make(
+            r, Histogram, "loopwatch_reentry_stall_seconds",
+            "How long an intercepted run stalled its caller (and the loop it ran on).",
+            ("api", "framework", "handler"), buckets=_STALL_BUCKETS,
+        )
+        self.event_loop_lag_seconds = _make(
+            r, Histogram, "loopwatch_event_loop_lag_seconds",
+            "Lateness of the lag probe's timer on the event loop.", (), buckets=_LAG_BUCKETS,
+        )
+        self.event_loop_blocks_total = _make(
+            r, Counter, "loopwatch_event_loop_blocks_total",
+            "Times the event loop was blocked past the threshold.", ("framework", "handler"),
+        )
+        self.event_loop_blocked_seconds_total = _make(
+            r, Counter, "loopwatch_event_loop_blocked_seconds_total",
+            "Seconds the event loop spent blocked past the threshold.", ("framework", "handler"),
+        )
+        self.task_exceptions_unretrieved_total = _make(
+            r, Counter, "loopwatch_task_exceptions_unretrieved_total",
+            "Task exceptions never retrieved.", ("framework", "handler", "exception"),
+        )
+        self.coroutines_never_awaited_total = _make(
+            r, Counter, "loopwatch_coroutines_never_awaited_total",
+            "Coroutines created and never awaited.", ("framework", "handler"),
+        )
+        self.handler_duration_seconds = _make(
+            r, Histogram, "loopwatch_handler_duration_seconds",
+            "Duration of requests, events and commands by handler and outcome.",
+            ("framework", "handler", "outcome"), buckets=_DURATION_BUCKETS,
+        )
+        self.discord_latency_seconds = _make(
+            r, Gauge, "loopwatch_discord_latency_seconds",
+            "discord.py gateway heartbeat latency by shard.", ("shard",),
+            multiprocess_mode="mostrecent",
+        )
+        self.label_overflow_total = _make(
+            r, Counter, "loopwatch_label_overflow_total",
+            "Label values folded into __other__ past the per-metric cap.", ("metric",),
+        )
+        self.internal_errors_total = _make(
+            r, Counter, "loopwatch_internal_errors_total",
+            "Failures inside loopwatch itself (caught; the host kept running).", ("component",),
+        )
+        self.info = _make(
+            r, Gauge, "loopwatch_info", "loopwatch build and configuration.",
+            ("version", "python", "loop", "on_reentry"), multiprocess_mode="max",
+        )
+        self._lock = threading.Lock()
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._handlers: dict[str, set[str]] = {}
+
+    def child(self, metric: Any, **labels: str) -> Any:
+        """The labelled child of ``metric``, cached; caps distinct ``handler`` values."""
+        key = (id(metric), *labels.values())
+        found = self._children.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            handler = labels.get("handler")
+            if handler is not None and handler not in _RESERVED_HANDLERS:
+                seen = self._handlers.setdefault(metric._name, set())
+                if handler not in seen:
+                    if len(seen) >= self.label_cap:
+                        self.label_overflow_total.labels(metric=metric._name).inc()
+                        labels = {**labels, "handler": "__other__"}
+                        # Not cached under the raw value: each overflow is counted.
+                        return metric.labels(**labels)
+                    seen.add(handler)
+            found = metric.labels(**labels)
+            if len(self._children) < 100_000:
+                self._children[key] = found
+            return found
+
+
+_by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
+_by_registry_lock = threading.Lock()
+
+
+def get_metrics(registry: CollectorRegistry | None = None, *, label_cap: int | None = None) -> Metrics:
+    """The :class:`Metrics` of ``registry`` (default: prometheus-client's), created once."""
+    reg = REGISTRY if registry is None else registry
+    with _by_registry_lock:
+        metrics = _by_registry.get(reg)
+        if metrics is None:
+            metrics = Metrics(reg, label_cap if label_cap is not None else 100)
+            _by_registry[reg] = metrics
+        elif label_cap is not None:
+            metrics.label_cap = label_cap
+        return metrics
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A fresh registry that collects every process's values from ``PROMETHEUS_MULTIPROC_DIR``."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def _exposition_registry(registry: CollectorRegistry | None) -> CollectorRegistry:
+    if registry is not None:
+        return registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return multiprocess_registry()
+    return REGISTRY
+
+
+def render(registry: CollectorRegistry | None = None, accept: str = "") -> tuple[bytes, str]:
+    """The exposition body and content type for an ``Accept`` header (blocking: call off-loop)."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(_exposition_registry(registry)), content_type
+
+
+class MetricsServer:
+    """A standalone exposition server on its own thread; ``close()`` stops it."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.addr: str = server.server_address[0]
+        self.port: int = server.server_address[1]
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_http_server(
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> MetricsServer:
+    """Serve ``/metrics`` on ``addr:port`` from a thread (loopback unless told otherwise).
+
+    Raises :class:`OSError` when the port is taken. With ``PROMETHEUS_MULTIPROC_DIR`` set
+    and no registry given, it serves the values of every process.
+    """
+    reg = _exposition_registry(registry)
+    server, thread = _prom_start_http_server(port, addr=addr, registry=reg)
+    return MetricsServer(server, thread)
+
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+def make_asgi_app(registry: CollectorRegistry | None = None, *, token: str | None = None) -> ASGIApp:
+    """An ASGI app serving the metrics; the rendering runs in the loop's executor.
+
+    With ``token`` set, requests must carry ``Authorization: Bearer <token>``.
+    """
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = dict(scope.get("headers") or ())
+        if expected is not None and not hmac.compare_digest(
+            headers.get(b"authorization", b""), expected
+        ):
+            await _respond(send, 401, b"unauthorized\n", "text/plain; charset=utf-8",
+                           [(b"www-authenticate", b'Bearer realm="metrics"')])
+            return
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8",
+                           [(b"allow", b"GET, HEAD")])
+            return
+        accept = headers.get(b"accept", b"").decode("latin-1")
+        loop = asyncio.get_running_loop()
+        body, content_type = await loop.run_in_executor(None, render, registry, accept)
+        await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, content_type, [])
+
+    return app
+
+
+async def _respond(
+    send: Any, status: int, body: bytes, content_type: str, extra: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + extra})
+    await send({"type": "http.response.body", "body": body})
