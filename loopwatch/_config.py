@@ -51,7 +51,9 @@ def _choice(accepted: tuple[str, ...]) -> Callable[[str, Any], str]:
     def parse(name: str, value: Any) -> str:
         text = str(value).strip().lower() if isinstance(value, str) else value
         if text not in accepted:
-            raise ConfigError(f"{name}={value!r} is not accepted; use one of: {', '.join(accepted)}")
+            raise ConfigError(
+                f"{name}={value!r} is not accepted; use one of: {', '.join(accepted)}"
+            )
         return str(text)
 
     return parse
@@ -65,7 +67,9 @@ def _seconds(name: str, value: Any) -> float:
             f"{name}={value!r} is not a number of seconds; use a positive number such as 0.1"
         ) from None
     if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
-        raise ConfigError(f"{name}={value!r} is not accepted; use a positive, finite number of seconds")
+        raise ConfigError(
+            f"{name}={value!r} is not accepted; use a positive, finite number of seconds"
+        )
     return number
 
 
@@ -75,7 +79,9 @@ def _port(name: str, value: Any) -> int | None:
     try:
         port = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a port; use an integer from 0 to 65535") from None
+        raise ConfigError(
+            f"{name}={value!r} is not a port; use an integer from 0 to 65535"
+        ) from None
     if isinstance(value, bool) or not 0 <= port <= 65535:
         raise ConfigError(f"{name}={value!r} is not a port; use an integer from 0 to 65535")
     return port

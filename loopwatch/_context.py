@@ -56,7 +56,7 @@ def current_labels() -> Labels:
 
 
 def set_labels(framework: str, handler: str) -> contextvars.Token[Labels | None]:
-    """Set the labels without validation (the adapters' fast path); undo with :func:`reset_labels`."""
+    """Set the labels without validation (adapters' fast path); undo with :func:`reset_labels`."""
     return _labels.set(Labels(framework, handler))
 
 

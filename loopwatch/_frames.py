@@ -7,6 +7,7 @@ cannot leak secrets held in locals.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import site
 import sys
@@ -46,10 +47,9 @@ def _library_prefixes() -> tuple[str, ...]:
         prefix = getattr(sys, scheme_var, "")
         if prefix:
             paths.add(os.path.join(prefix, "lib"))
-    try:
+    # Some embedded interpreters have no site.getsitepackages.
+    with contextlib.suppress(AttributeError):
         paths.update(site.getsitepackages())
-    except AttributeError:  # some embedded interpreters lack it
-        pass
     user_site = getattr(site, "USER_SITE", None)
     if user_site:
         paths.add(user_site)

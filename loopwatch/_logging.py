@@ -59,17 +59,10 @@ class JsonFormatter(logging.Formatter):
 class _OwnHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler loopwatch attached, so uninstall removes exactly that one."""
 
-    def __init__(self) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
         # Resolve sys.stderr at emit time: test runners and notebooks swap it.
-        super().__init__()
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass  # always the current sys.stderr
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 class LogSetup:

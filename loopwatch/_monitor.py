@@ -8,6 +8,7 @@ Nothing here ever raises into the host: failures are counted and logged once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -37,7 +38,7 @@ def current() -> Monitor | None:
 
 
 def loop_name(loop: object | None) -> str:
-    """A short, stable name of a loop's type: ``uvloop.Loop``, ``asyncio._UnixSelectorEventLoop``."""
+    """A short name of a loop's type: ``uvloop.Loop``, ``asyncio._UnixSelectorEventLoop``."""
     if loop is None:
         return "none"
     cls = type(loop)
@@ -58,14 +59,14 @@ def internal_error(component: str, exc: BaseException) -> None:
     try:
         logger.error(
             "loopwatch: internal error in %s (counted in loopwatch_internal_errors_total; "
-            "the host program keeps running)", component,
+            "the host program keeps running)",
+            component,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
     except Exception:
-        try:
+        # The log failed too: stderr is the last place left; if that fails, there is none.
+        with contextlib.suppress(Exception):
             sys.stderr.write(f"loopwatch: internal error in {component}: {exc!r}\n")
-        except Exception:  # nowhere left to report to
-            pass
 
 
 class Monitor:
@@ -100,7 +101,10 @@ class Monitor:
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
-        if first or (config.metrics_port, config.metrics_addr) != (old.metrics_port, old.metrics_addr):
+        if first or (config.metrics_port, config.metrics_addr) != (
+            old.metrics_port,
+            old.metrics_addr,
+        ):
             self._restart_server()
 
     def reconfigure(self, **options: Any) -> None:
@@ -131,10 +135,14 @@ class Monitor:
             )
         except OSError as exc:
             internal_error("metrics_server", exc)
-            self.report("internal", api="metrics.start_http_server", action="raised",
-                        hint=f"The metrics port {self.config.metrics_addr}:"
-                        f"{self.config.metrics_port} could not be bound ({exc}); "
-                        "choose a free port with LOOPWATCH_METRICS_PORT.")
+            self.report(
+                "internal",
+                api="metrics.start_http_server",
+                action="raised",
+                hint=f"The metrics port {self.config.metrics_addr}:"
+                f"{self.config.metrics_port} could not be bound ({exc}); "
+                "choose a free port with LOOPWATCH_METRICS_PORT.",
+            )
 
     @property
     def metrics_server(self) -> MetricsServer | None:
@@ -186,17 +194,42 @@ class Monitor:
     ) -> Incident | None:
         """Record one incident: fold, log, keep, tell listeners. Never raises."""
         try:
-            return self._report(kind, api, action, duration, stack, site, hint, labels, task,
-                                loop, thread, detail, level, skip)
+            return self._report(
+                kind,
+                api,
+                action,
+                duration,
+                stack,
+                site,
+                hint,
+                labels,
+                task,
+                loop,
+                thread,
+                detail,
+                level,
+                skip,
+            )
         except Exception as exc:
             internal_error("report", exc)
             return None
 
     def _report(
-        self, kind: str, api: str, action: str, duration: float | None,
-        stack: list[Frame] | tuple[Frame, ...] | None, site: Frame | None, hint: str | None,
-        labels: _context.Labels | None, task: str | None, loop: object | None,
-        thread: str | None, detail: dict[str, str] | None, level: int | None, skip: int,
+        self,
+        kind: str,
+        api: str,
+        action: str,
+        duration: float | None,
+        stack: list[Frame] | tuple[Frame, ...] | None,
+        site: Frame | None,
+        hint: str | None,
+        labels: _context.Labels | None,
+        task: str | None,
+        loop: object | None,
+        thread: str | None,
+        detail: dict[str, str] | None,
+        level: int | None,
+        skip: int,
     ) -> Incident:
         if stack is None:
             stack = _frames.capture_stack(skip + 2)
@@ -210,12 +243,22 @@ class Monitor:
             task = current_task.get_name() if current_task is not None else None
         now = time.time()
         incident = Incident(
-            kind=kind, api=api, action=action, framework=labels.framework,
-            handler=labels.handler, site=site, stack=tuple(_frames.without_own_frames(list(stack))),
-            thread=thread or threading.current_thread().name, task=task,
-            loop=loop_name(loop if loop is not None else running), duration=duration,
-            count=1, first_seen=now, last_seen=now,
-            hint=hint or hint_for(kind, api, action), detail=dict(detail or {}),
+            kind=kind,
+            api=api,
+            action=action,
+            framework=labels.framework,
+            handler=labels.handler,
+            site=site,
+            stack=tuple(_frames.without_own_frames(list(stack))),
+            thread=thread or threading.current_thread().name,
+            task=task,
+            loop=loop_name(loop if loop is not None else running),
+            duration=duration,
+            count=1,
+            first_seen=now,
+            last_seen=now,
+            hint=hint or hint_for(kind, api, action),
+            detail=dict(detail or {}),
         )
         merged, folded = self.store.add(incident)
         if folded is not None:
@@ -253,7 +296,9 @@ class Monitor:
                 data = incident.as_dict()
                 data["folded"] = folded
                 logger.warning(
-                    "%s (+%d folded since the last line)", incident.summary(), folded,
+                    "%s (+%d folded since the last line)",
+                    incident.summary(),
+                    folded,
                     extra={"loopwatch": data},
                 )
             except Exception as exc:

@@ -74,7 +74,9 @@ class _Workers:
 
     def __init__(self, idle: float = 30.0) -> None:
         self._idle_timeout = idle
-        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None]
+        self._jobs: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
+        ]
         self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
@@ -169,7 +171,7 @@ def _is_foreign_loop_error(exc: BaseException) -> bool:
 class _Call:
     """One intercepted call: what was called, on what, and how to run it elsewhere."""
 
-    __slots__ = ("api", "awaitable", "kwargs", "run_elsewhere", "raise_original", "target")
+    __slots__ = ("api", "awaitable", "kwargs", "raise_original", "run_elsewhere", "target")
 
     def __init__(
         self,
@@ -194,8 +196,14 @@ def _close(awaitable: Any) -> None:
 
 
 def _report(
-    monitor: Monitor, kind: str, call_api: str, action: str, started: float | None,
-    loop: object | None, detail: dict[str, str] | None = None, stack: list[Any] | None = None,
+    monitor: Monitor,
+    kind: str,
+    call_api: str,
+    action: str,
+    started: float | None,
+    loop: object | None,
+    detail: dict[str, str] | None = None,
+    stack: list[Any] | None = None,
 ) -> None:
     duration = None if started is None else time.perf_counter() - started
     labels = _context.current_labels()
@@ -203,20 +211,33 @@ def _report(
         metrics = monitor.metrics
         if metrics is not None:
             metrics.child(
-                metrics.reentry_total, api=call_api, action=action,
-                framework=labels.framework, handler=labels.handler,
+                metrics.reentry_total,
+                api=call_api,
+                action=action,
+                framework=labels.framework,
+                handler=labels.handler,
             ).inc()
             if duration is not None:
                 metrics.child(
-                    metrics.reentry_stall_seconds, api=call_api,
-                    framework=labels.framework, handler=labels.handler,
+                    metrics.reentry_stall_seconds,
+                    api=call_api,
+                    framework=labels.framework,
+                    handler=labels.handler,
                 ).observe(duration)
     except Exception as exc:
         from ._monitor import internal_error
 
         internal_error("metrics", exc)
-    monitor.report(kind, api=call_api, action=action, duration=duration, loop=loop,
-                   labels=labels, detail=detail, stack=stack)
+    monitor.report(
+        kind,
+        api=call_api,
+        action=action,
+        duration=duration,
+        loop=loop,
+        labels=labels,
+        detail=detail,
+        stack=stack,
+    )
 
 
 def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
@@ -240,8 +261,16 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
         if policy == "reenter" and call.target is running:
             pass  # the re-entrant path can wait for it on its own loop
         else:
-            _report(monitor, "reentry", call.api, "raised", None, running,
-                    {"reason": "future of the running loop"}, stack)
+            _report(
+                monitor,
+                "reentry",
+                call.api,
+                "raised",
+                None,
+                running,
+                {"reason": "future of the running loop"},
+                stack,
+            )
             raise LoopwatchError(
                 f"{call.api}() was given a Future/Task of the loop that is already running; "
                 f"{NEEDS_OUTER_LOOP}."
@@ -257,8 +286,9 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
                         running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
                     )
                 finally:
-                    _report(monitor, "reentry", call.api, "reentered", started, running,
-                            stack=stack)
+                    _report(
+                        monitor, "reentry", call.api, "reentered", started, running, stack=stack
+                    )
             detail["fallback"] = (
                 f"reenter is not possible on {type(running).__module__}.{type(running).__name__}; "
                 "offloaded instead"
@@ -277,7 +307,10 @@ def _reenter_module() -> Any:
 
 
 def _offload(
-    monitor: Monitor, call: _Call, running: asyncio.AbstractEventLoop, detail: dict[str, str],
+    monitor: Monitor,
+    call: _Call,
+    running: asyncio.AbstractEventLoop,
+    detail: dict[str, str],
     stack: list[Any],
 ) -> Any:
     job = _Job()
@@ -300,7 +333,9 @@ def _offload(
     except RuntimeError as exc:
         if _is_foreign_loop_error(exc):
             detail["error"] = "needs the running loop"
-            raise LoopwatchError(f"{call.api}() failed on the worker thread: {NEEDS_OUTER_LOOP}.") from exc
+            raise LoopwatchError(
+                f"{call.api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
+            ) from exc
         raise
     finally:
         _report(monitor, "reentry", call.api, "offloaded", started, running, detail, stack)
@@ -356,8 +391,15 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
     finally:
         if monitor is not None:
             try:
-                _report(monitor, "cross_thread_run", api, "marshalled",
-                        started if running_here is not None else None, loop, stack=stack)
+                _report(
+                    monitor,
+                    "cross_thread_run",
+                    api,
+                    "marshalled",
+                    started if running_here is not None else None,
+                    loop,
+                    stack=stack,
+                )
             except Exception as exc:
                 internal_error("reentry", exc)
 
@@ -380,13 +422,14 @@ def _make_run(original: Callable[..., Any]) -> Callable[..., Any]:
         if not asyncio.iscoroutine(main):
             return original(main, *args, **kwargs)  # the original's own error for bad input
         call = _Call(
-            API_RUN, main, None,
+            API_RUN,
+            main,
+            None,
             lambda aw: original(aw, *args, **kwargs),
             lambda: original(main, *args, **kwargs),
         )
         return _same_thread(call, running)
 
-    run.__loopwatch_original__ = original  # type: ignore[attr-defined]
     return run
 
 
@@ -397,13 +440,14 @@ def _make_runner_run(original: Callable[..., Any]) -> Callable[..., Any]:
         if running is None or not asyncio.iscoroutine(coro):
             return original(self, coro, *args, **kwargs)
         call = _Call(
-            API_RUNNER, coro, None,
+            API_RUNNER,
+            coro,
+            None,
             lambda aw: original(self, aw, *args, **kwargs),
             lambda: original(self, coro, *args, **kwargs),
         )
         return _same_thread(call, running)
 
-    run.__loopwatch_original__ = original  # type: ignore[attr-defined]
     return run
 
 
@@ -416,7 +460,6 @@ def _make_runner_close(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self)
         return _workers.submit(functools.partial(original, self)).result()
 
-    close.__loopwatch_original__ = original  # type: ignore[attr-defined]
     return close
 
 
@@ -470,7 +513,6 @@ def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]
         call = _Call(API_RUC, future, self, run_elsewhere, raise_original)
         return _same_thread(call, running)
 
-    run_until_complete.__loopwatch_original__ = original  # type: ignore[attr-defined]
     return run_until_complete
 
 
@@ -487,22 +529,36 @@ def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
             # H2: the loop already runs forever in its own thread; waiting for it to stop is
             # what this call means.
             if monitor is not None:
-                _report(monitor, "cross_thread_run", API_FOREVER, "marshalled", None, self,
-                        stack=_frames.capture_stack(1))
+                _report(
+                    monitor,
+                    "cross_thread_run",
+                    API_FOREVER,
+                    "marshalled",
+                    None,
+                    self,
+                    stack=_frames.capture_stack(1),
+                )
             while self.is_running():
                 time.sleep(0.05)
             return None
         # H1: there is no coroutine to offload; report and let the original error through.
         if monitor is not None:
-            _report(monitor, "reentry", API_FOREVER, "raised", None, running,
-                    {"reason": "run_forever has nothing to offload"}, _frames.capture_stack(1))
+            _report(
+                monitor,
+                "reentry",
+                API_FOREVER,
+                "raised",
+                None,
+                running,
+                {"reason": "run_forever has nothing to offload"},
+                _frames.capture_stack(1),
+            )
         if _uvloop(self):
             if running is self:
                 raise _already_running_error(self)
             raise RuntimeError("Cannot run the event loop while another loop is running")
         return original(self)
 
-    run_forever.__loopwatch_original__ = original  # type: ignore[attr-defined]
     return run_forever
 
 
@@ -561,7 +617,7 @@ class _UvloopLoader(importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)  # type: ignore[no-any-return]
+        return None if create is None else create(spec)
 
     def exec_module(self, module: types.ModuleType) -> None:
         self._loader.exec_module(module)
@@ -644,4 +700,3 @@ def install(monitor: Monitor) -> Callable[[], None]:
 def worker_threads() -> int:
     """How many offload worker threads are alive (for tests and ``doctor``)."""
     return _workers.thread_count()
-

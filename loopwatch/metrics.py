@@ -56,7 +56,11 @@ Metric = Counter | Gauge | Histogram
 
 
 def _make(
-    registry: CollectorRegistry, cls: type[Metric], name: str, doc: str, labels: tuple[str, ...],
+    registry: CollectorRegistry,
+    cls: type[Metric],
+    name: str,
+    doc: str,
+    labels: tuple[str, ...],
     **kwargs: Any,
 ) -> Any:
     """Create a metric on ``registry`` or reuse the one already there with the same shape."""
@@ -86,56 +90,93 @@ class Metrics:
         self.label_cap = label_cap
         r = registry
         self.reentry_total = _make(
-            r, Counter, "loopwatch_reentry_total",
+            r,
+            Counter,
+            "loopwatch_reentry_total",
             "Re-entrant or cross-thread event loop runs intercepted.",
             ("api", "action", "framework", "handler"),
         )
         self.reentry_stall_seconds = _make(
-            r, Histogram, "loopwatch_reentry_stall_seconds",
+            r,
+            Histogram,
+            "loopwatch_reentry_stall_seconds",
             "How long an intercepted run stalled its caller (and the loop it ran on).",
-            ("api", "framework", "handler"), buckets=_STALL_BUCKETS,
+            ("api", "framework", "handler"),
+            buckets=_STALL_BUCKETS,
         )
         self.event_loop_lag_seconds = _make(
-            r, Histogram, "loopwatch_event_loop_lag_seconds",
-            "Lateness of the lag probe's timer on the event loop.", (), buckets=_LAG_BUCKETS,
+            r,
+            Histogram,
+            "loopwatch_event_loop_lag_seconds",
+            "Lateness of the lag probe's timer on the event loop.",
+            (),
+            buckets=_LAG_BUCKETS,
         )
         self.event_loop_blocks_total = _make(
-            r, Counter, "loopwatch_event_loop_blocks_total",
-            "Times the event loop was blocked past the threshold.", ("framework", "handler"),
+            r,
+            Counter,
+            "loopwatch_event_loop_blocks_total",
+            "Times the event loop was blocked past the threshold.",
+            ("framework", "handler"),
         )
         self.event_loop_blocked_seconds_total = _make(
-            r, Counter, "loopwatch_event_loop_blocked_seconds_total",
-            "Seconds the event loop spent blocked past the threshold.", ("framework", "handler"),
+            r,
+            Counter,
+            "loopwatch_event_loop_blocked_seconds_total",
+            "Seconds the event loop spent blocked past the threshold.",
+            ("framework", "handler"),
         )
         self.task_exceptions_unretrieved_total = _make(
-            r, Counter, "loopwatch_task_exceptions_unretrieved_total",
-            "Task exceptions never retrieved.", ("framework", "handler", "exception"),
+            r,
+            Counter,
+            "loopwatch_task_exceptions_unretrieved_total",
+            "Task exceptions never retrieved.",
+            ("framework", "handler", "exception"),
         )
         self.coroutines_never_awaited_total = _make(
-            r, Counter, "loopwatch_coroutines_never_awaited_total",
-            "Coroutines created and never awaited.", ("framework", "handler"),
+            r,
+            Counter,
+            "loopwatch_coroutines_never_awaited_total",
+            "Coroutines created and never awaited.",
+            ("framework", "handler"),
         )
         self.handler_duration_seconds = _make(
-            r, Histogram, "loopwatch_handler_duration_seconds",
+            r,
+            Histogram,
+            "loopwatch_handler_duration_seconds",
             "Duration of requests, events and commands by handler and outcome.",
-            ("framework", "handler", "outcome"), buckets=_DURATION_BUCKETS,
+            ("framework", "handler", "outcome"),
+            buckets=_DURATION_BUCKETS,
         )
         self.discord_latency_seconds = _make(
-            r, Gauge, "loopwatch_discord_latency_seconds",
-            "discord.py gateway heartbeat latency by shard.", ("shard",),
+            r,
+            Gauge,
+            "loopwatch_discord_latency_seconds",
+            "discord.py gateway heartbeat latency by shard.",
+            ("shard",),
             multiprocess_mode="mostrecent",
         )
         self.label_overflow_total = _make(
-            r, Counter, "loopwatch_label_overflow_total",
-            "Label values folded into __other__ past the per-metric cap.", ("metric",),
+            r,
+            Counter,
+            "loopwatch_label_overflow_total",
+            "Label values folded into __other__ past the per-metric cap.",
+            ("metric",),
         )
         self.internal_errors_total = _make(
-            r, Counter, "loopwatch_internal_errors_total",
-            "Failures inside loopwatch itself (caught; the host kept running).", ("component",),
+            r,
+            Counter,
+            "loopwatch_internal_errors_total",
+            "Failures inside loopwatch itself (caught; the host kept running).",
+            ("component",),
         )
         self.info = _make(
-            r, Gauge, "loopwatch_info", "loopwatch build and configuration.",
-            ("version", "python", "loop", "on_reentry"), multiprocess_mode="max",
+            r,
+            Gauge,
+            "loopwatch_info",
+            "loopwatch build and configuration.",
+            ("version", "python", "loop", "on_reentry"),
+            multiprocess_mode="max",
         )
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -168,7 +209,9 @@ _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictio
 _by_registry_lock = threading.Lock()
 
 
-def get_metrics(registry: CollectorRegistry | None = None, *, label_cap: int | None = None) -> Metrics:
+def get_metrics(
+    registry: CollectorRegistry | None = None, *, label_cap: int | None = None
+) -> Metrics:
     """The :class:`Metrics` of ``registry`` (default: prometheus-client's), created once."""
     reg = REGISTRY if registry is None else registry
     with _by_registry_lock:
@@ -186,7 +229,7 @@ def multiprocess_registry() -> CollectorRegistry:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
 
 
@@ -233,10 +276,15 @@ def start_http_server(
     return MetricsServer(server, thread)
 
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
-def make_asgi_app(registry: CollectorRegistry | None = None, *, token: str | None = None) -> ASGIApp:
+def make_asgi_app(
+    registry: CollectorRegistry | None = None, *, token: str | None = None
+) -> ASGIApp:
     """An ASGI app serving the metrics; the rendering runs in the loop's executor.
 
     With ``token`` set, requests must carry ``Authorization: Bearer <token>``.
@@ -260,12 +308,22 @@ def make_asgi_app(registry: CollectorRegistry | None = None, *, token: str | Non
         if expected is not None and not hmac.compare_digest(
             headers.get(b"authorization", b""), expected
         ):
-            await _respond(send, 401, b"unauthorized\n", "text/plain; charset=utf-8",
-                           [(b"www-authenticate", b'Bearer realm="metrics"')])
+            await _respond(
+                send,
+                401,
+                b"unauthorized\n",
+                "text/plain; charset=utf-8",
+                [(b"www-authenticate", b'Bearer realm="metrics"')],
+            )
             return
         if scope.get("method") not in ("GET", "HEAD"):
-            await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8",
-                           [(b"allow", b"GET, HEAD")])
+            await _respond(
+                send,
+                405,
+                b"method not allowed\n",
+                "text/plain; charset=utf-8",
+                [(b"allow", b"GET, HEAD")],
+            )
             return
         accept = headers.get(b"accept", b"").decode("latin-1")
         loop = asyncio.get_running_loop()
@@ -278,6 +336,9 @@ def make_asgi_app(registry: CollectorRegistry | None = None, *, token: str | Non
 async def _respond(
     send: Any, status: int, body: bytes, content_type: str, extra: list[tuple[bytes, bytes]]
 ) -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers + extra})
     await send({"type": "http.response.body", "body": body})

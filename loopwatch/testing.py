@@ -19,8 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ._incidents import Incident
-from ._monitor import install, uninstall
 from ._monitor import current as _current
+from ._monitor import install, uninstall
 
 __all__ = ["capture_incidents", "fresh_registry"]
 

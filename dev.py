@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Developer entry point: needs only Python 3.10+ on the machine.
+
+    python3 dev.py demo      set up .venv and run `loopwatch demo`
+    python3 dev.py test      set up .venv, run ruff, mypy and the whole test suite, then the
+                             core tests on every other supported Python found (3.10-3.13)
+
+Environments are rebuilt only when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
+IN_CI = bool(os.environ.get("CI"))
+
+
+def say(message: str) -> None:
+    print(f"[dev] {message}", flush=True)
+
+
+def run(*cmd: str | Path, **kwargs: object) -> None:
+    say(" ".join(str(c) for c in cmd))
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+
+
+def bin_of(env: Path, name: str) -> Path:
+    return env / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def ensure_env(env: Path, python: str, extras: str) -> Path:
+    """Create ``env`` with ``python`` and install the project with ``extras``, if stale."""
+    stamp = env / ".loopwatch-stamp"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and bin_of(env, "python").exists():
+        return env
+    if env.exists():
+        shutil.rmtree(env)
+    if Path(python).resolve() == Path(sys.executable).resolve():
+        venv.create(env, with_pip=True)
+    else:
+        run(python, "-m", "venv", env)
+    py = bin_of(env, "python")
+    run(py, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(py, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+    stamp.write_text(digest)
+    return env
+
+
+def find_python(version: str) -> str | None:
+    """A working interpreter for ``version``: under pyenv, or on PATH as pythonX.Y."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [
+        str(p / "bin" / "python")
+        for p in sorted((pyenv_root / "versions").glob(f"{version}.*"), reverse=True)
+    ]
+    on_path = shutil.which(f"python{version}")
+    if on_path:
+        candidates.append(on_path)
+    for exe in candidates:
+        # pyenv shims exist for versions that are not selected; they fail when run.
+        probe = subprocess.run(
+            [exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == str(
+            tuple(map(int, version.split(".")))
+        ):
+            return exe
+    return None
+
+
+def main_env() -> Path:
+    return ensure_env(ROOT / ".venv", sys.executable, "all,test,bench")
+
+
+def demo(args: list[str]) -> int:
+    env = main_env()
+    return subprocess.call([str(bin_of(env, "loopwatch")), "demo", *args], cwd=ROOT)
+
+
+def test(args: list[str]) -> int:
+    env = main_env()
+    py = bin_of(env, "python")
+    run(py, "-m", "ruff", "check", "loopwatch", "tests", "examples", "benchmarks", "integrations")
+    run(py, "-m", "mypy", "--strict", "loopwatch")
+    run(py, "-m", "pytest", *args)
+    this = f"{sys.version_info.major}.{sys.version_info.minor}"
+    missing = []
+    for version in SUPPORTED:
+        if version == this:
+            continue
+        python = find_python(version)
+        if python is None:
+            missing.append(version)
+            continue
+        other = ensure_env(ROOT / f".venv-{version}", python, "uvloop,testcore")
+        run(
+            bin_of(other, "python"),
+            "-m",
+            "pytest",
+            "-m",
+            "core",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_core_reentry.py",
+            "tests/test_core_lifecycle.py",
+            *[t for t in ("tests/test_reenter.py",) if (ROOT / t).exists()],
+        )
+    if missing:
+        say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")
+        if IN_CI:
+            return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    try:
+        return demo(argv[1:]) if argv[0] == "demo" else test(argv[1:])
+    except subprocess.CalledProcessError as exc:
+        say(f"failed ({exc.returncode}): {' '.join(map(str, exc.cmd))}")
+        return exc.returncode or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
