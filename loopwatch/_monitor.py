@@ -21,7 +21,8 @@ from ._config import Config, load_config
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
 from ._logging import LogSetup, logger
-from .metrics import Metrics, MetricsServer, get_metrics, start_http_server
+from ._errors import LoopwatchError
+from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
 
 __all__ = ["Monitor", "current", "install", "internal_error", "loop_name", "uninstall"]
 
@@ -75,12 +76,13 @@ class Monitor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.enabled = not config.disable
-        self.metrics: Metrics | None = None
+        self.metrics: Metrics | NullMetrics | None = None
         self.store = IncidentStore()
         self._listeners: list[Callable[[Incident], None]] = []
         self._log_setup = LogSetup()
         self._undo: list[Callable[[], None]] = []
         self._server: MetricsServer | None = None
+        self._info_labels: tuple[str, ...] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -97,7 +99,13 @@ class Monitor:
     def _apply(self, config: Config, first: bool = False) -> None:
         old = self.config
         self.config = config
-        self.metrics = get_metrics(config.registry, label_cap=config.label_cap)
+        try:
+            self.metrics = get_metrics(config.registry, label_cap=config.label_cap)
+        except LoopwatchError:
+            raise  # a clash with the user's own metric: a configuration error, said at once
+        except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
+            internal_error("metrics", exc)
+            self.metrics = NullMetrics()
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
@@ -121,7 +129,14 @@ class Monitor:
         if self.metrics is None:
             return
         python = ".".join(map(str, sys.version_info[:3]))
-        self.metrics.info.labels(__version__, python, loop, self.config.on_reentry).set(1)
+        labels = (__version__, python, loop, self.config.on_reentry)
+        try:
+            if self._info_labels is not None and self._info_labels != labels:
+                self.metrics.info.remove(*self._info_labels)  # one info series at a time
+            self.metrics.info.labels(*labels).set(1)
+            self._info_labels = labels
+        except Exception as exc:
+            internal_error("metrics", exc)
 
     def _restart_server(self) -> None:
         if self._server is not None:

@@ -205,6 +205,42 @@ class Metrics:
             return found
 
 
+class _NullMetric:
+    """Stands in for a metric when metrics cannot work at all (the host must keep running)."""
+
+    def labels(self, *args: Any, **kwargs: Any) -> _NullMetric:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        """Do nothing."""
+
+    def observe(self, amount: float) -> None:
+        """Do nothing."""
+
+    def set(self, value: float) -> None:
+        """Do nothing."""
+
+    def remove(self, *labelvalues: Any) -> None:
+        """Do nothing."""
+
+
+class NullMetrics:
+    """A :class:`Metrics` look-alike that records nothing; used after metrics failed to start."""
+
+    registry = None
+    label_cap = 0
+
+    def __init__(self) -> None:
+        self._null = _NullMetric()
+
+    def __getattr__(self, name: str) -> Any:
+        return self._null
+
+    def child(self, metric: Any, **labels: str) -> Any:
+        """A child that records nothing."""
+        return self._null
+
+
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
 _by_registry_lock = threading.Lock()
 
