@@ -18,10 +18,12 @@ __all__ = [
     "FRAMEWORKS",
     "NO_HANDLER",
     "Labels",
+    "LazyLabels",
     "current_labels",
     "handler_context",
     "reset_labels",
     "set_labels",
+    "set_lazy_labels",
 ]
 
 FRAMEWORKS = frozenset({"starlette", "fastapi", "discord", "jupyter", "none"})
@@ -35,8 +37,24 @@ class Labels(NamedTuple):
     handler: str
 
 
+class LazyLabels:
+    """Labels known only after the work has started, resolved each time they are read.
+
+    An HTTP request is routed after the middleware that labels it has run, so the route
+    template is not known when the context variable is set. Subclasses implement
+    :meth:`resolve`, which must be cheap, thread-safe and never raise.
+    """
+
+    __slots__ = ()
+
+    def resolve(self) -> Labels:
+        """The labels as they are now."""
+        raise NotImplementedError
+
+
 _DEFAULT = Labels("none", NO_HANDLER)
-_labels: contextvars.ContextVar[Labels | None] = contextvars.ContextVar(
+# Read it only through current_labels(): the value may be a LazyLabels.
+_labels: contextvars.ContextVar[Labels | LazyLabels | None] = contextvars.ContextVar(
     "loopwatch_labels", default=None
 )
 # Outside any handler the framework label is the install's default (``jupyter`` in a kernel).
@@ -52,15 +70,24 @@ def set_default_framework(framework: str) -> None:
 def current_labels() -> Labels:
     """Return the labels of the work running now."""
     labels = _labels.get()
-    return _default_labels if labels is None else labels
+    if labels is None:
+        return _default_labels
+    if isinstance(labels, LazyLabels):
+        return labels.resolve()
+    return labels
 
 
-def set_labels(framework: str, handler: str) -> contextvars.Token[Labels | None]:
+def set_labels(framework: str, handler: str) -> contextvars.Token[Labels | LazyLabels | None]:
     """Set the labels without validation (adapters' fast path); undo with :func:`reset_labels`."""
     return _labels.set(Labels(framework, handler))
 
 
-def reset_labels(token: contextvars.Token[Labels | None]) -> None:
+def set_lazy_labels(labels: LazyLabels) -> contextvars.Token[Labels | LazyLabels | None]:
+    """Set labels that :func:`current_labels` resolves on read; undo with :func:`reset_labels`."""
+    return _labels.set(labels)
+
+
+def reset_labels(token: contextvars.Token[Labels | LazyLabels | None]) -> None:
     """Undo a :func:`set_labels`."""
     _labels.reset(token)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from . import _context, _frames
 from ._config import Config, load_config
+from ._errors import LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
 from ._logging import LogSetup, logger
-from ._errors import LoopwatchError
 from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
 
 __all__ = ["Monitor", "current", "install", "internal_error", "loop_name", "uninstall"]
