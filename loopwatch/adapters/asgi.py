@@ -1,0 +1,420 @@
+"""Pure-ASGI middleware that attributes the work of every request to its route template.
+
+``LoopwatchMiddleware`` puts a per-request label holder in loopwatch's handler context
+before it calls the app. The route is only known once the app's router has run, so the
+holder resolves the template when the labels are read — by an incident raised inside the
+endpoint (``async def``, a sync ``def`` in the threadpool, a background task) or, with
+``handler_metrics=True``, once the response is done. Nothing is routed twice: the
+resolution reads what the router left in the scope (Starlette's ``scope["route"]``,
+FastAPI's effective route of an included router, the mount path in ``root_path``) and
+caches per route object, so its cost does not grow with the number of routes.
+
+Handler values: ``GET /items/{item_id}`` (mount prefixes included, the server's
+``root_path`` not), ``WEBSOCKET /ws/{room}``, ``OTHER /x`` for methods outside the
+standard set, ``__unmatched__`` when no route matched (404, a ``redirect_slashes``
+redirect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .._context import FRAMEWORKS, Labels, LazyLabels, reset_labels, set_lazy_labels
+from .._context import _labels as _context_var
+from .._errors import ConfigError, LoopwatchError
+from .._monitor import internal_error
+from ..metrics import Metrics, NullMetrics, get_metrics
+
+try:
+    from starlette.routing import Host, Mount, compile_path
+except ImportError:  # a bare ASGI app: no Starlette routes can appear in the scope
+
+    class Mount:  # type: ignore[no-redef]
+        """Stands in for Starlette's Mount when Starlette is not installed."""
+
+    class Host:  # type: ignore[no-redef]
+        """Stands in for Starlette's Host when Starlette is not installed."""
+
+    compile_path = None  # type: ignore[assignment]
+
+__all__ = ["UNMATCHED", "LoopwatchMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+UNMATCHED = "__unmatched__"
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+_MOUNT_TAIL = "/{path}"
+_now = time.perf_counter
+_DISCONNECTS = frozenset({"ClientDisconnect", "WebSocketDisconnect"})
+# The raw context value, to recognise a request an outer LoopwatchMiddleware already labels.
+_current_value = _context_var.get
+_CACHE_LIMIT = 4096  # resolved labels kept per middleware; past it the cache starts over
+_MAX_DEPTH = 16  # mounts nested deeper than this are not indexed (and cycles end)
+
+
+class LoopwatchMiddleware:
+    """Attribute everything a request does to ``framework`` and its route template.
+
+    Add it to any ASGI app (``app.add_middleware(LoopwatchMiddleware)``). ``lifespan`` and
+    other scope types pass straight through. With ``handler_metrics=True`` it also records
+    ``loopwatch_handler_duration_seconds{framework,handler,outcome}`` with ``outcome`` one
+    of ``ok``, ``error`` (an exception escaped, or a 5xx status) and ``cancelled`` (the
+    client went away first). ``framework`` (``starlette`` or ``fastapi``) is detected from
+    the app when not given. The middleware never raises an error of its own into the app.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        registry: CollectorRegistry | None = None,
+        handler_metrics: bool = False,
+        framework: str | None = None,
+    ) -> None:
+        if framework is not None and framework not in FRAMEWORKS:
+            raise ConfigError(
+                f"LoopwatchMiddleware: framework={framework!r} is not accepted; "
+                f"use one of {', '.join(sorted(FRAMEWORKS))}"
+            )
+        self.app = app
+        self.handler_metrics = handler_metrics
+        self.framework = framework
+        self._metrics: Metrics | NullMetrics | None = None
+        if handler_metrics:
+            try:
+                # Created now, so a clash with another metric of that name fails at startup.
+                self._metrics = get_metrics(registry)
+            except LoopwatchError:
+                raise
+            except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
+                internal_error("asgi", exc)
+                self._metrics = NullMetrics()
+        self._resolver = _Resolver(self)
+        self._children: dict[tuple[Labels, str], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        token = None
+        try:
+            outer = _current_value()
+            # A mounted app instrumented too: the outermost middleware labels (and times)
+            # the request, with the mount prefix only it can see.
+            if type(outer) is not _RequestLabels or outer[1] is not scope:
+                if self.framework is None:
+                    self._detect_framework(scope)
+                token = set_lazy_labels(
+                    _RequestLabels((self._resolver, scope, scope.get("root_path", "")))
+                )
+        except Exception as exc:
+            internal_error("asgi", exc)
+        if token is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if self._metrics is None:
+                await self.app(scope, receive, send)
+            else:
+                await self._timed(scope, receive, send, self._metrics)
+        finally:
+            try:
+                reset_labels(token)
+            except Exception as exc:
+                internal_error("asgi", exc)
+
+    def _detect_framework(self, scope: Scope) -> None:
+        app = scope.get("app", self.app)
+        modules = {cls.__module__.partition(".")[0] for cls in type(app).__mro__}
+        self.framework = "fastapi" if "fastapi" in modules else "starlette"
+
+    def labels_for(self, scope: Scope, root_path: str = "") -> Labels:
+        """The labels of a request, from what its router has left in ``scope`` so far.
+
+        ``root_path`` is the scope's ``root_path`` as the request entered the middleware
+        (the server's, which the template leaves out). Never raises.
+        """
+        return self._resolver.labels(scope, root_path)
+
+    async def _timed(
+        self, scope: Scope, receive: Receive, send: Send, metrics: Metrics | NullMetrics
+    ) -> None:
+        root_path = scope.get("root_path", "")
+        progress = _Progress(send)
+        started = _now()
+        try:
+            await self.app(scope, receive, progress.send)
+        except BaseException as exc:
+            cancelled = (
+                progress.disconnected
+                or isinstance(exc, asyncio.CancelledError)
+                # Starlette's errors for a client that went away mid-request.
+                or type(exc).__name__ in _DISCONNECTS
+            )
+            self._observe(metrics, scope, root_path, "cancelled" if cancelled else "error",
+                          started)
+            raise
+        if scope["type"] == "websocket":
+            outcome = "ok"
+        elif progress.status == 0 or progress.status >= 500:
+            outcome = "error"  # no response at all: the server answers 500
+        elif progress.disconnected or not progress.complete:
+            # Starlette stops a streaming response when the client goes away.
+            outcome = "cancelled"
+        else:
+            outcome = "ok"
+        self._observe(metrics, scope, root_path, outcome, started)
+
+    def _observe(
+        self, metrics: Metrics | NullMetrics, scope: Scope, root_path: str, outcome: str,
+        started: float,
+    ) -> None:
+        elapsed = _now() - started
+        try:
+            labels = self._resolver.labels(scope, root_path)
+            key = (labels, outcome)
+            child = self._children.get(key)
+            if child is None:
+                child = metrics.child(
+                    metrics.handler_duration_seconds, framework=labels.framework,
+                    handler=labels.handler, outcome=outcome,
+                )
+                # Kept only when the value was admitted under the label cap: a value folded
+                # into "__other__" must count as an overflow on every request.
+                if labels.handler in getattr(child, "_labelvalues", ()):
+                    if len(self._children) >= _CACHE_LIMIT:
+                        self._children.clear()
+                    self._children[key] = child
+            child.observe(elapsed)
+        except Exception as exc:
+            internal_error("asgi", exc)
+
+
+class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):
+    """The labels of one request, resolved from its scope on each read.
+
+    ``(resolver, scope, root_path at entry)``: a tuple, because one is made per request
+    and a tuple is the cheapest object Python builds. Work that outlives the request (a
+    task it started) reads the final scope, which nothing changes any more.
+    """
+
+    __slots__ = ()
+
+    def resolve(self) -> Labels:
+        resolver: _Resolver = self[0]
+        return resolver.labels(self[1], self[2])
+
+
+class _Progress:
+    """What the app has sent, for the outcome of ``handler_metrics``."""
+
+    __slots__ = ("_send", "complete", "disconnected", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+        self.complete = False
+        self.disconnected = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message.get("status", 200)
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+        try:
+            await self._send(message)
+        except OSError:
+            # ASGI 2.4: sending to a client that went away raises OSError.
+            self.disconnected = True
+            raise
+
+
+class _Resolver:
+    """Route templates from what the router left in the scope, cached per route object."""
+
+    def __init__(self, middleware: LoopwatchMiddleware) -> None:
+        self._middleware = middleware
+        # Keyed by id(): routes define __eq__, so they are unhashable; the object is kept
+        # in the value and compared, so a recycled id never returns another route's label.
+        self._labels: dict[tuple[int, str, Any], tuple[object, Labels]] = {}
+        self._trees: dict[int, tuple[object, _Tree]] = {}
+        self._unmatched: Labels | None = None
+
+    def labels(self, scope: Scope, root_path: str) -> Labels:
+        """The labels for ``scope`` now (``__unmatched__`` before or without a match)."""
+        try:
+            leaf, prefix = self._leaf(scope, root_path)
+            if leaf is None:
+                return self._unmatched_labels()
+            key = (id(leaf), prefix, scope.get("method"))
+            found = self._labels.get(key)
+            if found is not None and found[0] is leaf:
+                return found[1]
+            labels = self._make(scope, leaf, prefix)
+            if labels.handler != UNMATCHED:
+                if len(self._labels) >= _CACHE_LIMIT:
+                    self._labels.clear()
+                self._labels[key] = (leaf, labels)
+            return labels
+        except Exception as exc:
+            internal_error("asgi", exc)
+            return self._unmatched_labels()
+
+    def _unmatched_labels(self) -> Labels:
+        labels = self._unmatched
+        if labels is None:
+            labels = Labels(self._middleware.framework or "starlette", UNMATCHED)
+            if self._middleware.framework is not None:
+                self._unmatched = labels
+        return labels
+
+    def _leaf(self, scope: Scope, root_path: str) -> tuple[object | None, str]:
+        """The matched route (or FastAPI route context) and the concrete mount prefix."""
+        prefix = scope.get("root_path", "")
+        if prefix == root_path:
+            prefix = ""
+        elif prefix.startswith(root_path):
+            prefix = prefix[len(root_path):]
+        route = scope.get("route")
+        fastapi_scope = scope.get("fastapi")
+        if type(fastapi_scope) is dict:
+            # FastAPI routes of an included router: scope["route"] is the router's own
+            # route (without the include prefixes); the effective one has the full path.
+            effective = fastapi_scope.get("effective_route_context")
+            if effective is not None and (route is None or effective.original_route is route):
+                starlette_route = getattr(effective, "starlette_route", None)
+                return (effective if starlette_route is None else starlette_route), prefix
+        if route is not None:
+            return route, prefix
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return None, prefix
+        # A router that does not record scope["route"] (FastAPI's own routes other than
+        # APIRoute, Starlette before 1.7): find the route by its endpoint.
+        return self._tree(scope).route_for(endpoint, scope), prefix
+
+    def _make(self, scope: Scope, leaf: object, prefix: str) -> Labels:
+        framework = self._middleware.framework or "starlette"
+        if isinstance(leaf, (Mount, Host)):
+            if getattr(leaf, "routes", None):
+                # The mount's own router has not matched (yet): a 404 inside the mount.
+                return self._unmatched_labels()
+            template = _MOUNT_TAIL
+        else:
+            found = getattr(leaf, "path_format", None) or getattr(leaf, "path", None)
+            if not isinstance(found, str):
+                return self._unmatched_labels()
+            template = found
+        if scope["type"] == "websocket":
+            method = "WEBSOCKET"
+        else:
+            method = scope.get("method", "")
+            if method not in STANDARD_METHODS:
+                method = "OTHER"
+        if prefix:
+            prefix = self._tree(scope).prefix_template(prefix)
+        return Labels(framework, f"{method} {prefix}{template}")
+
+    def _tree(self, scope: Scope) -> _Tree:
+        router = scope.get("router") or scope.get("app")
+        found = self._trees.get(id(router))
+        if found is not None and found[0] is router:
+            return found[1]
+        tree = _Tree(router)
+        if len(self._trees) >= 64:
+            self._trees.clear()
+        self._trees[id(router)] = (router, tree)
+        return tree
+
+
+class _Tree:
+    """What one top-level router contains: routes by endpoint and the mount templates.
+
+    Built once per router (rebuilt when a lookup misses and the routes have changed), so a
+    request never walks the routes.
+    """
+
+    def __init__(self, router: object) -> None:
+        self._router = router
+        self._size = -1
+        self._by_endpoint: dict[int, list[object]] = {}
+        self._static: set[str] = set()
+        self._patterns: list[tuple[Any, str]] = []
+        self._build()
+
+    def _build(self) -> None:
+        self._by_endpoint.clear()
+        self._static.clear()
+        self._patterns.clear()
+        routes = getattr(self._router, "routes", None) or []
+        self._size = len(routes)
+        self._walk(routes, "", 0)
+
+    def _walk(self, routes: list[Any], prefix: str, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            return
+        for route in routes:
+            if isinstance(route, (Mount, Host)):
+                inner = prefix
+                if isinstance(route, Mount):
+                    inner = prefix + route.path_format[: -len(_MOUNT_TAIL)]
+                    self._add_prefix(inner)
+                self._by_endpoint.setdefault(id(route.app), []).append(route)
+                self._walk(list(getattr(route, "routes", None) or []), inner, depth + 1)
+                continue
+            endpoint = getattr(route, "endpoint", None)
+            if endpoint is not None:
+                self._by_endpoint.setdefault(id(endpoint), []).append(route)
+
+    def _add_prefix(self, template: str) -> None:
+        if "{" not in template:
+            self._static.add(template)
+        elif compile_path is not None:
+            regex = compile_path(template)[0]
+            self._patterns.append((regex, template))
+
+    def route_for(self, endpoint: object, scope: Scope) -> object | None:
+        candidates = self._by_endpoint.get(id(endpoint))
+        if candidates is None:
+            routes = getattr(self._router, "routes", None) or []
+            if len(routes) == self._size:
+                return None
+            self._build()
+            candidates = self._by_endpoint.get(id(endpoint))
+            if candidates is None:
+                return None
+        if len(candidates) == 1:
+            return candidates[0]
+        # One endpoint behind several routes: only those few are tried.
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        for route in candidates:
+            regex = getattr(route, "path_regex", None)
+            if regex is not None and not isinstance(route, (Mount, Host)) and regex.match(path):
+                return route
+        return candidates[0]
+
+    def prefix_template(self, prefix: str) -> str:
+        """The template of a concrete mount prefix (``/orgs/acme`` → ``/orgs/{org}``)."""
+        if prefix in self._static:
+            return prefix
+        for regex, template in self._patterns:
+            if regex.match(prefix):
+                return template
+        # A mount this router does not show (dispatch by a custom app): keep the path; the
+        # per-metric cap on handler values bounds what that can cost.
+        return prefix
