@@ -124,9 +124,11 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
     future: asyncio.Future[T] | None = None
     completed = False
 
-    if saved_task is not None:
-        tasks._leave_task(loop, saved_task)
     try:
+        # The calling task is suspended in the middle of its step: step out of it, so the
+        # loop can run other tasks' steps, and step back in when the nested run is over.
+        if saved_task is not None:
+            tasks._leave_task(loop, saved_task)
         drivable._stopping = False
         if run is not None:
             restore_hooks = _track(loop, run)
