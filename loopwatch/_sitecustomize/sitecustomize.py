@@ -1,0 +1,98 @@
+"""Installs loopwatch at interpreter start, for ``loopwatch run``.
+
+``loopwatch run`` puts this directory first on ``PYTHONPATH`` and the options in
+``LOOPWATCH_*`` variables, so every Python process of the wrapped command (and its
+children, which inherit the environment) runs this before any application code. Then the
+next ``sitecustomize`` on the path runs, as it would have without loopwatch.
+
+Nothing here may break the host interpreter: every failure is counted (when loopwatch
+imports at all) and reported once on stderr, and the program starts as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT_PID_VARIABLE = "LOOPWATCH_RUN_PID"
+
+
+def _say(message: str) -> None:
+    # No usable stderr: stay silent rather than break the program.
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"loopwatch: {message}\n")
+
+
+def _port_is_free(addr: str, port: int) -> bool:
+    import socket
+
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((addr, port))
+    except OSError:
+        return False
+    return True
+
+
+def _install() -> None:
+    try:
+        import loopwatch
+    except ImportError as exc:
+        _say(f"not installed in this process: {exc} (is loopwatch installed for "
+             f"{sys.executable}?)")
+        return
+    try:
+        options: dict[str, object] = {}
+        port = os.environ.get("LOOPWATCH_METRICS_PORT", "").strip()
+        if port.isdigit() and int(port) != 0 and os.environ.get(_ROOT_PID_VARIABLE) != str(
+            os.getpid()
+        ):
+            # A child of the wrapped command: serve metrics only if nobody serves them yet.
+            addr = os.environ.get("LOOPWATCH_METRICS_ADDR", "127.0.0.1").strip() or "127.0.0.1"
+            if not _port_is_free(addr, int(port)):
+                options["metrics_port"] = None
+        loopwatch.install(**options)
+    except loopwatch.ConfigError as exc:
+        _count(exc)
+        _say(f"not installed in this process: {exc}")
+    except Exception as exc:
+        _count(exc)
+        from loopwatch._monitor import internal_error
+
+        internal_error("sitecustomize", exc)
+
+
+def _count(exc: BaseException) -> None:
+    try:
+        from loopwatch.metrics import get_metrics
+
+        get_metrics().internal_errors_total.labels(component="sitecustomize").inc()
+    except Exception:  # counting is best effort; the message still goes out
+        pass
+
+
+def _chain() -> None:
+    """Run the ``sitecustomize`` this one shadows, if there is one."""
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    spec.loader.exec_module(module)
+
+
+try:
+    _install()
+except BaseException as exc:  # whatever happens, the program must start
+    if isinstance(exc, KeyboardInterrupt):
+        raise
+    _say(f"not installed in this process: {exc!r}")
+# Outside the guard on purpose: an error in the other sitecustomize is reported by `site`
+# exactly as it would be without loopwatch.
+_chain()
