@@ -21,6 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 IN_CI = bool(os.environ.get("CI"))
+# What runs on every supported Python: the core and its asyncio internals (stdlib + uvloop).
+CORE_TESTS = (
+    "tests/test_core_reentry.py",
+    "tests/test_core_lifecycle.py",
+    "tests/test_core_faults.py",
+    "tests/test_reliability_core.py",
+    "tests/test_reenter.py",
+)
 
 
 def say(message: str) -> None:
@@ -110,9 +118,7 @@ def test(args: list[str]) -> int:
             "core",
             "-p",
             "no:cacheprovider",
-            "tests/test_core_reentry.py",
-            "tests/test_core_lifecycle.py",
-            *[t for t in ("tests/test_reenter.py",) if (ROOT / t).exists()],
+            *CORE_TESTS,
         )
     if missing:
         say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")

@@ -191,10 +191,12 @@ class Metrics:
         with self._lock:
             handler = labels.get("handler")
             if handler is not None and handler not in _RESERVED_HANDLERS:
-                seen = self._handlers.setdefault(metric._name, set())
+                # The exported name: prometheus_client keeps counters' without "_total".
+                name = metric._name + ("_total" if metric._type == "counter" else "")
+                seen = self._handlers.setdefault(name, set())
                 if handler not in seen:
                     if len(seen) >= self.label_cap:
-                        self.label_overflow_total.labels(metric=metric._name).inc()
+                        self.label_overflow_total.labels(metric=name).inc()
                         labels = {**labels, "handler": "__other__"}
                         # Not cached under the raw value: each overflow is counted.
                         return metric.labels(**labels)

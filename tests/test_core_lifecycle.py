@@ -316,7 +316,7 @@ def test_handler_cap_folds_into_other() -> None:
     assert values == {"h0", "h1", "h2", "__other__"}
     assert (
         registry.get_sample_value(
-            "loopwatch_label_overflow_total", {"metric": "loopwatch_event_loop_blocks"}
+            "loopwatch_label_overflow_total", {"metric": "loopwatch_event_loop_blocks_total"}
         )
         == 7
     )
