@@ -38,11 +38,18 @@ from ._errors import LoopwatchError
 if TYPE_CHECKING:
     from ._monitor import Monitor
 
-__all__ = ["foreign_patch", "install", "worker_threads"]
+__all__ = ["foreign_patch", "install", "offloading", "on_loop_start", "worker_threads"]
 
 T = TypeVar("T")
 _MISSING = object()
 _get_running_loop = asyncio._get_running_loop
+
+# Called with a loop just before it starts running in this thread (the lag probe and the
+# exception-handler chain of ``_watchdog``/``_tasks`` attach there). Callbacks never raise.
+on_loop_start: list[Callable[[Any], None]] = []
+# Thread id -> api of the offloaded or marshalled call that thread is waiting for right
+# now: the watchdog marks a block of that thread's loop as this stall, not a second one.
+offloading: dict[int, str] = {}
 
 API_RUN = "asyncio.run"
 API_RUNNER = "asyncio.Runner.run"
@@ -111,9 +118,7 @@ class _Workers:
                             return
                     continue
                 if item is None:
-                    with self._lock:
-                        self._idle -= 1
-                    return
+                    return  # shutdown() already took this worker off the idle count
                 future, fn = item
                 if future.set_running_or_notify_cancel():
                     try:
@@ -128,11 +133,14 @@ class _Workers:
                 self._threads.discard(threading.current_thread())
 
     def shutdown(self, timeout: float = 2.0) -> None:
-        """Ask idle workers to exit and wait briefly for them (busy ones exit when done)."""
+        """Ask idle workers to exit; wait for them only when no worker is busy."""
         with self._lock:
             threads = list(self._threads)
-            for _ in range(self._idle):
+            idle, self._idle = self._idle, 0
+            for _ in range(idle):
                 self._jobs.put(None)
+        if idle < len(threads):
+            return  # busy workers finish their call, then idle out on their own
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -204,6 +212,7 @@ def _report(
     loop: object | None,
     detail: dict[str, str] | None = None,
     stack: list[Any] | None = None,
+    hint: str | None = None,
 ) -> None:
     duration = None if started is None else time.perf_counter() - started
     labels = _context.current_labels()
@@ -237,6 +246,7 @@ def _report(
         labels=labels,
         detail=detail,
         stack=stack,
+        hint=hint,
     )
 
 
@@ -306,6 +316,24 @@ def _reenter_module() -> Any:
     return _reenter
 
 
+def _unpoison(loop: asyncio.AbstractEventLoop) -> None:
+    """Clear the await flag a foreign loop left set on tasks of ``loop``.
+
+    When a worker loop's task awaits a Task of ``loop``, asyncio rejects it ("attached to a
+    different loop") but leaves that Task's ``_asyncio_future_blocking`` set, so a later,
+    correct ``await`` of it fails ("await wasn't used with future"). While this thread is
+    inside a task step, no pending Task of ``loop`` can legitimately have the flag set.
+    """
+    try:
+        for task in asyncio.all_tasks(loop):
+            if not task.done() and getattr(task, "_asyncio_future_blocking", False):
+                task._asyncio_future_blocking = False
+    except Exception as exc:
+        from ._monitor import internal_error
+
+        internal_error("reentry", exc)
+
+
 def _offload(
     monitor: Monitor,
     call: _Call,
@@ -320,6 +348,7 @@ def _offload(
     started = time.perf_counter()
     future = _workers.submit(functools.partial(context.run, call.run_elsewhere, tracked))
     timeout = monitor.config.offload_timeout
+    offloading[threading.get_ident()] = call.api
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
@@ -333,12 +362,23 @@ def _offload(
     except RuntimeError as exc:
         if _is_foreign_loop_error(exc):
             detail["error"] = "needs the running loop"
+            _unpoison(running)
             raise LoopwatchError(
                 f"{call.api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
             ) from exc
         raise
     finally:
-        _report(monitor, "reentry", call.api, "offloaded", started, running, detail, stack)
+        offloading.pop(threading.get_ident(), None)
+        hint = None
+        if "error" in detail or "timeout" in detail:
+            hint = (
+                f"{call.api} could not complete on a worker thread: the coroutine needs objects "
+                "of the running loop. Await it instead, or use on_reentry='reenter' (in a "
+                "notebook: %loopwatch policy reenter)."
+            )
+        _report(
+            monitor, "reentry", call.api, "offloaded", started, running, detail, stack, hint
+        )
 
 
 def _awaitable(obj: Any) -> bool:
@@ -379,6 +419,8 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
         _close(coro)
         raise
     timeout = monitor.config.offload_timeout if monitor is not None else None
+    if running_here is not None:
+        offloading[threading.get_ident()] = api
     try:
         return handle.result(timeout)
     except concurrent.futures.TimeoutError:
@@ -389,6 +431,7 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
             "blocked waiting for this thread?"
         ) from None
     finally:
+        offloading.pop(threading.get_ident(), None)
         if monitor is not None:
             try:
                 _report(
@@ -516,11 +559,23 @@ def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]
     return run_until_complete
 
 
+def _loop_starting(loop: Any) -> None:
+    for callback in on_loop_start:
+        try:
+            callback(loop)
+        except Exception as exc:
+            from ._monitor import internal_error
+
+            internal_error("loop_start", exc)
+
+
 def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run_forever(self: Any) -> Any:
         running = _get_running_loop()
         if running is None and not self.is_running():
+            if on_loop_start:
+                _loop_starting(self)
             return original(self)
         from ._monitor import current
 
