@@ -91,6 +91,14 @@ class Monitor:
 
         self._apply(self.config, first=True)
         self._undo.append(_reentry.install(self))
+
+        def loop_started(loop: object) -> None:
+            # The service's loop, not the fresh loops of loopwatch's own offload workers.
+            if not threading.current_thread().name.startswith("loopwatch-"):
+                self._set_info(loop)
+
+        _reentry.on_loop_start.append(loop_started)
+        self._undo.append(lambda: _reentry.on_loop_start.remove(loop_started))
         for name in ("_watchdog", "_tasks"):
             component = _optional_component(name)
             if component is not None:
@@ -119,13 +127,15 @@ class Monitor:
         """Change options of the running monitor (raises :class:`ConfigError` on bad values)."""
         self._apply(load_config(options, base=self.config))
 
-    def _set_info(self) -> None:
+    def _set_info(self, loop_obj: object | None = None) -> None:
         from . import __version__
 
-        try:
-            loop = loop_name(asyncio.get_running_loop())
-        except RuntimeError:
-            loop = "none"
+        if loop_obj is None:
+            loop_obj = asyncio._get_running_loop()
+        if loop_obj is None and self._info_labels is not None:
+            loop = self._info_labels[2]  # keep the loop a previous start told us about
+        else:
+            loop = loop_name(loop_obj)
         if self.metrics is None:
             return
         python = ".".join(map(str, sys.version_info[:3]))

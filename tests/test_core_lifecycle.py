@@ -344,3 +344,22 @@ def test_public_names() -> None:
         assert name == "__version__" or getattr(loopwatch, name).__doc__
     assert issubclass(ConfigError, ValueError)
     assert issubclass(ConfigError, loopwatch.LoopwatchError)
+
+
+def test_info_names_the_loop_started_after_install(loop_factory: Any) -> None:
+    registry = CollectorRegistry()
+    loopwatch.install(registry=registry)
+
+    async def main() -> None:
+        asyncio.run(asyncio.sleep(0))  # offloaded: its worker loop must not be the one named
+
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    info = [
+        s.labels for m in registry.collect() if m.name == "loopwatch_info" for s in m.samples
+    ]
+    assert len(info) == 1
+    assert info[0]["loop"] == _monitor.loop_name(loop)
