@@ -97,11 +97,15 @@ def main() -> int:
         loopwatch.uninstall()
     real_loop.close()
     rows.append(
-        describe("end to end: asyncio.run(noop())", [w - b for w, b in zip(with_run, base_run)])
+        describe(
+            "end to end: asyncio.run(noop())",
+            [w - b for w, b in zip(with_run, base_run, strict=True)],
+        )
     )
     rows.append(
         describe(
-            "end to end: run_until_complete(noop())", [w - b for w, b in zip(with_ruc, base_ruc)]
+            "end to end: run_until_complete(noop())",
+            [w - b for w, b in zip(with_ruc, base_ruc, strict=True)],
         )
     )
 
