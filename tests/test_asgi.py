@@ -343,6 +343,11 @@ def test_random_paths_on_a_real_server(loop: str, registry: CollectorRegistry) -
     rng = random.Random(99)
     with serve(app, loop) as base, httpx.Client(base_url=base) as client:
         client.get("/labels")
+        # The duration is recorded after the response is sent: wait for it to land.
+        for _ in range(200):
+            if "GET /labels" in handler_values(registry):
+                break
+            time.sleep(0.01)
         before = handler_values(registry)
         for _ in range(300):
             assert client.get(random_path(rng)).status_code == 404

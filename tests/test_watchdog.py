@@ -367,7 +367,7 @@ def test_idle_loop_samples_as_idle(
         time.sleep(0.1)  # a few ticks
         watchdog = _watchdog._active
         assert watchdog is not None and thread.ident is not None
-        (probe,) = watchdog._active
+        probe = watchdog._probes[loop]
         sample = _watchdog._sample_thread(thread.ident, 0.0, probe.idle_at)
         assert sample.cause == "idle", sample.stack[:3]
     finally:
@@ -446,7 +446,7 @@ def test_uninstall_stops_the_thread_and_the_probes(
     async def main() -> tuple[float, float]:
         loopwatch.install(registry=registry)
         assert len(watchdog_threads()) == 1
-        assert len(_reentry.on_loop_start) == 2
+        assert len(_reentry.on_loop_start) == 3  # the probe, the task hooks, the info label
         await asyncio.sleep(0.1)
         loopwatch.uninstall()
         count = lag(registry, "count")
@@ -483,7 +483,7 @@ def test_loopwatch_worker_loops_are_not_probed(registry: CollectorRegistry) -> N
     thread = threading.Thread(target=in_worker, name="loopwatch-offload-test")
     thread.start()
     thread.join(5)
-    assert watchdog._active == ()
+    assert [p for p in watchdog._active if p.thread_name == thread.name] == []
 
 
 def test_sampling_failure_is_counted_never_raised(
