@@ -7,9 +7,12 @@ stdlib loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +63,38 @@ def run_on(factory: Callable[[], asyncio.AbstractEventLoop], coro: Any) -> Any:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+@contextlib.contextmanager
+def serve_uvicorn(app: Any, loop: str, **config: Any) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on 127.0.0.1 in a thread; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop=loop,
+            lifespan="on",
+            log_level="warning",
+            **config,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def free_port() -> int:

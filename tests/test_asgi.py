@@ -18,18 +18,16 @@ import string
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asgi_apps
 import httpx
 import pytest
-import uvicorn
 import websockets.sync.client
-from conftest import LOOP_KINDS, free_port
+from conftest import LOOP_KINDS, free_port, serve_uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,27 +50,9 @@ APP_MAKERS = {"fastapi": asgi_apps.make_fastapi_app, "starlette": asgi_apps.make
 # -- helpers -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serve(app: Any, loop: str, **config: Any) -> Iterator[str]:
+def serve(app: Any, loop: str, **config: Any) -> contextlib.AbstractContextManager[str]:
     """Run ``app`` under a real uvicorn server on 127.0.0.1; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop=loop, lifespan="on", log_level="warning",
-        ws="websockets-sansio", **config,
-    ))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        assert not thread.is_alive(), "uvicorn did not stop"
+    return serve_uvicorn(app, loop, ws="websockets-sansio", **config)
 
 
 def in_process(app: Any) -> httpx.AsyncClient:

@@ -5,17 +5,17 @@ awaited. The user's exception handler and warning filters keep working exactly a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import LOOP_KINDS, run_on
+from conftest import LOOP_KINDS, run_on, serve_uvicorn
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -328,32 +328,8 @@ def test_an_instance_override_made_before_install_is_chained_and_restored(
 # -- FastAPI under real uvicorn ------------------------------------------------------------
 
 
-def _serve(app: Any, loop: str) -> Iterator[str]:
-    import contextlib
-
-    import uvicorn
-    from conftest import free_port
-
-    @contextlib.contextmanager
-    def serving() -> Iterator[str]:
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=port, loop=loop, lifespan="on", log_level="warning",
-        ))
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(15)
-
-    return serving()  # type: ignore[return-value]
+def _serve(app: Any, loop: str) -> contextlib.AbstractContextManager[str]:
+    return serve_uvicorn(app, loop)
 
 
 @pytest.mark.slow

@@ -17,12 +17,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOOP_KINDS, free_port, run_on
+from conftest import LOOP_KINDS, run_on, serve_uvicorn
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -550,27 +550,9 @@ def test_watchdog_restarts_in_a_forked_child(tmp_path: Path) -> None:
 # -- FastAPI under real uvicorn ------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serve(app: Any, loop: str) -> Iterator[str]:
+def serve(app: Any, loop: str) -> contextlib.AbstractContextManager[str]:
     """Run ``app`` under a real uvicorn server on 127.0.0.1; yield its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop=loop, lifespan="on", log_level="warning",
-    ))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    return serve_uvicorn(app, loop)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
