@@ -29,6 +29,9 @@ CORE_TESTS = (
     "tests/test_reliability_core.py",
     "tests/test_reenter.py",
 )
+# The loop-health monitor reads task internals that differ by version: its tests too,
+# minus the real-server ones (those need the framework extras).
+MONITOR_TESTS = ("tests/test_watchdog.py", "tests/test_tasks.py")
 
 
 def say(message: str) -> None:
@@ -119,6 +122,16 @@ def test(args: list[str]) -> int:
             "-p",
             "no:cacheprovider",
             *CORE_TESTS,
+        )
+        run(
+            bin_of(other, "python"),
+            "-m",
+            "pytest",
+            "-m",
+            "not slow",
+            "-p",
+            "no:cacheprovider",
+            *MONITOR_TESTS,
         )
     if missing:
         say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")
