@@ -65,23 +65,23 @@ def spread(values: list[float], unit: str = "%", scale: float = 100.0) -> str:
 # -- 1. idle ------------------------------------------------------------------------------
 
 
-def idle_child(kind: str, setup: str, seconds: float) -> None:
+def idle_child(kind: str, setup: str, seconds: float, tick: float) -> None:
     """One idle process: prints the CPU and wall seconds it used over ``seconds``.
 
-    ``setup``: ``bare`` (nothing), ``timer`` (a no-op 20 ms timer chain: the floor any lag
-    probe at the default tick pays on this machine), ``loopwatch`` (installed, defaults).
+    ``setup``: ``bare`` (nothing), ``timer`` (a no-op timer chain at ``tick``: the floor any
+    lag probe at that tick pays on this machine), ``loopwatch`` (installed, ``lag_tick``).
     """
     if setup == "loopwatch":
-        loopwatch.install(registry=CollectorRegistry())
+        loopwatch.install(registry=CollectorRegistry(), lag_tick=tick)
 
     async def main() -> dict[str, float]:
         loop = asyncio.get_running_loop()
         if setup == "timer":
 
-            def tick() -> None:
-                loop.call_later(0.02, tick)
+            def again() -> None:
+                loop.call_later(tick, again)
 
-            tick()
+            again()
         await asyncio.sleep(1.0)  # warm-up: imports, first ticks
         cpu0, wall0 = time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
@@ -96,15 +96,16 @@ def idle_child(kind: str, setup: str, seconds: float) -> None:
     print(json.dumps(result))
 
 
-def idle(seconds: float) -> None:
+def idle(seconds: float, tick: float) -> None:
     setups = ("bare", "timer", "loopwatch")
     procs = {}
     for kind in LOOPS:
         for setup in setups:
-            cmd = [sys.executable, __file__, "idle-child", kind, setup, str(seconds)]
+            cmd = [sys.executable, __file__, "idle-child", kind, setup, str(seconds), str(tick)]
             procs[(kind, setup)] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    print(f"idle process over {seconds:g} s, CPU of all threads / wall (share of one core):")
-    print("| loop | without | bare 20 ms timer (floor) | with loopwatch | added by loopwatch |")
+    print(f"idle process over {seconds:g} s, lag_tick {tick * 1000:g} ms, CPU of all threads / "
+          "wall (share of one core):")
+    print("| loop | without | bare timer at the tick (floor) | with loopwatch | added |")
     print("|---|---|---|---|---|")
     shares = {}
     for key, proc in procs.items():
@@ -310,18 +311,19 @@ def latency(blocks: int) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "idle-child":
-        idle_child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        idle_child(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
                         choices=["idle", "throughput", "start", "latency", "all"])
     parser.add_argument("--seconds", type=float, default=30.0, help="idle measurement window")
+    parser.add_argument("--tick", type=float, default=0.02, help="lag_tick for the idle run")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--tasks", type=int, default=10_000, help="small tasks per round")
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]} on {os.cpu_count()} CPUs; loops: {', '.join(LOOPS)}")
     if args.what in ("idle", "all"):
-        idle(args.seconds)
+        idle(args.seconds, args.tick)
     if args.what in ("throughput", "all"):
         throughput(args.rounds, args.tasks)
     if args.what in ("start", "all"):
