@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from ._frames import is_user_file
+
 __all__ = ["JsonFormatter", "TextFormatter", "logger"]
 
 logger = logging.getLogger("loopwatch")
@@ -29,9 +31,16 @@ class TextFormatter(logging.Formatter):
         if isinstance(data, dict):
             if data.get("hint"):
                 line += f"\n    hint: {data['hint']}"
+            hidden = 0
             for frame in data.get("stack") or ():
-                if frame:
-                    line += f"\n    {frame['file']}:{frame['line']} in {frame['function']}"
+                if not frame:
+                    continue
+                if not is_user_file(frame["file"]):
+                    hidden += 1  # library frames: in the JSON and in as_dict(), not here
+                    continue
+                line += f"\n    {frame['file']}:{frame['line']} in {frame['function']}"
+            if hidden:
+                line += f"\n    (+{hidden} library frames; LOOPWATCH_LOG_FORMAT=json has them all)"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

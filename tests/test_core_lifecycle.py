@@ -225,6 +225,8 @@ def test_text_format_when_nothing_else_logs(capsys: pytest.CaptureFixture[str]) 
     assert "reentry asyncio.run [offloaded]" in err
     assert "hint:" in err
     assert "in helper" in err
+    assert "library frames" in err  # folded away in text; all there in JSON
+    assert "asyncio/runners.py" not in err
 
 
 async def _call_helper() -> None:
