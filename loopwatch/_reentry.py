@@ -24,6 +24,7 @@ import contextvars
 import functools
 import importlib.abc
 import importlib.machinery
+import os
 import queue
 import sys
 import threading
@@ -145,12 +146,21 @@ class _Workers:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's workers: only the forking thread exists in a child process."""
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = set()
+
     def thread_count(self) -> int:
         with self._lock:
             return len(self._threads)
 
 
 _workers = _Workers()
+if hasattr(os, "register_at_fork"):  # a preloading server (gunicorn --preload) forks workers
+    os.register_at_fork(after_in_child=_workers.after_fork_in_child)
 
 
 class _Job:
