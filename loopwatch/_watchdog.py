@@ -47,6 +47,7 @@ __all__ = ["THREAD_NAME", "install", "register_handler"]
 
 THREAD_NAME = "loopwatch-watchdog"
 _MAX_SLEEP = 0.5
+_STILL_FOLD_WINDOW = 60.0  # the same fold window as incidents' log lines (PRODUCT.md §5)
 _EARLY = 0.002  # a tick this much before its due time is a stale timer, not clock rounding
 
 _monotonic = time.monotonic
@@ -393,6 +394,8 @@ class _Watchdog:
         # When the thread will look next (monotonic; inf: only when woken). A loop start
         # wakes it only if it would look too late for the new probe: starts stay cheap.
         self._next_look = float("inf")
+        # Site of a "still blocked" line -> when it was last logged (monotonic).
+        self._still_logged_at: dict[Any, float] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -574,6 +577,15 @@ class _Watchdog:
         from ._monitor import loop_name
 
         site, sample = _site_of(block.all_samples())
+        # Fold like incidents: one "still blocked" line per site per fold window, so a
+        # handler that blocks long on every request does not log on every request.
+        mono = time.monotonic()
+        last = self._still_logged_at.get(site)
+        if last is not None and mono - last < _STILL_FOLD_WINDOW:
+            return
+        if len(self._still_logged_at) > 1000:
+            self._still_logged_at.clear()
+        self._still_logged_at[site] = mono
         labels = block.labels or default_labels()
         now = time.time()
         incident = Incident(
