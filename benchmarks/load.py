@@ -101,6 +101,11 @@ def soak_app() -> Any:
     async def health() -> str:
         return "h"
 
+    @app.get("/stall", response_class=PlainTextResponse)
+    async def stall() -> str:
+        clock.sleep(0.3)  # after the soak: is the watchdog still sampling?
+        return "s"
+
     @app.get("/tasks", response_class=PlainTextResponse)
     async def tasks() -> str:
         return str(len(asyncio.all_tasks()))
@@ -618,6 +623,12 @@ def soak(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> 
         after_metrics = _samples(get(server.port, "/metrics")[1])
         soak_end = time.monotonic()
         lines = server.stderr_lines()
+        # One long block after the soak: the watchdog must still sample it (site, handler).
+        get(server.port, "/stall")
+        time.sleep(1.0)
+        stall_records, _ = _log_records(server.stderr_lines()[len(lines):])
+        stall_seen = [r["loopwatch"] for r in stall_records
+                      if (r["loopwatch"].get("site") or {}).get("function") == "stall"]
         idle_started = time.monotonic()
         threads_idle = after["Threads"]
         while time.monotonic() - idle_started < args.idle:
@@ -644,6 +655,12 @@ def soak(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> 
                       handler="GET /block/{n}"))
     all_blocks = (_metric_sum(after_metrics, "loopwatch_event_loop_blocks_total")
                   - _metric_sum(before_metrics, "loopwatch_event_loop_blocks_total"))
+    by_handler = Counter({
+        handler: _metric_sum(after_metrics, "loopwatch_event_loop_blocks_total", handler=handler)
+        - _metric_sum(before_metrics, "loopwatch_event_loop_blocks_total", handler=handler)
+        for handler in {ls.get("handler", "") for n, ls, _ in after_metrics
+                        if n == "loopwatch_event_loop_blocks_total"}
+    })
     internal = _metric_sum(after_metrics, "loopwatch_internal_errors_total")
     records, other = _log_records(lines)
     fingerprints = Counter(_fingerprint(r) for r in records)
@@ -651,6 +668,8 @@ def soak(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> 
     per_fingerprint = 1 + math.floor(elapsed / 60)
     bound = len(fingerprints) * per_fingerprint
     worst = max(fingerprints.values(), default=0)
+    still = sum(1 for r in records
+                if (r.get("loopwatch") or {}).get("detail", {}).get("still_blocked"))
     rss_growth_mb = (after["VmRSS"] - before["VmRSS"]) / 1024
     five_xx = warm.statuses.get("5xx", 0) + run.statuses.get("5xx", 0)
     late_lines = len(final_lines) - len(lines)
@@ -677,7 +696,8 @@ def soak(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> 
         f"| `loopwatch_reentry_total` growth | {reentry_counted:,.0f} | {reentry_sent:,} "
         f"re-entering requests sent | {ok(reentry_counted == reentry_sent)} |",
         f"| loopwatch log lines (server start → soak end, {elapsed:.0f} s) | {len(records)} "
-        f"({len(fingerprints)} fingerprints, at most {worst} for one) | ≤ {bound} "
+        f"({still} of them \"still blocked\" lines; {len(fingerprints)} fingerprints, at most "
+        f"{worst} for one) | ≤ {bound} "
         f"(fingerprints × (1 + ⌊{elapsed:.0f}/60⌋)) | "
         f"{ok(len(records) <= bound and worst <= per_fingerprint)} |",
         f"| server stderr lines that are not loopwatch JSON | {len(other)} | 0 | "
@@ -690,10 +710,15 @@ def soak(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> 
         f"{start['Threads']} | {ok(threads_idle <= start['Threads'])} |",
         f"| asyncio tasks: start → soak end | {start_tasks} → {after_tasks} | no growth | "
         f"{ok(after_tasks <= start_tasks)} |",
-        f"| blocks counted (`loopwatch_event_loop_blocks_total`) | {route_blocks:,.0f} on "
-        f"`GET /block/{{n}}`, {all_blocks:,.0f} in all | {blocks_sent:,} {args.block_ms:g}-ms "
-        "blocks sent | info |",
+        f"| blocks counted (`loopwatch_event_loop_blocks_total`) | {all_blocks:,.0f} in all, "
+        f"{route_blocks:,.0f} on `GET /block/{{n}}` ("
+        + ", ".join(f"{h}: {v:,.0f}" for h, v in by_handler.most_common() if v)
+        + f") | {blocks_sent:,} {args.block_ms:g}-ms blocks sent | info |",
         f"| `loopwatch_internal_errors_total` | {internal:.0f} | 0 | {ok(internal == 0)} |",
+        "| a 300 ms block after the soak is sampled (site and handler) | "
+        + (f"{stall_seen[0]['handler']} at line {stall_seen[0]['site']['line']}"
+           if stall_seen else "not reported with its site")
+        + f" | `GET /stall` | {ok(any(r['handler'] == 'GET /stall' for r in stall_seen))} |",
     ]
     if fingerprints:
         out += ["", "Log lines per fingerprint (kind, api, site):", ""]
