@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -733,7 +734,7 @@ def soak(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> 
     if other:
         out += ["", "Other stderr lines (first 5):", "", "```", *other[:5], "```"]
     if late_lines:
-        out += ["", f"({late_lines} more log lines during the idle period.)"]
+        out += ["", f"(Log lines during the idle period after the soak: {late_lines}.)"]
     return "\n".join(out)
 
 
@@ -775,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed (apt-get install wrk), or use --load httpx")
     info = machine()
+    given = sys.argv[1:] if argv is None else argv
     sections = [
         "## loopwatch load and soak",
         "",
@@ -782,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['os']}; uvicorn {info['uvicorn']} (`--loop uvloop`, uvloop {info['uvloop']}, "
         f"httptools {info['httptools']}), FastAPI {info['fastapi']}, load: "
         f"{info['wrk'] if use_wrk else 'httpx'}.",
-        f"Command: `python benchmarks/load.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Command: `{shlex.join(['python', 'benchmarks/load.py', *given])}`",
     ]
     with tempfile.TemporaryDirectory(prefix="loopwatch-load-") as tmp:
         workdir = Path(tmp) if args.logs is None else args.logs
