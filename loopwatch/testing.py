@@ -1,13 +1,12 @@
 """Helpers for your own tests: capture incidents, get a fresh registry.
 
-Example::
+Example (a test of your own)::
 
-    from loopwatch.testing import capture_incidents, fresh_registry
-
-    def test_no_reentry():
-        with capture_incidents(registry=fresh_registry()) as seen:
-            run_my_service_once()
-        assert [i for i in seen if i.kind == "reentry"] == []
+    >>> from loopwatch.testing import capture_incidents, fresh_registry
+    >>> with capture_incidents(registry=fresh_registry()) as seen:
+    ...     run_my_service_once()
+    >>> [i.kind for i in seen if i.kind == "reentry"]
+    []
 """
 
 from __future__ import annotations

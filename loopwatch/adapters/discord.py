@@ -35,7 +35,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 try:
@@ -213,6 +213,27 @@ class Instrumentation:
 
         return _run_event
 
+    async def _labelled(
+        self, handler: str, call: Callable[[], Awaitable[Any]], failed: Callable[[], bool],
+        *, timed: bool = True,
+    ) -> None:
+        """Run ``call`` under ``handler``'s labels and record its duration and outcome."""
+        token = set_labels(FRAMEWORK, handler)
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            await call()
+            outcome = "error" if failed() else "ok"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            reset_labels(token)
+            if outcome == "error" and _cancelling():
+                outcome = "cancelled"
+            if timed:
+                self._observe(handler, outcome, time.perf_counter() - start)
+
     def _timed(self, func: CoroFunc, handler: str) -> CoroFunc:
         async def handler_call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
@@ -233,23 +254,12 @@ class Instrumentation:
         async def invoke(ctx: commands.Context[Any], /) -> None:
             if not self.active or ctx.command is None:
                 return await original(ctx)  # type: ignore[no-any-return]
-            handler = "command:" + _command_name(ctx)
-            token = set_labels(FRAMEWORK, handler)
-            start = time.perf_counter()
-            outcome = "error"
-            try:
-                await original(ctx)
-                # Bot.invoke hands command errors (failed checks included) to the error
-                # handlers instead of raising; they all mark the context failed.
-                outcome = "error" if ctx.command_failed else "ok"
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                reset_labels(token)
-                if outcome == "error" and _cancelling():
-                    outcome = "cancelled"
-                self._observe(handler, outcome, time.perf_counter() - start)
+            # Bot.invoke hands command errors (failed checks included) to the error handlers
+            # instead of raising; they all mark the context failed.
+            await self._labelled(
+                "command:" + _command_name(ctx), lambda: original(ctx),
+                lambda: bool(ctx.command_failed),
+            )
             return None
 
         return invoke
@@ -262,21 +272,12 @@ class Instrumentation:
             handler = (
                 "__unmatched__" if command is None else "app_command:" + command.qualified_name
             )
-            token = set_labels(FRAMEWORK, handler)
-            start = time.perf_counter()
-            outcome = "error"
-            try:
-                await original(interaction)
-                outcome = "error" if interaction.command_failed else "ok"
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                reset_labels(token)
-                # Autocomplete runs per keystroke: attributed, but kept out of the durations
-                # so they describe the commands themselves.
-                if interaction.type is not discord.InteractionType.autocomplete:
-                    self._observe(handler, outcome, time.perf_counter() - start)
+            # Autocomplete runs per keystroke: attributed, but kept out of the durations so
+            # they describe the commands themselves.
+            await self._labelled(
+                handler, lambda: original(interaction), lambda: bool(interaction.command_failed),
+                timed=interaction.type is not discord.InteractionType.autocomplete,
+            )
             return None
 
         return _call
