@@ -452,7 +452,7 @@ def test_run_uvicorn_app_catches_reentry_without_code_change(tmp_path: Path) -> 
     ) as proc:
         err = _Lines(proc.stderr)
         try:
-            err.wait_for("Application startup complete", timeout=30)
+            err.wait_for("Uvicorn running on", timeout=30)
             assert get(f"http://127.0.0.1:{port}/double/21") == (200, '{"value":42}')
             metrics = get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
             assert sample(metrics, "loopwatch_reentry_total", api="asyncio.run",
@@ -479,7 +479,7 @@ def test_run_example_fastapi_app() -> None:
     ) as proc:
         err = _Lines(proc.stderr)
         try:
-            err.wait_for("Application startup complete", timeout=30)
+            err.wait_for("Uvicorn running on", timeout=30)
             status, body = get(f"http://127.0.0.1:{port}/openapi.json")
             assert status == 200
             hit = []
