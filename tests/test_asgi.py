@@ -468,6 +468,49 @@ def test_handler_outcomes(loop: str, registry: CollectorRegistry) -> None:
     assert duration_count(registry, "fastapi", "GET /stream", "ok") == 0
 
 
+class ClientGone(OSError):
+    """What an ASGI 2.4 server raises from ``send`` once the client has gone."""
+
+
+def test_outcome_of_a_send_that_fails_is_cancelled_and_an_apps_oserror_is_error(
+    registry: CollectorRegistry,
+) -> None:
+    route = Route("/x", endpoint=lambda request: None)
+    sent: list[str] = []
+
+    async def server_send(message: Any) -> None:
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            raise ClientGone("client went away")
+
+    async def receive() -> Any:
+        return {"type": "http.request"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = route
+        if scope["path"] == "/db":
+            raise ConnectionRefusedError("the app's own database is down")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = LoopwatchMiddleware(app, registry=registry, handler_metrics=True,
+                                     framework="starlette")
+
+    async def call(path: str) -> None:
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "",
+                 "headers": [], "query_string": b""}
+        await middleware(scope, receive, server_send)
+
+    with pytest.raises(ClientGone):
+        run(call("/x"))
+    with pytest.raises(ConnectionRefusedError):
+        run(call("/db"))
+    assert sent == ["http.response.start", "http.response.body"]
+    assert duration_count(registry, "starlette", "GET /x", "cancelled") == 1
+    assert duration_count(registry, "starlette", "GET /x", "error") == 1
+    assert duration_count(registry, "starlette", "GET /x", "ok") == 0
+
+
 def test_default_middleware_records_no_durations(registry: CollectorRegistry) -> None:
     app = asgi_apps.make_fastapi_app(registry, handler_metrics=False)
 
@@ -482,6 +525,54 @@ def test_default_middleware_records_no_durations(registry: CollectorRegistry) ->
          "action": "offloaded"},
     ) == 1
     assert handler_values(registry) == {"GET /items/{item_id}"}
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["mutex", "mmap"])
+def test_fast_observe_matches_prometheus_client(
+    multiprocess: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The middleware's histogram shortcut writes exactly what ``Histogram.observe`` does."""
+    from prometheus_client import Histogram, values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if multiprocess:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        monkeypatch.setattr(values, "ValueClass", values.get_value_class())
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.001, 0.01, 0.1, 1.0, 10.0)
+    fast = lw_asgi._fast_observe(
+        Histogram("fast", "d", ["h"], buckets=buckets, registry=ours).labels("a"))
+    reference = Histogram("ref", "d", ["h"], buckets=buckets, registry=theirs).labels("a")
+    rng = random.Random(7)
+    # Bucket bounds themselves, values between them, zero, negatives and huge values.
+    amounts = [*buckets, 0.0, -1.0, 1e9, *(rng.uniform(-0.01, 20) for _ in range(500))]
+    for amount in amounts:
+        fast(amount)
+        reference.observe(amount)
+    if multiprocess:
+        ours = theirs = CollectorRegistry()
+        MultiProcessCollector(ours)
+    got = {(s.name.replace("fast", "x"), tuple(sorted(s.labels.items()))): s.value
+           for m in ours.collect() for s in m.samples
+           if s.name.startswith("fast") and not s.name.endswith("_created")}
+    want = {(s.name.replace("ref", "x"), tuple(sorted(s.labels.items()))): s.value
+            for m in theirs.collect() for s in m.samples
+            if s.name.startswith("ref") and not s.name.endswith("_created")}
+    assert got and got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+    assert got[("x_count", (("h", "a"),))] == len(amounts)
+
+
+def test_fast_observe_falls_back_to_the_childs_own() -> None:
+    seen: list[float] = []
+
+    class Other:
+        def observe(self, amount: float) -> None:
+            seen.append(amount)
+
+    lw_asgi._fast_observe(Other())(0.5)
+    assert seen == [0.5]
 
 
 def test_a_failure_inside_the_middleware_never_reaches_the_app(

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
+from bisect import bisect_left as _bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .._context import FRAMEWORKS, Labels, LazyLabels, reset_labels, set_lazy_labels
+from .._context import FRAMEWORKS, Labels, LazyLabels
 from .._context import _labels as _context_var
 from .._errors import ConfigError, LoopwatchError
 from .._monitor import internal_error
@@ -56,9 +58,12 @@ STANDARD_METHODS = frozenset(
 )
 _MOUNT_TAIL = "/{path}"
 _now = time.perf_counter
-_DISCONNECTS = frozenset({"ClientDisconnect", "WebSocketDisconnect"})
+# Starlette's and uvicorn's exceptions for a client that went away, by name (no imports).
+_DISCONNECTS = frozenset({"ClientDisconnect", "ClientDisconnected", "WebSocketDisconnect"})
 # The raw context value, to recognise a request an outer LoopwatchMiddleware already labels.
 _current_value = _context_var.get
+_set_value = _context_var.set
+_reset_value = _context_var.reset
 _CACHE_LIMIT = 4096  # resolved labels kept per middleware; past it the cache starts over
 _MAX_DEPTH = 16  # mounts nested deeper than this are not indexed (and cycles end)
 
@@ -101,13 +106,14 @@ class LoopwatchMiddleware:
                 internal_error("asgi", exc)
                 self._metrics = NullMetrics()
         self._resolver = _Resolver(self)
-        self._children: dict[tuple[Labels, str], Any] = {}
+        self._children: dict[tuple[Labels, str], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         token = None
+        root_path = ""
         try:
             outer = _current_value()
             # A mounted app instrumented too: the outermost middleware labels (and times)
@@ -115,9 +121,8 @@ class LoopwatchMiddleware:
             if type(outer) is not _RequestLabels or outer[1] is not scope:
                 if self.framework is None:
                     self._detect_framework(scope)
-                token = set_lazy_labels(
-                    _RequestLabels((self._resolver, scope, scope.get("root_path", "")))
-                )
+                root_path = scope.get("root_path", "")
+                token = _set_value(_RequestLabels((self._resolver, scope, root_path)))
         except Exception as exc:
             internal_error("asgi", exc)
         if token is None:
@@ -126,11 +131,34 @@ class LoopwatchMiddleware:
         try:
             if self._metrics is None:
                 await self.app(scope, receive, send)
+                return
+            # handler_metrics, inline: one coroutine frame less per request.
+            progress = _Progress(send)
+            started = _now()
+            try:
+                await self.app(scope, receive, progress.send)
+            except BaseException as exc:
+                cancelled = (
+                    isinstance(exc, asyncio.CancelledError)
+                    # Starlette's and uvicorn's errors for a client that went away.
+                    or type(exc).__name__ in _DISCONNECTS
+                    or progress.failed_sending(exc)
+                )
+                self._observe(scope, root_path, "cancelled" if cancelled else "error", started)
+                raise
+            if scope["type"] == "websocket":
+                outcome = "ok"
+            elif progress.status == 0 or progress.status >= 500:
+                outcome = "error"  # no response at all: the server answers 500
+            elif not progress.complete:
+                # Starlette stops a streaming response when the client goes away.
+                outcome = "cancelled"
             else:
-                await self._timed(scope, receive, send, self._metrics)
+                outcome = "ok"
+            self._observe(scope, root_path, outcome, started)
         finally:
             try:
-                reset_labels(token)
+                _reset_value(token)
             except Exception as exc:
                 internal_error("asgi", exc)
 
@@ -147,58 +175,59 @@ class LoopwatchMiddleware:
         """
         return self._resolver.labels(scope, root_path)
 
-    async def _timed(
-        self, scope: Scope, receive: Receive, send: Send, metrics: Metrics | NullMetrics
-    ) -> None:
-        root_path = scope.get("root_path", "")
-        progress = _Progress(send)
-        started = _now()
-        try:
-            await self.app(scope, receive, progress.send)
-        except BaseException as exc:
-            cancelled = (
-                progress.disconnected
-                or isinstance(exc, asyncio.CancelledError)
-                # Starlette's errors for a client that went away mid-request.
-                or type(exc).__name__ in _DISCONNECTS
-            )
-            self._observe(metrics, scope, root_path, "cancelled" if cancelled else "error",
-                          started)
-            raise
-        if scope["type"] == "websocket":
-            outcome = "ok"
-        elif progress.status == 0 or progress.status >= 500:
-            outcome = "error"  # no response at all: the server answers 500
-        elif progress.disconnected or not progress.complete:
-            # Starlette stops a streaming response when the client goes away.
-            outcome = "cancelled"
-        else:
-            outcome = "ok"
-        self._observe(metrics, scope, root_path, outcome, started)
-
-    def _observe(
-        self, metrics: Metrics | NullMetrics, scope: Scope, root_path: str, outcome: str,
-        started: float,
-    ) -> None:
+    def _observe(self, scope: Scope, root_path: str, outcome: str, started: float) -> None:
         elapsed = _now() - started
         try:
             labels = self._resolver.labels(scope, root_path)
-            key = (labels, outcome)
-            child = self._children.get(key)
-            if child is None:
-                child = metrics.child(
-                    metrics.handler_duration_seconds, framework=labels.framework,
-                    handler=labels.handler, outcome=outcome,
-                )
-                # Kept only when the value was admitted under the label cap: a value folded
-                # into "__other__" must count as an overflow on every request.
-                if labels.handler in getattr(child, "_labelvalues", ()):
-                    if len(self._children) >= _CACHE_LIMIT:
-                        self._children.clear()
-                    self._children[key] = child
-            child.observe(elapsed)
+            observe = self._children.get((labels, outcome))
+            if observe is None:
+                observe = self._new_child(labels, outcome)
+            observe(elapsed)
         except Exception as exc:
             internal_error("asgi", exc)
+
+    def _new_child(self, labels: Labels, outcome: str) -> Callable[[float], None]:
+        metrics = self._metrics
+        assert metrics is not None
+        child = metrics.child(
+            metrics.handler_duration_seconds, framework=labels.framework,
+            handler=labels.handler, outcome=outcome,
+        )
+        observe = _fast_observe(child)
+        # Kept only when the value was admitted under the label cap: a value folded into
+        # "__other__" must count as an overflow on every request.
+        if labels.handler in getattr(child, "_labelvalues", ()):
+            if len(self._children) >= _CACHE_LIMIT:
+                self._children.clear()
+            self._children[(labels, outcome)] = observe
+        return observe
+
+
+def _fast_observe(child: Any) -> Callable[[float], None]:
+    """``child.observe`` without its per-call checks, for a prometheus-client histogram child.
+
+    The same arithmetic as ``Histogram.observe`` (the first bucket whose bound is at least
+    the value, then the sum), on the child's own value objects, so exposition, multiprocess
+    files and locking are prometheus-client's. Anything else (a null metric, a histogram
+    whose internals differ) gets its own ``observe``.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if (
+        type(bounds) is not list or type(buckets) is not list or len(bounds) != len(buckets)
+        or not bounds or bounds[-1] != float("inf") or total is None or not hasattr(total, "inc")
+        or not all(hasattr(bucket, "inc") for bucket in buckets)
+    ):
+        observe: Callable[[float], None] = child.observe
+        return observe
+    frozen = tuple(bounds)
+
+    def fast(amount: float) -> None:
+        buckets[_bisect_left(frozen, amount)].inc(1)
+        total.inc(amount)
+
+    return fast
 
 
 class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):
@@ -217,28 +246,53 @@ class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):
 
 
 class _Progress:
-    """What the app has sent, for the outcome of ``handler_metrics``."""
+    """What the app has sent, for the outcome of ``handler_metrics``.
 
-    __slots__ = ("_send", "complete", "disconnected", "status")
+    ``send`` is a plain function that hands back the server's own awaitable: no coroutine
+    of ours per message. The one thing that costs is seeing a send fail (ASGI 2.4: an
+    ``OSError`` once the client has gone); :meth:`failed_sending` finds that afterwards
+    in the traceback of an exception that escaped the app, off the fast path.
+    """
+
+    __slots__ = ("_send", "complete", "status")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.status = 0
         self.complete = False
-        self.disconnected = False
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message.get("status", 200)
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.complete = True
+        return self._send(message)
+
+    def failed_sending(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is an ``OSError`` raised by the server's ``send``."""
+        if not isinstance(exc, OSError):
+            return False
         try:
-            await self._send(message)
-        except OSError:
-            # ASGI 2.4: sending to a client that went away raises OSError.
-            self.disconnected = True
-            raise
+            code = _code_of(self._send)
+            tb = exc.__traceback__
+            while code is not None and tb is not None:
+                if tb.tb_frame.f_code is code:
+                    return True
+                tb = tb.tb_next
+        except Exception as error:  # never let the outcome replace the app's exception
+            internal_error("asgi", error)
+        return False
+
+
+def _code_of(func: object) -> types.CodeType | None:
+    """The code object a Python callable runs (function, bound method, ``__call__``)."""
+    func = getattr(func, "__func__", func)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        call = getattr(type(func), "__call__", None)  # noqa: B004 - its code, not a test
+        code = getattr(getattr(call, "__func__", call), "__code__", None)
+    return code if isinstance(code, types.CodeType) else None
 
 
 class _Resolver:
