@@ -3,7 +3,8 @@
 
     python3 dev.py demo      set up .venv and run `loopwatch demo`
     python3 dev.py test      set up .venv, run ruff, mypy and the whole test suite, then the
-                             core tests on every other supported Python found (3.10-3.13)
+                             core, loop-health and notebook tests on every other supported
+                             Python found (3.10-3.13)
 
 Environments are rebuilt only when pyproject.toml changes.
 """
@@ -32,6 +33,9 @@ CORE_TESTS = (
 # The loop-health monitor reads task internals that differ by version: its tests too,
 # minus the real-server ones (those need the framework extras).
 MONITOR_TESTS = ("tests/test_watchdog.py", "tests/test_tasks.py")
+# The notebook case (%load_ext, the reenter policy in a real ipykernel) on every Python too:
+# the running-loop and current-task state it restores differs by version.
+KERNEL_TESTS = ("tests/test_notebook.py",)
 
 
 def say(message: str) -> None:
@@ -112,7 +116,7 @@ def test(args: list[str]) -> int:
         if python is None:
             missing.append(version)
             continue
-        other = ensure_env(ROOT / f".venv-{version}", python, "uvloop,testcore")
+        other = ensure_env(ROOT / f".venv-{version}", python, "uvloop,testcore,testkernel")
         run(
             bin_of(other, "python"),
             "-m",
@@ -133,6 +137,7 @@ def test(args: list[str]) -> int:
             "no:cacheprovider",
             *MONITOR_TESTS,
         )
+        run(bin_of(other, "python"), "-m", "pytest", "-p", "no:cacheprovider", *KERNEL_TESTS)
     if missing:
         say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")
         if IN_CI:
