@@ -129,7 +129,8 @@ class LoopwatchMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            if self._metrics is None:
+            metrics = self._metrics
+            if metrics is None:
                 await self.app(scope, receive, send)
                 return
             # handler_metrics, inline: one coroutine frame less per request.
@@ -144,7 +145,8 @@ class LoopwatchMiddleware:
                     or type(exc).__name__ in _DISCONNECTS
                     or progress.failed_sending(exc)
                 )
-                self._observe(scope, root_path, "cancelled" if cancelled else "error", started)
+                outcome = "cancelled" if cancelled else "error"
+                self._observe(metrics, scope, root_path, outcome, started)
                 raise
             if scope["type"] == "websocket":
                 outcome = "ok"
@@ -155,7 +157,7 @@ class LoopwatchMiddleware:
                 outcome = "cancelled"
             else:
                 outcome = "ok"
-            self._observe(scope, root_path, outcome, started)
+            self._observe(metrics, scope, root_path, outcome, started)
         finally:
             try:
                 _reset_value(token)
@@ -175,20 +177,23 @@ class LoopwatchMiddleware:
         """
         return self._resolver.labels(scope, root_path)
 
-    def _observe(self, scope: Scope, root_path: str, outcome: str, started: float) -> None:
+    def _observe(
+        self, metrics: Metrics | NullMetrics, scope: Scope, root_path: str, outcome: str,
+        started: float,
+    ) -> None:
         elapsed = _now() - started
         try:
             labels = self._resolver.labels(scope, root_path)
             observe = self._children.get((labels, outcome))
             if observe is None:
-                observe = self._new_child(labels, outcome)
+                observe = self._new_child(metrics, labels, outcome)
             observe(elapsed)
         except Exception as exc:
             internal_error("asgi", exc)
 
-    def _new_child(self, labels: Labels, outcome: str) -> Callable[[float], None]:
-        metrics = self._metrics
-        assert metrics is not None
+    def _new_child(
+        self, metrics: Metrics | NullMetrics, labels: Labels, outcome: str
+    ) -> Callable[[float], None]:
         child = metrics.child(
             metrics.handler_duration_seconds, framework=labels.framework,
             handler=labels.handler, outcome=outcome,
