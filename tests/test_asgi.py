@@ -542,6 +542,8 @@ def test_fast_observe_matches_prometheus_client(
     buckets = (0.001, 0.01, 0.1, 1.0, 10.0)
     fast = lw_asgi._fast_observe(
         Histogram("fast", "d", ["h"], buckets=buckets, registry=ours).labels("a"))
+    # In-process values get the inlined additions; multiprocess files their own inc().
+    assert fast.__name__ == ("fast" if multiprocess else "fast_mutex")
     reference = Histogram("ref", "d", ["h"], buckets=buckets, registry=theirs).labels("a")
     rng = random.Random(7)
     # Bucket bounds themselves, values between them, zero, negatives and huge values.

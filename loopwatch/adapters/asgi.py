@@ -22,6 +22,7 @@ import time
 import types
 from bisect import bisect_left as _bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial as _partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -31,6 +32,11 @@ from .._context import _labels as _context_var
 from .._errors import ConfigError, LoopwatchError
 from .._monitor import internal_error
 from ..metrics import Metrics, NullMetrics, get_metrics
+
+try:
+    from prometheus_client.values import MutexValue as _MutexValue
+except ImportError:  # pragma: no cover - a prometheus-client without it: the generic path
+    _MutexValue = None  # type: ignore[assignment,misc]
 
 try:
     from starlette.routing import Host, Mount, compile_path
@@ -134,25 +140,26 @@ class LoopwatchMiddleware:
                 await self.app(scope, receive, send)
                 return
             # handler_metrics, inline: one coroutine frame less per request.
-            progress = _Progress(send)
+            sent: list[Any] = [0, False]  # status, body complete
             started = _now()
             try:
-                await self.app(scope, receive, progress.send)
+                await self.app(scope, receive, _partial(_track, send, sent))
             except BaseException as exc:
                 cancelled = (
                     isinstance(exc, asyncio.CancelledError)
                     # Starlette's and uvicorn's errors for a client that went away.
                     or type(exc).__name__ in _DISCONNECTS
-                    or progress.failed_sending(exc)
+                    or _failed_sending(send, exc)
                 )
                 outcome = "cancelled" if cancelled else "error"
                 self._observe(metrics, scope, root_path, outcome, started)
                 raise
+            status = sent[0]
             if scope["type"] == "websocket":
                 outcome = "ok"
-            elif progress.status == 0 or progress.status >= 500:
+            elif status == 0 or status >= 500:
                 outcome = "error"  # no response at all: the server answers 500
-            elif not progress.complete:
+            elif not sent[1]:
                 # Starlette stops a streaming response when the client goes away.
                 outcome = "cancelled"
             else:
@@ -212,9 +219,10 @@ def _fast_observe(child: Any) -> Callable[[float], None]:
     """``child.observe`` without its per-call checks, for a prometheus-client histogram child.
 
     The same arithmetic as ``Histogram.observe`` (the first bucket whose bound is at least
-    the value, then the sum), on the child's own value objects, so exposition, multiprocess
-    files and locking are prometheus-client's. Anything else (a null metric, a histogram
-    whose internals differ) gets its own ``observe``.
+    the value, then the sum) on the child's own value objects, so exposition, multiprocess
+    files and locking stay prometheus-client's. For its in-process values (a float under a
+    lock each) the additions are made here under those locks, without two more calls. Any
+    other child (a null metric, internals that differ) gets its own ``observe``.
     """
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)
@@ -227,6 +235,21 @@ def _fast_observe(child: Any) -> Callable[[float], None]:
         observe: Callable[[float], None] = child.observe
         return observe
     frozen = tuple(bounds)
+    values = (*buckets, total)
+    if _MutexValue is not None and all(type(value) is _MutexValue for value in values) and all(
+        isinstance(getattr(value, "_value", None), float)
+        and hasattr(getattr(value, "_lock", None), "__enter__")
+        for value in values
+    ):
+
+        def fast_mutex(amount: float) -> None:
+            bucket = buckets[_bisect_left(frozen, amount)]
+            with bucket._lock:
+                bucket._value += 1.0
+            with total._lock:
+                total._value += amount
+
+        return fast_mutex
 
     def fast(amount: float) -> None:
         buckets[_bisect_left(frozen, amount)].inc(1)
@@ -250,44 +273,36 @@ class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):
         return resolver.labels(self[1], self[2])
 
 
-class _Progress:
-    """What the app has sent, for the outcome of ``handler_metrics``.
+def _track(send: Send, sent: list[Any], message: Message) -> Awaitable[None]:
+    """The ``send`` the app gets with ``handler_metrics`` (bound with ``functools.partial``).
 
-    ``send`` is a plain function that hands back the server's own awaitable: no coroutine
-    of ours per message. The one thing that costs is seeing a send fail (ASGI 2.4: an
-    ``OSError`` once the client has gone); :meth:`failed_sending` finds that afterwards
-    in the traceback of an exception that escaped the app, off the fast path.
+    It notes the status and whether the body is complete in ``sent`` (``[status,
+    complete]``) and hands back the server's own awaitable: no coroutine and no object of
+    ours per message. A send that fails (ASGI 2.4: an ``OSError`` once the client has
+    gone) is found afterwards, off the fast path, by :func:`_failed_sending`.
     """
+    kind = message["type"]
+    if kind == "http.response.start":
+        sent[0] = message.get("status", 200)
+    elif kind == "http.response.body" and not message.get("more_body", False):
+        sent[1] = True
+    return send(message)
 
-    __slots__ = ("_send", "complete", "status")
 
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.status = 0
-        self.complete = False
-
-    def send(self, message: Message) -> Awaitable[None]:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = message.get("status", 200)
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            self.complete = True
-        return self._send(message)
-
-    def failed_sending(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is an ``OSError`` raised by the server's ``send``."""
-        if not isinstance(exc, OSError):
-            return False
-        try:
-            code = _code_of(self._send)
-            tb = exc.__traceback__
-            while code is not None and tb is not None:
-                if tb.tb_frame.f_code is code:
-                    return True
-                tb = tb.tb_next
-        except Exception as error:  # never let the outcome replace the app's exception
-            internal_error("asgi", error)
+def _failed_sending(send: Send, exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``OSError`` raised by the server's ``send``."""
+    if not isinstance(exc, OSError):
         return False
+    try:
+        code = _code_of(send)
+        tb = exc.__traceback__
+        while code is not None and tb is not None:
+            if tb.tb_frame.f_code is code:
+                return True
+            tb = tb.tb_next
+    except Exception as error:  # never let the outcome replace the app's exception
+        internal_error("asgi", error)
+    return False
 
 
 def _code_of(func: object) -> types.CodeType | None:
