@@ -64,6 +64,20 @@ BLOCK_SECONDS_ENV = "LOAD_BLOCK_SECONDS"
 MARK = "LOADRESULT "
 
 
+# -- the apps --------------------------------------------------------------------------------
+
+
+def frozen_example() -> Any:
+    """``examples/fastapi_app.py``'s app after ``gc.freeze()`` (``--gc-freeze``; a factory)."""
+    import gc
+
+    from examples.fastapi_app import app
+
+    gc.collect()
+    gc.freeze()  # the app's long-lived objects leave the collector's generations
+    return app
+
+
 # -- the soak service ----------------------------------------------------------------------
 
 
@@ -485,11 +499,12 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 def overhead(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path) -> str:
-    app = "examples.fastapi_app:app"
+    app = "benchmarks.load:frozen_example" if args.gc_freeze else "examples.fastapi_app:app"
+    factory = args.gc_freeze
     cpu = args.server_cpu
     servers = {
-        "bare": Server("bare", app, {"LOOPWATCH_DISABLE": "1"}, workdir, cpu=cpu),
-        "instrumented": Server("instrumented", app, {}, workdir, cpu=cpu),
+        "bare": Server("bare", app, {"LOOPWATCH_DISABLE": "1"}, workdir, factory, cpu),
+        "instrumented": Server("instrumented", app, {}, workdir, factory, cpu),
     }
     runs: dict[str, list[Run]] = {"bare": [], "instrumented": []}
     cpu_us: dict[str, list[float]] = {"bare": [], "instrumented": []}
@@ -530,7 +545,7 @@ def overhead(args: argparse.Namespace, load: WrkLoad | HttpxLoad, workdir: Path)
     lines = [
         f"### Overhead: `GET /health` of examples/fastapi_app.py, {args.connections} "
         f"connections, {args.rounds} alternating rounds of {args.duration:g} s per server "
-        f"({load.name}, {where})",
+        f"({load.name}, {where}{', both after gc.freeze()' if args.gc_freeze else ''})",
         "",
         "| server | requests/s | p50 ms | p99 ms | server CPU µs/request | errors + non-2xx |",
         "|---|---|---|---|---|---|",
@@ -752,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin the overhead servers to one CPU and wrk to another")
     parser.add_argument("--rounds", type=int, default=10, help="overhead rounds per server (≥ 3)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="overhead: both servers call gc.freeze() after loading the app "
+                             "(see benchmarks/gc_pressure.py)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per round")
     parser.add_argument("--warmup-seconds", type=float, default=3.0)
     parser.add_argument("--requests", type=int, default=100_000, help="soak requests")
