@@ -21,6 +21,7 @@ __all__ = [
     "LazyLabels",
     "current_labels",
     "handler_context",
+    "raw_labels",
     "reset_labels",
     "set_labels",
     "set_lazy_labels",
@@ -82,14 +83,14 @@ def set_labels(framework: str, handler: str) -> contextvars.Token[Labels | LazyL
     return _labels.set(Labels(framework, handler))
 
 
-def set_lazy_labels(labels: LazyLabels) -> contextvars.Token[Labels | LazyLabels | None]:
-    """Set labels that :func:`current_labels` resolves on read; undo with :func:`reset_labels`."""
-    return _labels.set(labels)
-
-
-def reset_labels(token: contextvars.Token[Labels | LazyLabels | None]) -> None:
-    """Undo a :func:`set_labels`."""
-    _labels.reset(token)
+# The adapters' per-request fast path: the context variable's own methods, so setting and
+# resetting the labels adds no Python frame to a request.
+#: Set labels that :func:`current_labels` resolves on read; undo with :func:`reset_labels`.
+set_lazy_labels = _labels.set
+#: Undo a :func:`set_labels` or :func:`set_lazy_labels` (takes the token they returned).
+reset_labels = _labels.reset
+#: The raw value: a :class:`Labels`, a :class:`LazyLabels` or ``None`` outside any handler.
+raw_labels = _labels.get
 
 
 @contextlib.contextmanager

@@ -27,8 +27,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .._context import FRAMEWORKS, Labels, LazyLabels
-from .._context import _labels as _context_var
+from .._context import (
+    FRAMEWORKS,
+    Labels,
+    LazyLabels,
+    raw_labels,
+    reset_labels,
+    set_lazy_labels,
+)
 from .._errors import ConfigError, LoopwatchError
 from .._monitor import internal_error
 from ..metrics import Metrics, NullMetrics, get_metrics
@@ -66,10 +72,6 @@ _MOUNT_TAIL = "/{path}"
 _now = time.perf_counter
 # Starlette's and uvicorn's exceptions for a client that went away, by name (no imports).
 _DISCONNECTS = frozenset({"ClientDisconnect", "ClientDisconnected", "WebSocketDisconnect"})
-# The raw context value, to recognise a request an outer LoopwatchMiddleware already labels.
-_current_value = _context_var.get
-_set_value = _context_var.set
-_reset_value = _context_var.reset
 _CACHE_LIMIT = 4096  # resolved labels kept per middleware; past it the cache starts over
 _MAX_DEPTH = 16  # mounts nested deeper than this are not indexed (and cycles end)
 
@@ -121,14 +123,14 @@ class LoopwatchMiddleware:
         token = None
         root_path = ""
         try:
-            outer = _current_value()
+            outer = raw_labels()  # an outer LoopwatchMiddleware's request, maybe
             # A mounted app instrumented too: the outermost middleware labels (and times)
             # the request, with the mount prefix only it can see.
             if type(outer) is not _RequestLabels or outer[1] is not scope:
                 if self.framework is None:
                     self._detect_framework(scope)
                 root_path = scope.get("root_path", "")
-                token = _set_value(_RequestLabels((self._resolver, scope, root_path)))
+                token = set_lazy_labels(_RequestLabels((self._resolver, scope, root_path)))
         except Exception as exc:
             internal_error("asgi", exc)
         if token is None:
@@ -167,7 +169,7 @@ class LoopwatchMiddleware:
             self._observe(metrics, scope, root_path, outcome, started)
         finally:
             try:
-                _reset_value(token)
+                reset_labels(token)
             except Exception as exc:
                 internal_error("asgi", exc)
 
