@@ -24,12 +24,24 @@ from ._incidents import Incident, IncidentStore, hint_for
 from ._logging import LogSetup, logger
 from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
 
-__all__ = ["Monitor", "current", "install", "internal_error", "loop_name", "uninstall"]
+__all__ = [
+    "Monitor",
+    "acquire",
+    "current",
+    "install",
+    "internal_error",
+    "loop_name",
+    "release",
+    "uninstall",
+]
 
 _lock = threading.RLock()
 _current: Monitor | None = None
 _errors_logged: set[str] = set()
 _disabled_said = False
+# Adapters that hold the monitor (acquire/release), and whether acquire() installed it.
+_holders = 0
+_installed_by_acquire = False
 
 
 def current() -> Monitor | None:
@@ -369,8 +381,44 @@ def install(**options: Any) -> Monitor:
 
 def uninstall() -> None:
     """Undo :func:`install` exactly (idempotent)."""
-    global _current
+    global _current, _holders, _installed_by_acquire
     with _lock:
         monitor, _current = _current, None
+        _holders, _installed_by_acquire = 0, False
         if monitor is not None:
             monitor._stop()
+
+
+def acquire(**options: Any) -> Monitor | None:
+    """Hold the installed monitor for an adapter, installing it (with ``options``) if needed.
+
+    Every adapter that attaches to something (a bot, an app, a kernel) calls this once and
+    :func:`release` when it detaches. A monitor that ``acquire`` installed is uninstalled
+    when its last holder releases it; one the user installed stays. Returns ``None`` when
+    loopwatch is disabled (``LOOPWATCH_DISABLE``): the adapter then stays out of the way.
+    """
+    global _holders, _installed_by_acquire
+    with _lock:
+        monitor = current()
+        if monitor is None:
+            monitor = install(**options)
+            if current() is not monitor:
+                return None
+            _installed_by_acquire = True
+            _holders = 0
+        elif options:
+            monitor.reconfigure(**options)
+        _holders += 1
+        return monitor
+
+
+def release(monitor: Monitor) -> None:
+    """Let go of a monitor taken with :func:`acquire` (uninstalls it with its last holder)."""
+    global _holders, _installed_by_acquire
+    with _lock:
+        if monitor is not _current or _holders <= 0:
+            return
+        _holders -= 1
+        if _holders == 0 and _installed_by_acquire:
+            _installed_by_acquire = False
+            uninstall()
