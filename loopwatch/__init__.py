@@ -60,7 +60,7 @@ def incidents() -> list[Incident]:
     """Recent incidents, one per fingerprint (kind, api, site), oldest first; bounded."""
     from . import _monitor
 
-    monitor = _monitor._current
+    monitor = _monitor.current()
     return [] if monitor is None else monitor.store.snapshot()
 
 

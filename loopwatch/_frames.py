@@ -36,6 +36,14 @@ class Frame(NamedTuple):
         return f"{self.file}:{self.line} in {self.function}"
 
 
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _normalise(path: str) -> str:
+    """The one form every path is compared in: absolute, case-folded where the OS folds."""
+    return os.path.normcase(os.path.abspath(path))
+
+
 def _library_prefixes() -> tuple[str, ...]:
     paths: set[str] = set()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -53,12 +61,14 @@ def _library_prefixes() -> tuple[str, ...]:
     user_site = getattr(site, "USER_SITE", None)
     if user_site:
         paths.add(user_site)
-    paths.add(os.path.dirname(os.path.abspath(__file__)))
-    cleaned = {os.path.normcase(os.path.abspath(p)) + os.sep for p in paths if p}
+    paths.add(_OWN_DIR)
+    cleaned = {_normalise(p) + os.sep for p in paths if p}
     return tuple(sorted(cleaned, key=len, reverse=True))
 
 
 _LIBRARY_PREFIXES = _library_prefixes()
+_OWN_PREFIX = _normalise(_OWN_DIR) + os.sep
+_own_file_cache: dict[str, bool] = {}
 _MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
 _user_file_cache: dict[str, bool] = {}
 
@@ -73,7 +83,7 @@ def is_user_file(filename: str) -> bool:
         # IPython cells ("<ipython-input-...>") and exec'd user code count as user code.
         result = filename.startswith("<ipython-input") or filename == "<stdin>"
     else:
-        path = os.path.normcase(os.path.abspath(filename))
+        path = _normalise(filename)
         result = not path.startswith(_LIBRARY_PREFIXES) and not any(m in path for m in _MARKERS)
     if len(_user_file_cache) < 10_000:
         _user_file_cache[filename] = result
@@ -99,12 +109,18 @@ def capture_stack(skip: int = 0, limit: int = 64) -> list[Frame]:
     return stack_from_frame(frame, limit)
 
 
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+def _is_own_file(filename: str) -> bool:
+    known = _own_file_cache.get(filename)
+    if known is None:
+        known = not filename.startswith("<") and _normalise(filename).startswith(_OWN_PREFIX)
+        if len(_own_file_cache) < 10_000:
+            _own_file_cache[filename] = known
+    return known
 
 
 def without_own_frames(stack: list[Frame]) -> list[Frame]:
     """``stack`` without loopwatch's own frames (its wrappers sit between user frames)."""
-    return [f for f in stack if not f.file.startswith(_OWN_DIR)]
+    return [f for f in stack if not _is_own_file(f.file)]
 
 
 def user_frame(stack: list[Frame] | tuple[Frame, ...]) -> Frame | None:

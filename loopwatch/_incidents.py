@@ -1,18 +1,18 @@
-"""Incidents: the record, hints, fingerprints, folding and the bounded recent-incident store."""
+"""Incidents: the record, its kinds and actions, hints, and the bounded recent-incident store."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 import threading
-import time
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ._frames import Frame
 
-__all__ = ["KINDS", "Incident", "IncidentStore", "hint_for"]
+__all__ = ["ACTIONS", "KINDS", "Action", "Incident", "IncidentStore", "Kind", "hint_for"]
 
-KINDS = (
+#: What happened.
+Kind = Literal[
     "reentry",
     "cross_thread_run",
     "blocked_loop",
@@ -21,7 +21,11 @@ KINDS = (
     "never_awaited",
     "foreign_patch",
     "internal",
-)
+]
+#: What loopwatch did about it ("" for hazards it only observes).
+Action = Literal["offloaded", "marshalled", "reentered", "raised", ""]
+KINDS: tuple[str, ...] = get_args(Kind)
+ACTIONS: tuple[str, ...] = get_args(Action)
 
 _HINTS = {
     "reentry": (
@@ -129,7 +133,7 @@ class Incident:
 
     def summary(self) -> str:
         """One human line: what, where, what was done."""
-        parts = [f"loopwatch: {self.kind.replace('_', ' ')}"]
+        parts = [self.kind.replace("_", " ")]
         if self.api:
             parts.append(self.api)
         if self.action:
@@ -142,65 +146,35 @@ class Incident:
         return " ".join(parts)
 
 
-@dataclasses.dataclass
-class _Fold:
-    incident: Incident
-    logged_at: float  # monotonic time of the last log line for this fingerprint
-    folded: int  # occurrences since that line, not logged
-
-
 class IncidentStore:
-    """The recent incidents, one per fingerprint (LRU-bounded), with the folding state.
+    """The recent incidents, one per fingerprint (LRU-bounded), with their running counts."""
 
-    ``add`` returns how many earlier occurrences the caller should report as folded when
-    it logs this one, or ``None`` when this occurrence is itself folded (not logged).
-    """
-
-    def __init__(self, capacity: int = 256, fold_window: float = 60.0) -> None:
+    def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
-        self._window = fold_window
         self._lock = threading.Lock()
-        self._items: collections.OrderedDict[tuple[Any, ...], _Fold] = collections.OrderedDict()
+        self._items: collections.OrderedDict[tuple[Any, ...], Incident] = collections.OrderedDict()
 
-    def add(self, incident: Incident, now: float | None = None) -> tuple[Incident, int | None]:
-        """Record one occurrence; return the aggregated incident and the fold decision."""
-        mono = time.monotonic() if now is None else now
+    def add(self, incident: Incident) -> Incident:
+        """Record one occurrence; return the incident aggregated with its earlier ones."""
         key = incident.fingerprint
         with self._lock:
-            fold = self._items.get(key)
-            if fold is None:
-                self._items[key] = _Fold(incident, mono, 0)
-                if len(self._items) > self._capacity:
-                    self._items.popitem(last=False)
-                return incident, 0
-            self._items.move_to_end(key)
-            merged = dataclasses.replace(
-                incident,
-                count=fold.incident.count + incident.count,
-                first_seen=fold.incident.first_seen,
-            )
-            fold.incident = merged
-            if mono - fold.logged_at >= self._window:
-                folded, fold.folded, fold.logged_at = fold.folded, 0, mono
-                return merged, folded
-            fold.folded += incident.count
-            return merged, None
-
-    def pending_folds(self) -> list[tuple[Incident, int]]:
-        """Fingerprints with folded occurrences not yet logged; resets them."""
-        out = []
-        mono = time.monotonic()
-        with self._lock:
-            for fold in self._items.values():
-                if fold.folded:
-                    out.append((fold.incident, fold.folded))
-                    fold.folded, fold.logged_at = 0, mono
-        return out
+            known = self._items.get(key)
+            if known is not None:
+                incident = dataclasses.replace(
+                    incident,
+                    count=known.count + incident.count,
+                    first_seen=known.first_seen,
+                )
+                self._items.move_to_end(key)
+            self._items[key] = incident
+            if len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+            return incident
 
     def snapshot(self) -> list[Incident]:
         """The recent incidents, least recently seen first."""
         with self._lock:
-            return [fold.incident for fold in self._items.values()]
+            return list(self._items.values())
 
     def clear(self) -> None:
         """Forget everything."""

@@ -1,23 +1,30 @@
-"""The ``loopwatch`` logger and its text and JSON formats.
+"""The ``loopwatch`` logger, its text and JSON formats, and the folding log sink.
 
 Every incident is one record on the stdlib logger ``loopwatch`` with
 ``extra={"loopwatch": incident.as_dict()}``, so the user's own logging setup (structlog,
-JSON formatters, log shippers) sees the structured fields. When nothing would show the
-record (no handler anywhere), or when JSON lines are asked for, loopwatch attaches a
-stderr handler of its own and removes it on uninstall.
+JSON formatters, log shippers) sees the structured fields. Repeats of one fingerprint are
+folded (:class:`LogSink`). loopwatch's own stderr handler prints a record only while no
+other handler would show it (so a ``logging.basicConfig()`` made after install does not
+print each line twice), and always when JSON lines are asked for.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import logging
 import sys
+import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._frames import is_user_file
 
-__all__ = ["JsonFormatter", "TextFormatter", "logger"]
+if TYPE_CHECKING:
+    from ._incidents import Incident
+
+__all__ = ["JsonFormatter", "LogSetup", "LogSink", "TextFormatter", "logger"]
 
 logger = logging.getLogger("loopwatch")
 
@@ -26,7 +33,7 @@ class TextFormatter(logging.Formatter):
     """A summary line, then the hint and the stack (code locations only), indented."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname} {record.getMessage()}"
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
         data = getattr(record, "loopwatch", None)
         if isinstance(data, dict):
             if data.get("hint"):
@@ -68,10 +75,28 @@ class JsonFormatter(logging.Formatter):
 class _OwnHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler loopwatch attached, so uninstall removes exactly that one."""
 
+    def __init__(self, always: bool) -> None:
+        super().__init__()
+        self.always = always  # JSON lines: loopwatch's own output, whatever else exists
+
     def emit(self, record: logging.LogRecord) -> None:
+        if not self.always and _shown_elsewhere(self):
+            return
         # Resolve sys.stderr at emit time: test runners and notebooks swap it.
         self.stream = sys.stderr
         super().emit(record)
+
+
+def _shown_elsewhere(own: logging.Handler) -> bool:
+    """Whether a handler other than ``own`` will handle records of the loopwatch logger."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        if any(h is not own for h in node.handlers):
+            return True
+        if not node.propagate:
+            return False
+        node = node.parent
+    return False
 
 
 class LogSetup:
@@ -88,13 +113,13 @@ class LogSetup:
         if user_handlers:
             return  # the user configured this logger: leave it alone
         if log_format == "json":
-            self._handler = _OwnHandler()
+            self._handler = _OwnHandler(always=True)
             self._handler.setFormatter(JsonFormatter())
             # JSON lines were asked for: do not also print the record through root.
             self._propagate = logger.propagate
             logger.propagate = False
-        elif not logging.getLogger().handlers:
-            self._handler = _OwnHandler()
+        else:
+            self._handler = _OwnHandler(always=False)
             self._handler.setFormatter(TextFormatter())
         if self._handler is not None:
             logger.addHandler(self._handler)
@@ -107,3 +132,74 @@ class LogSetup:
         if self._propagate is not None:
             logger.propagate = self._propagate
             self._propagate = None
+
+
+@dataclasses.dataclass
+class _Fold:
+    incident: Incident
+    logged_at: float  # monotonic time of the last line for this fingerprint
+    folded: int  # occurrences since that line, not logged
+
+
+class LogSink:
+    """Logs incidents, folding repeats: one line per fingerprint per window.
+
+    The first occurrence of a fingerprint is logged at once; later ones within
+    ``window`` seconds are counted, and the next line for it (or :meth:`flush`, or the
+    entry's eviction from the bounded table) carries how many were folded. "Still
+    blocked" progress lines fold the same way, under their own fingerprint.
+    """
+
+    def __init__(self, window: float = 60.0, capacity: int = 1024) -> None:
+        self._window = window
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._folds: collections.OrderedDict[tuple[Any, ...], _Fold] = collections.OrderedDict()
+
+    def emit(
+        self, incident: Incident, level: int, message: str | None = None,
+        key: tuple[Any, ...] | None = None, now: float | None = None,
+    ) -> bool:
+        """Log ``incident`` unless it folds into an earlier line; return whether it logged."""
+        mono = time.monotonic() if now is None else now
+        key = incident.fingerprint if key is None else key
+        evicted: _Fold | None = None
+        with self._lock:
+            fold = self._folds.get(key)
+            if fold is None:
+                self._folds[key] = _Fold(incident, mono, 0)
+                if len(self._folds) > self._capacity:
+                    _, evicted = self._folds.popitem(last=False)
+                folded = 0
+            elif mono - fold.logged_at >= self._window:
+                folded, fold.folded, fold.logged_at, fold.incident = fold.folded, 0, mono, incident
+                self._folds.move_to_end(key)
+            else:
+                fold.folded += incident.count
+                fold.incident = incident
+                self._folds.move_to_end(key)
+                return False
+        if evicted is not None and evicted.folded:
+            self._write(evicted.incident, logging.WARNING, None, evicted.folded)
+        self._write(incident, level, message, folded)
+        return True
+
+    def flush(self) -> None:
+        """Log one line for every fingerprint with folded repeats not yet logged."""
+        mono = time.monotonic()
+        with self._lock:
+            pending = [(f.incident, f.folded) for f in self._folds.values() if f.folded]
+            for fold in self._folds.values():
+                if fold.folded:
+                    fold.folded, fold.logged_at = 0, mono
+        for incident, folded in pending:
+            self._write(incident, logging.WARNING, None, folded)
+
+    @staticmethod
+    def _write(incident: Incident, level: int, message: str | None, folded: int) -> None:
+        text = message or incident.summary()
+        if folded:
+            text += f" (+{folded} folded since the last line)"
+        data = incident.as_dict()
+        data["folded"] = folded
+        logger.log(level, text, extra={"loopwatch": data})

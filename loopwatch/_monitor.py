@@ -1,14 +1,16 @@
-"""The installed monitor: configuration, sinks (log, recent incidents, listeners), lifecycle.
+"""The installed monitor: configuration, the components, the sinks, the lifecycle.
 
-Data flows one way: hooks (``_reentry``, ``_watchdog``, ``_tasks``) and adapters call
-:meth:`Monitor.report`; the monitor folds, logs and hands the incident to listeners.
-Nothing here ever raises into the host: failures are counted and logged once.
+Data flows one way. Producers (the re-entry guard ``_reentry``, the loop-health watchdog
+``_watchdog``, the task hooks ``_tasks``, and the framework adapters) hand what they saw
+to :meth:`Monitor.report`, which builds the :class:`~loopwatch.Incident` and passes it to
+every sink: the recent-incident store, the metrics (:meth:`Metrics.record`), the folding
+log sink and the listeners. Nothing here ever raises into the host: failures are counted
+and logged once (``_runtime.internal_error``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import threading
@@ -16,12 +18,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _context, _frames
+from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
+from ._compat import asyncio as aio
 from ._config import Config, load_config
 from ._errors import LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
-from ._logging import LogSetup, logger
+from ._logging import LogSetup, LogSink, logger
+from ._runtime import internal_error, loop_name
 from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
 
 __all__ = [
@@ -36,8 +40,6 @@ __all__ = [
 ]
 
 _lock = threading.RLock()
-_current: Monitor | None = None
-_errors_logged: set[str] = set()
 _disabled_said = False
 # Adapters that hold the monitor (acquire/release), and whether acquire() installed it.
 _holders = 0
@@ -46,40 +48,16 @@ _installed_by_acquire = False
 
 def current() -> Monitor | None:
     """The installed, enabled monitor, or ``None``."""
-    mon = _current
-    return mon if mon is not None and mon.enabled else None
+    monitor: Monitor | None = _runtime.active()
+    return monitor
 
 
-def loop_name(loop: object | None) -> str:
-    """A short name of a loop's type: ``uvloop.Loop``, ``asyncio._UnixSelectorEventLoop``."""
-    if loop is None:
-        return "none"
-    cls = type(loop)
-    return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+def _count_on_default_registry(component: str) -> None:
+    get_metrics().count_internal_error(component)
 
 
-def internal_error(component: str, exc: BaseException) -> None:
-    """Count a failure inside loopwatch and log it once per component. Never raises."""
-    try:
-        mon = _current
-        metrics = mon.metrics if mon is not None and mon.metrics is not None else get_metrics()
-        metrics.internal_errors_total.labels(component=component).inc()
-    except Exception:  # the counter itself failed; the log line below still says so
-        pass
-    if component in _errors_logged:
-        return
-    _errors_logged.add(component)
-    try:
-        logger.error(
-            "loopwatch: internal error in %s (counted in loopwatch_internal_errors_total; "
-            "the host program keeps running)",
-            component,
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
-    except Exception:
-        # The log failed too: stderr is the last place left; if that fails, there is none.
-        with contextlib.suppress(Exception):
-            sys.stderr.write(f"loopwatch: internal error in {component}: {exc!r}\n")
+# Before any install, internal errors (of a failed install, say) count on the default registry.
+_runtime.set_internal_error_sink(_count_on_default_registry)
 
 
 class Monitor:
@@ -92,29 +70,27 @@ class Monitor:
         self.store = IncidentStore()
         self._listeners: list[Callable[[Incident], None]] = []
         self._log_setup = LogSetup()
-        self._undo: list[Callable[[], None]] = []
+        self._log = LogSink()
+        # Undo functions of what _start did, by component, in start order.
+        self._undo: dict[str, Callable[[], None]] = {}
         self._server: MetricsServer | None = None
         self._info_labels: tuple[str, ...] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _start(self) -> None:
-        from . import _reentry
-
         self._apply(self.config, first=True)
-        self._undo.append(_reentry.install(self))
+        self._undo["reentry"] = _reentry.install(self)
 
         def loop_started(loop: object) -> None:
             # The service's loop, not the fresh loops of loopwatch's own offload workers.
-            if not threading.current_thread().name.startswith("loopwatch-"):
+            if not _runtime.current_thread_is_ours():
                 self._set_info(loop)
 
-        _reentry.on_loop_start.append(loop_started)
-        self._undo.append(lambda: _reentry.on_loop_start.remove(loop_started))
-        for name in ("_watchdog", "_tasks"):
-            component = _optional_component(name)
-            if component is not None:
-                self._undo.append(component.install(self))
+        self._undo["info"] = _runtime.on_loop_start(loop_started)
+        self._undo["tasks"] = _tasks.install(self)
+        if self.config.watchdog:
+            self._undo["watchdog"] = _watchdog.install(self)
 
     def _apply(self, config: Config, first: bool = False) -> None:
         old = self.config
@@ -126,6 +102,7 @@ class Monitor:
         except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
             internal_error("metrics", exc)
             self.metrics = NullMetrics()
+        _runtime.set_internal_error_sink(self.metrics.count_internal_error)
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
@@ -134,6 +111,11 @@ class Monitor:
             old.metrics_addr,
         ):
             self._restart_server()
+        if not first and config.watchdog != ("watchdog" in self._undo):
+            if config.watchdog:
+                self._undo["watchdog"] = _watchdog.install(self)
+            else:
+                self._undo.pop("watchdog")()
 
     def reconfigure(self, **options: Any) -> None:
         """Change options of the running monitor (raises :class:`ConfigError` on bad values)."""
@@ -143,7 +125,7 @@ class Monitor:
         from . import __version__
 
         if loop_obj is None:
-            loop_obj = asyncio._get_running_loop()
+            loop_obj = aio.get_running_loop()
         if loop_obj is None and self._info_labels is not None:
             loop = self._info_labels[2]  # keep the loop a previous start told us about
         else:
@@ -188,8 +170,8 @@ class Monitor:
 
     def _stop(self) -> None:
         self.flush()
-        while self._undo:
-            undo = self._undo.pop()
+        for name in reversed(list(self._undo)):
+            undo = self._undo.pop(name)
             try:
                 undo()
             except Exception as exc:
@@ -199,6 +181,7 @@ class Monitor:
             self._server = None
         self._log_setup.undo()
         _context.set_default_framework("none")
+        _runtime.set_internal_error_sink(_count_on_default_registry)
 
     # -- sinks -----------------------------------------------------------------------------
 
@@ -229,29 +212,69 @@ class Monitor:
         level: int | None = None,
         skip: int = 0,
     ) -> Incident | None:
-        """Record one incident: fold, log, keep, tell listeners. Never raises."""
+        """Record one incident: keep, count, log (folded), tell listeners. Never raises."""
         try:
-            return self._report(
-                kind,
-                api,
-                action,
-                duration,
-                stack,
-                site,
-                hint,
-                labels,
-                task,
-                loop,
-                thread,
-                detail,
-                level,
-                skip,
+            incident = self._incident(
+                kind, api, action, duration, stack, site, hint, labels, task, loop, thread,
+                detail, skip,
             )
+            merged = self.store.add(incident)
         except Exception as exc:
             internal_error("report", exc)
             return None
+        metrics = self.metrics
+        if metrics is not None:
+            try:
+                metrics.record(incident)
+            except Exception as exc:
+                internal_error("metrics", exc)
+        try:
+            self._log.emit(incident, self._level(incident, level))
+        except Exception as exc:
+            internal_error("logging", exc)
+        for listener in list(self._listeners):
+            try:
+                listener(incident)
+            except Exception as exc:
+                internal_error("listener", exc)
+        return merged
 
-    def _report(
+    def progress(
+        self,
+        kind: str,
+        *,
+        message: str,
+        duration: float | None = None,
+        stack: list[Frame] | tuple[Frame, ...] | None = None,
+        site: Frame | None = None,
+        hint: str | None = None,
+        labels: _context.Labels | None = None,
+        task: str | None = None,
+        loop: object | None = None,
+        thread: str | None = None,
+        detail: dict[str, str] | None = None,
+        debug: bool = False,
+    ) -> None:
+        """Log a line about a hazard still going on ("still blocked"), folded per site.
+
+        Not an incident: nothing is counted or kept; the incident comes when it ends.
+        """
+        try:
+            if debug and not logger.isEnabledFor(logging.DEBUG):
+                return
+            detail = {**(detail or {}), "in_progress": "true"}
+            incident = self._incident(
+                kind, "", "", duration, stack or [], site, hint, labels, task, loop, thread,
+                detail, 0,
+            )
+            level = logging.DEBUG if debug else logging.ERROR
+            where = f" at {site}" if site is not None else ""
+            text = f"{message}{where} (framework={incident.framework} handler={incident.handler})"
+            self._log.emit(incident, level, text, key=("progress", kind, site, debug))
+        except Exception as exc:
+            internal_error("logging", exc)
+
+    def _incident(
         self,
         kind: str,
         api: str,
@@ -265,7 +288,6 @@ class Monitor:
         loop: object | None,
         thread: str | None,
         detail: dict[str, str] | None,
-        level: int | None,
         skip: int,
     ) -> Incident:
         if stack is None:
@@ -274,12 +296,12 @@ class Monitor:
             site = _frames.user_frame(stack)
         if labels is None:
             labels = _context.current_labels()
-        running = asyncio._get_running_loop()
+        running = aio.get_running_loop()
         if task is None and running is not None:
             current_task = asyncio.current_task(running)
             task = current_task.get_name() if current_task is not None else None
         now = time.time()
-        incident = Incident(
+        return Incident(
             kind=kind,
             api=api,
             action=action,
@@ -297,83 +319,51 @@ class Monitor:
             hint=hint or hint_for(kind, api, action),
             detail=dict(detail or {}),
         )
-        merged, folded = self.store.add(incident)
-        if folded is not None:
-            self._log(incident, folded, level)
-        for listener in list(self._listeners):
-            try:
-                listener(incident)
-            except Exception as exc:
-                internal_error("listener", exc)
-        return merged
 
-    def _log(self, incident: Incident, folded: int, level: int | None) -> None:
-        if level is None:
-            level = logging.WARNING
-            if (
-                incident.kind == "blocked_loop"
-                and incident.duration is not None
-                and incident.duration >= 10 * self.config.block_threshold
-            ):
-                level = logging.ERROR
-        message = incident.summary()
-        if folded:
-            message += f" (+{folded} folded since the last line)"
-        data = incident.as_dict()
-        data["folded"] = folded
-        try:
-            logger.log(level, message, extra={"loopwatch": data})
-        except Exception as exc:
-            internal_error("logging", exc)
+    def _level(self, incident: Incident, level: int | None) -> int:
+        if level is not None:
+            return level
+        if (
+            incident.kind == "blocked_loop"
+            and incident.duration is not None
+            and incident.duration >= 10 * self.config.block_threshold
+        ):
+            return logging.ERROR
+        return logging.WARNING
 
     def flush(self) -> None:
         """Log one line for every fingerprint with folded repeats not yet logged."""
-        for incident, folded in self.store.pending_folds():
-            try:
-                data = incident.as_dict()
-                data["folded"] = folded
-                logger.warning(
-                    "%s (+%d folded since the last line)",
-                    incident.summary(),
-                    folded,
-                    extra={"loopwatch": data},
-                )
-            except Exception as exc:
-                internal_error("logging", exc)
-
-
-def _optional_component(name: str) -> Any:
-    """The H3–H5 components, imported when present (they arrive in their own modules)."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"loopwatch.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"loopwatch.{name}":
-            return None
-        raise
+        try:
+            self._log.flush()
+        except Exception as exc:
+            internal_error("logging", exc)
 
 
 def install(**options: Any) -> Monitor:
     """Install loopwatch (idempotent). See :func:`loopwatch.install`."""
-    global _current, _disabled_said
+    global _disabled_said
     with _lock:
-        if _current is not None:
+        installed = current()
+        if installed is not None:
             if options:
-                _current.reconfigure(**options)
-            return _current
+                config = load_config(options, base=installed.config)
+                if config.disable:
+                    uninstall()
+                    return Monitor(config)
+                installed.reconfigure(**options)
+            return installed
         config = load_config(options)
         monitor = Monitor(config)
         if not monitor.enabled:
             if not _disabled_said:
                 _disabled_said = True
-                logger.warning("loopwatch: disabled by LOOPWATCH_DISABLE; install() did nothing")
+                logger.warning("disabled by LOOPWATCH_DISABLE; install() did nothing")
             return monitor
-        _current = monitor
+        _runtime.set_active(monitor)
         try:
             monitor._start()
         except BaseException:
-            _current = None
+            _runtime.set_active(None)
             monitor._stop()
             raise
         return monitor
@@ -381,9 +371,10 @@ def install(**options: Any) -> Monitor:
 
 def uninstall() -> None:
     """Undo :func:`install` exactly (idempotent)."""
-    global _current, _holders, _installed_by_acquire
+    global _holders, _installed_by_acquire
     with _lock:
-        monitor, _current = _current, None
+        monitor = current()
+        _runtime.set_active(None)
         _holders, _installed_by_acquire = 0, False
         if monitor is not None:
             monitor._stop()
@@ -416,7 +407,7 @@ def release(monitor: Monitor) -> None:
     """Let go of a monitor taken with :func:`acquire` (uninstalls it with its last holder)."""
     global _holders, _installed_by_acquire
     with _lock:
-        if monitor is not _current or _holders <= 0:
+        if monitor is not current() or _holders <= 0:
             return
         _holders -= 1
         if _holders == 0 and _installed_by_acquire:

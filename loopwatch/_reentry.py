@@ -6,13 +6,17 @@ they call the original at once, so the fast path costs one C call and a comparis
 
 Policies for H1 (``on_reentry``):
 
-* ``offload`` — run the coroutine on a reused loopwatch worker thread with a loop of its
-  own, carrying the caller's context variables; return its result or raise its exception.
+* ``offload`` — run the coroutine on a worker thread with a loop of its own
+  (:mod:`._offload`); return its result or raise its exception.
 * ``raise`` — report, close the rejected coroutine, raise the original ``RuntimeError``.
-* ``reenter`` — drive the running loop re-entrantly (``_reenter``); falls back to
+* ``reenter`` — drive the running loop re-entrantly (:mod:`._nested`); falls back to
   ``offload`` where the loop cannot be driven that way (uvloop).
 
 H2 always marshals the coroutine to the loop's own thread.
+
+What cannot be offloaded fails at once with the original error: the same ``Runner`` or
+the same loop re-entered from inside itself, a loop whose thread waits for this very call,
+or nesting deeper than :data:`._offload.MAX_DEPTH`.
 """
 
 from __future__ import annotations
@@ -20,176 +24,38 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import concurrent.futures
-import contextvars
 import functools
-import importlib.abc
-import importlib.machinery
-import os
-import queue
 import sys
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from . import _context, _frames
+from . import _frames, _nested, _offload, _runtime
+from ._compat import asyncio as aio
+from ._compat import uvloop as uvl
 from ._errors import LoopwatchError
+from ._patching import ImportHook, Patches
 
 if TYPE_CHECKING:
     from ._monitor import Monitor
 
-__all__ = ["foreign_patch", "install", "offloading", "on_loop_start", "worker_threads"]
+__all__ = ["foreign_patch", "install", "worker_threads"]
 
-T = TypeVar("T")
-_MISSING = object()
-_get_running_loop = asyncio._get_running_loop
-
-# Called with a loop just before it starts running in this thread (the lag probe and the
-# exception-handler chain of ``_watchdog``/``_tasks`` attach there). Callbacks never raise.
-on_loop_start: list[Callable[[Any], None]] = []
-# Thread id -> api of the offloaded or marshalled call that thread is waiting for right
-# now: the watchdog marks a block of that thread's loop as this stall, not a second one.
-offloading: dict[int, str] = {}
+_get_running_loop = aio.get_running_loop
+worker_threads = _offload.worker_threads
 
 API_RUN = "asyncio.run"
 API_RUNNER = "asyncio.Runner.run"
 API_RUC = "loop.run_until_complete"
 API_FOREVER = "loop.run_forever"
 
-NEEDS_OUTER_LOOP = (
-    "this coroutine needs objects bound to the running loop (a Future, Task, Event or Lock of "
-    "that loop), which cannot work on a worker thread's loop; await it instead, or use "
-    "on_reentry='reenter' in a notebook (%loopwatch policy reenter)"
-)
-_FOREIGN_LOOP_MESSAGES = (
-    "attached to a different loop",
-    "bound to a different event loop",
-    "is bound to a different",
-    "different event loop",
-)
-
-
-# -- worker threads ------------------------------------------------------------------------
-
-
-class _Workers:
-    """Daemon worker threads, reused; an idle one exits after ``idle`` seconds.
-
-    A new thread starts whenever none is idle, so nested offloads (an offloaded coroutine
-    that itself re-enters) can never deadlock on a full pool.
-    """
-
-    def __init__(self, idle: float = 30.0) -> None:
-        self._idle_timeout = idle
-        self._jobs: queue.SimpleQueue[
-            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
-        ]
-        self._jobs = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._threads: set[threading.Thread] = set()
-        self._counter = 0
-
-    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._lock:
-            if self._idle == 0:
-                self._counter += 1
-                thread = threading.Thread(
-                    target=self._work, name=f"loopwatch-offload-{self._counter}", daemon=True
-                )
-                self._threads.add(thread)
-                thread.start()
-            else:
-                self._idle -= 1
-            self._jobs.put((future, fn))
-        return future
-
-    def _work(self) -> None:
-        try:
-            while True:
-                try:
-                    item = self._jobs.get(timeout=self._idle_timeout)
-                except queue.Empty:
-                    with self._lock:
-                        # Re-check under the lock: a submit may have counted on us.
-                        if self._jobs.empty():
-                            self._idle -= 1
-                            return
-                    continue
-                if item is None:
-                    return  # shutdown() already took this worker off the idle count
-                future, fn = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:  # handed to the caller, whatever it is
-                        future.set_exception(exc)
-                    del future, fn, item
-                with self._lock:
-                    self._idle += 1
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-
-    def shutdown(self, timeout: float = 2.0) -> None:
-        """Ask idle workers to exit; wait for them only when no worker is busy."""
-        with self._lock:
-            threads = list(self._threads)
-            idle, self._idle = self._idle, 0
-            for _ in range(idle):
-                self._jobs.put(None)
-        if idle < len(threads):
-            return  # busy workers finish their call, then idle out on their own
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def after_fork_in_child(self) -> None:
-        """Forget the parent's workers: only the forking thread exists in a child process."""
-        self._jobs = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._threads = set()
-
-    def thread_count(self) -> int:
-        with self._lock:
-            return len(self._threads)
-
-
-_workers = _Workers()
-if hasattr(os, "register_at_fork"):  # a preloading server (gunicorn --preload) forks workers
-    os.register_at_fork(after_in_child=_workers.after_fork_in_child)
-
-
-class _Job:
-    """Where an offloaded coroutine runs, so a timeout can cancel it."""
-
-    __slots__ = ("loop", "task")
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[Any] | None = None
-
-
-async def _tracked(awaitable: Awaitable[T], job: _Job) -> T:
-    job.loop = asyncio.get_running_loop()
-    job.task = asyncio.current_task()
-    return await awaitable
-
-
-def _is_foreign_loop_error(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FOREIGN_LOOP_MESSAGES)
-
-
-# -- the interception ----------------------------------------------------------------------
-
 
 class _Call:
     """One intercepted call: what was called, on what, and how to run it elsewhere."""
 
-    __slots__ = ("api", "awaitable", "kwargs", "raise_original", "run_elsewhere", "target")
+    __slots__ = ("api", "awaitable", "raise_original", "run_elsewhere", "target")
 
     def __init__(
         self,
@@ -216,7 +82,7 @@ def _close(awaitable: Any) -> None:
 def _report(
     monitor: Monitor,
     kind: str,
-    call_api: str,
+    api: str,
     action: str,
     started: float | None,
     loop: object | None,
@@ -225,46 +91,28 @@ def _report(
     hint: str | None = None,
 ) -> None:
     duration = None if started is None else time.perf_counter() - started
-    labels = _context.current_labels()
-    try:
-        metrics = monitor.metrics
-        if metrics is not None:
-            metrics.child(
-                metrics.reentry_total,
-                api=call_api,
-                action=action,
-                framework=labels.framework,
-                handler=labels.handler,
-            ).inc()
-            if duration is not None:
-                metrics.child(
-                    metrics.reentry_stall_seconds,
-                    api=call_api,
-                    framework=labels.framework,
-                    handler=labels.handler,
-                ).observe(duration)
-    except Exception as exc:
-        from ._monitor import internal_error
-
-        internal_error("metrics", exc)
     monitor.report(
-        kind,
-        api=call_api,
-        action=action,
-        duration=duration,
-        loop=loop,
-        labels=labels,
-        detail=detail,
-        stack=stack,
-        hint=hint,
+        kind, api=api, action=action, duration=duration, loop=loop, detail=detail,
+        stack=stack, hint=hint,
     )
+
+
+def _refuse(
+    monitor: Monitor, call: _Call, running: asyncio.AbstractEventLoop, reason: str,
+    stack: list[Any],
+) -> Any:
+    """Report, then raise the original error (the rejected coroutine is closed)."""
+    try:
+        return call.raise_original()
+    except RuntimeError:
+        _close(call.awaitable)
+        _report(monitor, "reentry", call.api, "raised", None, running, {"reason": reason}, stack)
+        raise
 
 
 def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
     """H1: a loop already runs in this thread."""
-    from ._monitor import current
-
-    monitor = current()
+    monitor = _runtime.active()
     if monitor is None:
         return call.raise_original()
     stack = _frames.capture_stack(2)
@@ -277,32 +125,30 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
             _close(call.awaitable)
             _report(monitor, "reentry", call.api, "raised", None, running, stack=stack)
             raise
+    if _offload.depth() >= _offload.MAX_DEPTH:
+        return _refuse(
+            monitor, call, running,
+            f"nested more than {_offload.MAX_DEPTH} levels deep (a coroutine re-entering itself?)",
+            stack,
+        )
     if asyncio.isfuture(call.awaitable) and call.awaitable.get_loop() is running:
         if policy == "reenter" and call.target is running:
             pass  # the re-entrant path can wait for it on its own loop
         else:
             _report(
-                monitor,
-                "reentry",
-                call.api,
-                "raised",
-                None,
-                running,
-                {"reason": "future of the running loop"},
-                stack,
+                monitor, "reentry", call.api, "raised", None, running,
+                {"reason": "future of the running loop"}, stack,
             )
             raise LoopwatchError(
                 f"{call.api}() was given a Future/Task of the loop that is already running; "
-                f"{NEEDS_OUTER_LOOP}."
+                f"{_offload.NEEDS_OUTER_LOOP}."
             )
     if policy == "reenter":
         if call.target is None or call.target is running:
-            reenter = _reenter_module()
-            if reenter is not None and reenter.can_reenter(running):
-                run_reentrant = reenter.run_reentrant
+            if _nested.can_reenter(running):
                 started = time.perf_counter()
                 try:
-                    return run_reentrant(
+                    return _nested.run_reentrant(
                         running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
                     )
                 finally:
@@ -315,70 +161,23 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
             )
         else:
             detail["fallback"] = "the target loop is not the running loop; offloaded instead"
-    return _offload(monitor, call, running, detail, stack)
+    return _offload_call(monitor, call, running, detail, stack)
 
 
-def _reenter_module() -> Any:
-    try:
-        from . import _reenter
-    except ImportError:  # a build without the re-entrant runner: offload instead
-        return None
-    return _reenter
-
-
-def _unpoison(loop: asyncio.AbstractEventLoop) -> None:
-    """Clear the await flag a foreign loop left set on tasks of ``loop``.
-
-    When a worker loop's task awaits a Task of ``loop``, asyncio rejects it ("attached to a
-    different loop") but leaves that Task's ``_asyncio_future_blocking`` set, so a later,
-    correct ``await`` of it fails ("await wasn't used with future"). While this thread is
-    inside a task step, no pending Task of ``loop`` can legitimately have the flag set.
-    """
-    try:
-        for task in asyncio.all_tasks(loop):
-            if not task.done() and getattr(task, "_asyncio_future_blocking", False):
-                task._asyncio_future_blocking = False
-    except Exception as exc:
-        from ._monitor import internal_error
-
-        internal_error("reentry", exc)
-
-
-def _offload(
+def _offload_call(
     monitor: Monitor,
     call: _Call,
     running: asyncio.AbstractEventLoop,
     detail: dict[str, str],
     stack: list[Any],
 ) -> Any:
-    job = _Job()
-    awaitable = call.awaitable
-    tracked = _tracked(awaitable, job) if _awaitable(awaitable) else awaitable
-    context = contextvars.copy_context()
     started = time.perf_counter()
-    future = _workers.submit(functools.partial(context.run, call.run_elsewhere, tracked))
-    timeout = monitor.config.offload_timeout
-    offloading[threading.get_ident()] = call.api
     try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        detail["timeout"] = f"{timeout:g}s"
-        _cancel_job(job, future)
-        raise LoopwatchError(
-            f"{call.api}() offloaded to a worker thread did not finish within {timeout:g}s "
-            f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
-            "LOOPWATCH_OFFLOAD_TIMEOUT."
-        ) from None
-    except RuntimeError as exc:
-        if _is_foreign_loop_error(exc):
-            detail["error"] = "needs the running loop"
-            _unpoison(running)
-            raise LoopwatchError(
-                f"{call.api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
-            ) from exc
-        raise
+        return _offload.offload(
+            call.api, call.awaitable, call.run_elsewhere, running,
+            monitor.config.offload_timeout, detail,
+        )
     finally:
-        offloading.pop(threading.get_ident(), None)
         hint = None
         if "error" in detail or "timeout" in detail:
             hint = (
@@ -386,38 +185,28 @@ def _offload(
                 "of the running loop. Await it instead, or use on_reentry='reenter' (in a "
                 "notebook: %loopwatch policy reenter)."
             )
-        _report(
-            monitor, "reentry", call.api, "offloaded", started, running, detail, stack, hint
-        )
-
-
-def _awaitable(obj: Any) -> bool:
-    return asyncio.iscoroutine(obj) or asyncio.isfuture(obj) or hasattr(obj, "__await__")
-
-
-def _cancel_job(job: _Job, future: concurrent.futures.Future[Any]) -> None:
-    loop, task = job.loop, job.task
-    if loop is not None and task is not None:
-        try:
-            loop.call_soon_threadsafe(task.cancel)
-        except RuntimeError:
-            return  # the worker's loop already closed: nothing left to cancel
-        try:
-            future.exception(timeout=1.0)
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            return  # it ignores cancellation; the daemon worker is left to finish on its own
+        _report(monitor, "reentry", call.api, "offloaded", started, running, detail, stack, hint)
 
 
 def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> Any:
     """H2: ``loop`` runs in another thread; run the awaitable there and wait."""
-    from ._monitor import current, internal_error
-
-    monitor = current()
+    monitor = _runtime.active()
     running_here = _get_running_loop()
     started = time.perf_counter()
     stack = _frames.capture_stack(2)
     if asyncio.isfuture(awaitable) and awaitable.get_loop() is not loop:
         raise LoopwatchError(f"{api}() was given a Future of another loop than the one it runs")
+    owner = aio.loop_thread_id(loop)
+    if owner is not None and owner in _runtime.stalled:
+        # That loop's thread is waiting for an offloaded call, very likely this one: the
+        # marshalled call could never run. Fail at once, as the loop itself would.
+        _close(awaitable)
+        if monitor is not None:
+            _report(
+                monitor, "reentry", api, "raised", None, loop,
+                {"reason": "the loop's thread is waiting for this call"}, stack,
+            )
+        raise uvl.already_running_error(loop)
 
     async def await_there() -> Any:
         return await awaitable
@@ -429,38 +218,26 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
         _close(coro)
         raise
     timeout = monitor.config.offload_timeout if monitor is not None else None
+    me = threading.get_ident()
     if running_here is not None:
-        offloading[threading.get_ident()] = api
+        _runtime.stalled[me] = api
     try:
-        return handle.result(timeout)
-    except concurrent.futures.TimeoutError:
-        handle.cancel()
-        raise LoopwatchError(
-            f"{api}() from thread {threading.current_thread().name!r} was marshalled to the loop's "
-            f"own thread and did not finish within {timeout:g}s (offload_timeout); is that loop "
-            "blocked waiting for this thread?"
-        ) from None
+        done, _ = concurrent.futures.wait((handle,), timeout)
+        if not done:
+            handle.cancel()
+            raise LoopwatchError(
+                f"{api}() from thread {threading.current_thread().name!r} was marshalled to the "
+                f"loop's own thread and did not finish within {timeout:g}s (offload_timeout); "
+                "is that loop blocked waiting for this thread?"
+            )
+        return handle.result()
     finally:
-        offloading.pop(threading.get_ident(), None)
+        _runtime.stalled.pop(me, None)
         if monitor is not None:
-            try:
-                _report(
-                    monitor,
-                    "cross_thread_run",
-                    api,
-                    "marshalled",
-                    started if running_here is not None else None,
-                    loop,
-                    stack=stack,
-                )
-            except Exception as exc:
-                internal_error("reentry", exc)
-
-
-def _already_running_error(loop: Any) -> RuntimeError:
-    if type(loop).__module__.startswith("uvloop"):
-        return RuntimeError("this event loop is already running.")
-    return RuntimeError("This event loop is already running")
+            _report(
+                monitor, "cross_thread_run", api, "marshalled",
+                started if running_here is not None else None, loop, stack=stack,
+            )
 
 
 # -- the patched entry points --------------------------------------------------------------
@@ -470,14 +247,10 @@ def _make_run(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run(main: Any, *args: Any, **kwargs: Any) -> Any:
         running = _get_running_loop()
-        if running is None:
-            return original(main, *args, **kwargs)
-        if not asyncio.iscoroutine(main):
-            return original(main, *args, **kwargs)  # the original's own error for bad input
+        if running is None or not asyncio.iscoroutine(main):
+            return original(main, *args, **kwargs)  # and the original's error for bad input
         call = _Call(
-            API_RUN,
-            main,
-            None,
+            API_RUN, main, None,
             lambda aw: original(aw, *args, **kwargs),
             lambda: original(main, *args, **kwargs),
         )
@@ -493,25 +266,34 @@ def _make_runner_run(original: Callable[..., Any]) -> Callable[..., Any]:
         if running is None or not asyncio.iscoroutine(coro):
             return original(self, coro, *args, **kwargs)
         call = _Call(
-            API_RUNNER,
-            coro,
-            None,
+            API_RUNNER, coro, None,
             lambda aw: original(self, aw, *args, **kwargs),
             lambda: original(self, coro, *args, **kwargs),
         )
+        monitor = _runtime.active()
+        if (
+            aio.runner_loop(self) is running
+            and monitor is not None
+            and not (monitor.config.on_reentry == "reenter" and _nested.can_reenter(running))
+        ):
+            # The runner's own loop runs this very call: a worker could only drive that
+            # loop from another thread, which waits for this one. Fail as asyncio does.
+            return _refuse(monitor, call, running, "the same Runner, re-entered", [])
         return _same_thread(call, running)
 
     return run
 
 
 def _make_runner_close(original: Callable[..., Any]) -> Callable[..., Any]:
-    # Closing a Runner that an offloaded Runner.run initialised drives its loop again: do
-    # that on a worker too, silently (the run itself was already reported).
+    # Closing a Runner drives its loop (shutdown_asyncgens, the default executor). Inside a
+    # running loop that must happen on a worker, silently: the runs themselves were reported.
     @functools.wraps(original)
     def close(self: Any) -> Any:
-        if _get_running_loop() is None:
+        if _get_running_loop() is None or not aio.runner_has_open_loop(self):
             return original(self)
-        return _workers.submit(functools.partial(original, self)).result()
+        monitor = _runtime.active()
+        timeout = monitor.config.offload_timeout if monitor is not None else 30.0
+        return _offload.run_in_worker(functools.partial(original, self), timeout)
 
     return close
 
@@ -535,10 +317,6 @@ def _run_fresh(loop_cls: type, awaitable: Any) -> Any:
             loop.close()
 
 
-def _uvloop(loop: Any) -> bool:
-    return type(loop).__module__.startswith("uvloop")
-
-
 def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run_until_complete(self: Any, future: Any) -> Any:
@@ -556,11 +334,11 @@ def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]
             run_elsewhere = functools.partial(_run_fresh, type(self))
 
         def raise_original() -> Any:
-            if _uvloop(self):
+            if uvl.is_uvloop(self):
                 # uvloop schedules the coroutine before it raises: never let it.
                 if running is self:
-                    raise _already_running_error(self)
-                raise RuntimeError("Cannot run the event loop while another loop is running")
+                    raise uvl.already_running_error(self)
+                raise uvl.other_loop_error()
             return original(self, future)
 
         call = _Call(API_RUC, future, self, run_elsewhere, raise_original)
@@ -569,14 +347,10 @@ def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]
     return run_until_complete
 
 
-def _loop_starting(loop: Any) -> None:
-    for callback in on_loop_start:
-        try:
-            callback(loop)
-        except Exception as exc:
-            from ._monitor import internal_error
-
-            internal_error("loop_start", exc)
+def _starting(loop: Any) -> None:
+    # A closed loop is refused by run_forever itself: no hook sees it.
+    if _runtime.loop_start_hooks and not loop.is_closed():
+        _runtime.run_loop_start_hooks(loop)
 
 
 def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -584,23 +358,15 @@ def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
     def run_forever(self: Any) -> Any:
         running = _get_running_loop()
         if running is None and not self.is_running():
-            if on_loop_start:
-                _loop_starting(self)
+            _starting(self)
             return original(self)
-        from ._monitor import current
-
-        monitor = current()
+        monitor = _runtime.active()
         if running is None:
             # H2: the loop already runs forever in its own thread; waiting for it to stop is
             # what this call means.
             if monitor is not None:
                 _report(
-                    monitor,
-                    "cross_thread_run",
-                    API_FOREVER,
-                    "marshalled",
-                    None,
-                    self,
+                    monitor, "cross_thread_run", API_FOREVER, "marshalled", None, self,
                     stack=_frames.capture_stack(1),
                 )
             while self.is_running():
@@ -609,57 +375,31 @@ def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
         # H1: there is no coroutine to offload; report and let the original error through.
         if monitor is not None:
             _report(
-                monitor,
-                "reentry",
-                API_FOREVER,
-                "raised",
-                None,
-                running,
-                {"reason": "run_forever has nothing to offload"},
-                _frames.capture_stack(1),
+                monitor, "reentry", API_FOREVER, "raised", None, running,
+                {"reason": "run_forever has nothing to offload"}, _frames.capture_stack(1),
             )
-        if _uvloop(self):
+        if uvl.is_uvloop(self):
             if running is self:
-                raise _already_running_error(self)
-            raise RuntimeError("Cannot run the event loop while another loop is running")
+                raise uvl.already_running_error(self)
+            raise uvl.other_loop_error()
         return original(self)
 
     return run_forever
 
 
-# -- patching ------------------------------------------------------------------------------
+def _make_start_only(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``run_forever`` that only tells the loop-start hooks (when nest_asyncio owns nesting)."""
+
+    @functools.wraps(original)
+    def run_forever(self: Any) -> Any:
+        if _get_running_loop() is None and not self.is_running():
+            _starting(self)
+        return original(self)
+
+    return run_forever
 
 
-class _Patches:
-    """The attributes we replaced, to restore the identical originals."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[Any, str, Any, Any]] = []  # owner, name, original, wrapper
-
-    def patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-        original = owner.__dict__.get(name, _MISSING)
-        wrapper = make(getattr(owner, name))
-        setattr(owner, name, wrapper)
-        self._items.append((owner, name, original, wrapper))
-
-    def undo(self) -> list[str]:
-        """Restore what is still ours; return what someone else replaced meanwhile."""
-        left: list[str] = []
-        while self._items:
-            owner, name, original, wrapper = self._items.pop()
-            if owner.__dict__.get(name) is not wrapper:
-                left.append(f"{getattr(owner, '__name__', owner)}.{name}")
-                continue
-            if original is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        return left
-
-
-def _loop_methods(patches: _Patches, cls: type) -> None:
-    patches.patch(cls, "run_until_complete", _make_run_until_complete)
-    patches.patch(cls, "run_forever", _make_run_forever)
+# -- install -------------------------------------------------------------------------------
 
 
 def foreign_patch() -> str | None:
@@ -675,44 +415,15 @@ def foreign_patch() -> str | None:
     return None
 
 
-class _UvloopLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, on_load: Callable[[types.ModuleType], None]) -> None:
-        self._loader = loader
-        self._on_load = on_load
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        self._loader.exec_module(module)
-        self._on_load(module)
-
-
-class _UvloopFinder(importlib.abc.MetaPathFinder):
-    """Patches ``uvloop.Loop`` when uvloop is imported after :func:`install`."""
-
-    def __init__(self, on_load: Callable[[types.ModuleType], None]) -> None:
-        self._on_load = on_load
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "uvloop":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _UvloopLoader(spec.loader, self._on_load)
-        return spec
-
-
 def install(monitor: Monitor) -> Callable[[], None]:
     """Patch the entry points; return the function that restores them exactly."""
-    patches = _Patches()
+    patches = Patches()
     foreign = foreign_patch()
+    base = asyncio.base_events.BaseEventLoop
     if foreign is not None:
         monitor.report("foreign_patch", api=foreign, action="", detail={"patched": foreign})
+        # nest_asyncio owns nesting; loopwatch still sees loops start (loop health, H4).
+        patches.patch(base, "run_forever", _make_start_only)
     else:
         run = asyncio.run
         patches.patch(asyncio, "run", _make_run)
@@ -721,47 +432,35 @@ def install(monitor: Monitor) -> Callable[[], None]:
         if sys.version_info >= (3, 11):
             patches.patch(asyncio.runners.Runner, "run", _make_runner_run)
             patches.patch(asyncio.runners.Runner, "close", _make_runner_close)
-        _loop_methods(patches, asyncio.base_events.BaseEventLoop)
-
-    uvloop_patched = threading.Event()
+        patches.patch(base, "run_until_complete", _make_run_until_complete)
+        patches.patch(base, "run_forever", _make_run_forever)
 
     def patch_uvloop(module: types.ModuleType) -> None:
-        if uvloop_patched.is_set():
+        cls = uvl.loop_class(module)
+        if cls is None or patches.patched(cls, "run_forever"):
             return
         try:
-            cls = module.Loop
-            if getattr(cls, "_nest_patched", False):
+            if getattr(cls, "_nest_patched", False) or foreign is not None:
+                patches.patch(cls, "run_forever", _make_start_only)
                 return
-            _loop_methods(patches, cls)
-            uvloop_patched.set()
+            patches.patch(cls, "run_until_complete", _make_run_until_complete)
+            patches.patch(cls, "run_forever", _make_run_forever)
         except Exception as exc:
-            from ._monitor import internal_error
+            _runtime.internal_error("uvloop", exc)
 
-            internal_error("uvloop", exc)
-
-    finder: _UvloopFinder | None = None
-    if "uvloop" in sys.modules:
-        patch_uvloop(sys.modules["uvloop"])
-    else:
-        finder = _UvloopFinder(patch_uvloop)
-        sys.meta_path.insert(0, finder)
+    hook = ImportHook("uvloop", patch_uvloop)
+    hook.start()
 
     def undo() -> None:
-        if finder is not None and finder in sys.meta_path:
-            sys.meta_path.remove(finder)
+        hook.stop()
         left = patches.undo()
         if left:
             from ._logging import logger
 
             logger.warning(
-                "loopwatch: left %s as they are: something patched them after loopwatch did",
+                "left %s as they are: something patched them after loopwatch did",
                 ", ".join(left),
             )
-        _workers.shutdown()
+        _offload.workers.shutdown()
 
     return undo
-
-
-def worker_threads() -> int:
-    """How many offload worker threads are alive (for tests and ``doctor``)."""
-    return _workers.thread_count()

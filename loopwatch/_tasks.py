@@ -2,39 +2,38 @@
 awaited.
 
 H4. asyncio reports both task hazards from the future's finalizer by calling
-``loop.call_exception_handler(context)``, looked up on the loop object each time. loopwatch
-sets that attribute on each loop *instance* (at install for the running loop, and when a
-loop starts later), records the incident, then calls the method it shadowed: that calls the
-user's handler (``loop.set_exception_handler``) or the default one, exactly as before. The
-user's handler may be set before or after install; ``get_exception_handler()`` still
-returns it. Nothing is patched on a class.
+``loop.call_exception_handler(context)``. loopwatch wraps that method at class level (the
+stdlib ``BaseEventLoop`` and ``uvloop.Loop``): the wrapper records the incident, then calls
+the method it wraps, which calls the user's handler (``set_exception_handler``) or the
+default one exactly as before. Nothing is set on a loop instance, so a loop's own
+``call_exception_handler``, ``set_exception_handler`` and ``get_exception_handler`` behave
+as without loopwatch, and an instance attribute a user or a test sets (a mock) wins.
 
-H5. CPython funnels the "coroutine '...' was never awaited" ``RuntimeWarning`` through
-``warnings._warn_unawaited_coroutine(coro)``, which it looks up on the ``warnings`` module
-each time. loopwatch's replacement records the incident (every occurrence, whatever the
-filters say) and issues the same warning, with the same text, category, source and
-location (the frame that dropped the coroutine), so the user's filters and handlers see
-what they saw before.
+H5. CPython funnels the "coroutine '...' was never awaited" ``RuntimeWarning`` through a
+hook in the ``warnings`` module, looked up on each call (:mod:`._compat.asyncio`).
+loopwatch's replacement records the incident (every occurrence, whatever the filters say)
+and issues the same warning, with the same text, category, source and location (the frame
+that dropped the coroutine), so the user's filters and handlers see what they saw before.
 
-The labels of a task come from its own context: ``Task.get_context()`` on 3.12+, and on
-3.10/3.11 the C task's context found through ``gc.get_referents`` (the task visits its
-context first) — read only when an incident happens, never on the hot path.
+The labels of a task come from its own context, read only when an incident happens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.base_events
 import contextvars
-import gc
-import threading
+import functools
 import types
 import warnings
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _context, _frames, _reentry
+from . import _context, _frames, _runtime
+from ._compat import asyncio as aio
+from ._compat import uvloop as uvl
 from ._frames import Frame
+from ._patching import ImportHook, Patches
 
 if TYPE_CHECKING:
     from ._monitor import Monitor
@@ -43,22 +42,11 @@ __all__ = ["install", "task_context", "task_labels"]
 
 _UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
 _PENDING = "Task was destroyed but it is pending"
-_ATTR = "call_exception_handler"
 
 
 def task_context(task: Any) -> contextvars.Context | None:
     """The context a task runs its steps in, readable from any thread; ``None`` if unknown."""
-    get_context = getattr(task, "get_context", None)
-    if get_context is not None:  # 3.12+
-        context = get_context()
-        return context if isinstance(context, contextvars.Context) else None
-    context = getattr(task, "_context", None)  # the pure-Python Task
-    if isinstance(context, contextvars.Context):
-        return context
-    for referent in gc.get_referents(task):  # the C Task before 3.12 visits its context first
-        if isinstance(referent, contextvars.Context):
-            return referent
-    return None
+    return aio.task_context(task)
 
 
 def task_labels(task: Any) -> _context.Labels | None:
@@ -114,72 +102,13 @@ def _code_frame(obj: Any) -> list[Frame]:
     return [Frame(code.co_filename, code.co_firstlineno, code.co_name)]
 
 
-def _loop_of(context: dict[str, Any]) -> Any:
-    future = context.get("future") or context.get("task")
-    get_loop = getattr(future, "get_loop", None)
-    return get_loop() if get_loop is not None else None
-
-
-class _Chained:
-    """Set as ``loop.call_exception_handler``: record, then call what it shadows."""
-
-    __slots__ = ("__weakref__", "active", "hooks", "loop", "previous")
-
-    def __init__(self, hooks: _Hooks, loop: Any, previous: Any) -> None:
-        self.hooks = hooks
-        self.loop = weakref.ref(loop)
-        self.previous = previous  # an instance attribute someone else set first, or None
-        self.active = True
-
-    def __call__(self, context: dict[str, Any]) -> Any:
-        # The weak reference is already cleared when the loop is being collected together
-        # with the task whose finalizer calls us; the future still knows its loop.
-        loop = self.loop() or _loop_of(context)
-        if self.active and loop is not None:
-            self.hooks.record(loop, context)
-        if self.previous is not None:
-            return self.previous(context)
-        if loop is None:
-            return None
-        return type(loop).call_exception_handler(loop, context)
-
-
 class _Hooks:
     """The H4/H5 hooks of one install."""
 
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
-        self._lock = threading.Lock()
-        self._loops: weakref.WeakKeyDictionary[Any, _Chained] = weakref.WeakKeyDictionary()
 
     # -- H4 --------------------------------------------------------------------------------
-
-    def attach(self, loop: Any) -> None:
-        """Chain ``loop``'s exception handling (idempotent; loops without ``__dict__`` skipped)."""
-        with self._lock:
-            if loop in self._loops:
-                return
-            namespace = getattr(loop, "__dict__", None)
-            if namespace is None:
-                return
-            previous = namespace.get(_ATTR)
-            chained = _Chained(self, loop, previous)
-            namespace[_ATTR] = chained
-            self._loops[loop] = chained
-
-    def detach_all(self) -> None:
-        with self._lock:
-            items = list(self._loops.items())
-            self._loops.clear()
-        for loop, chained in items:
-            chained.active = False
-            namespace = getattr(loop, "__dict__", {})
-            if namespace.get(_ATTR) is not chained:
-                continue  # someone wrapped ours; it now only passes calls through
-            if chained.previous is None:
-                del namespace[_ATTR]
-            else:
-                namespace[_ATTR] = chained.previous
 
     def record(self, loop: Any, context: dict[str, Any]) -> None:
         try:
@@ -189,9 +118,7 @@ class _Hooks:
             elif message.startswith(_PENDING):
                 self._report(loop, "pending_task_destroyed", context)
         except Exception as exc:
-            from ._monitor import internal_error
-
-            internal_error("tasks", exc)
+            _runtime.internal_error("tasks", exc)
 
     def _report(self, loop: Any, kind: str, context: dict[str, Any]) -> None:
         future = context.get("future") or context.get("task")
@@ -207,12 +134,6 @@ class _Hooks:
             exc_name = type(exc).__qualname__
             detail["exception"] = exc_name
             stack = traceback_frames(exc.__traceback__) or _code_frame(coro)
-            metrics = self.monitor.metrics
-            if metrics is not None:
-                metrics.child(
-                    metrics.task_exceptions_unretrieved_total, framework=labels.framework,
-                    handler=labels.handler, exception=exc_name,
-                ).inc()
         else:
             stack = suspended_frames(coro) or _code_frame(coro)
         self.monitor.report(
@@ -237,19 +158,10 @@ class _Hooks:
             defined = _code_frame(coro)
             if defined:
                 detail["defined_at"] = f"{defined[0].file}:{defined[0].line}"
-            labels = _context.current_labels()
-            metrics = self.monitor.metrics
-            if metrics is not None:
-                metrics.child(
-                    metrics.coroutines_never_awaited_total, framework=labels.framework,
-                    handler=labels.handler,
-                ).inc()
-            self.monitor.report("never_awaited", api=name, stack=stack, labels=labels,
-                                loop=asyncio._get_running_loop(), detail=detail)
+            self.monitor.report("never_awaited", api=name, stack=stack,
+                                loop=aio.get_running_loop(), detail=detail)
         except Exception as exc:
-            from ._monitor import internal_error
-
-            internal_error("tasks", exc)
+            _runtime.internal_error("tasks", exc)
 
 
 def _unawaited_message(coro: Any) -> str:
@@ -276,26 +188,49 @@ def _make_unawaited_hook(hooks: _Hooks) -> Callable[[Any], None]:
     return _warn_unawaited_coroutine
 
 
+def _make_call_exception_handler(
+    hooks: _Hooks,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def call_exception_handler(self: Any, context: dict[str, Any]) -> Any:
+            hooks.record(self, context)
+            return original(self, context)
+
+        return call_exception_handler
+
+    return make
+
+
 def install(monitor: Monitor) -> Callable[[], None]:
-    """Chain the exception handling of running and future loops, hook never-awaited warnings;
+    """Wrap the loops' exception handling at class level and hook never-awaited warnings;
     return the undo."""
     hooks = _Hooks(monitor)
-    running = asyncio._get_running_loop()
-    if running is not None:
-        hooks.attach(running)
-    _reentry.on_loop_start.append(hooks.attach)
+    patches = Patches()
+    make = _make_call_exception_handler(hooks)
+    patches.patch(asyncio.base_events.BaseEventLoop, "call_exception_handler", make)
 
-    original = warnings.__dict__.get("_warn_unawaited_coroutine")
+    def patch_uvloop(module: types.ModuleType) -> None:
+        cls = uvl.loop_class(module)
+        if cls is not None and not patches.patched(cls, "call_exception_handler"):
+            try:
+                patches.patch(cls, "call_exception_handler", make)
+            except Exception as exc:
+                _runtime.internal_error("uvloop", exc)
+
+    uvloop_hook = ImportHook("uvloop", patch_uvloop)
+    uvloop_hook.start()
+
+    original = aio.unawaited_hook()
     hook: Callable[[Any], None] | None = None
     if original is not None:
         hook = _make_unawaited_hook(hooks)
-        warnings._warn_unawaited_coroutine = hook  # type: ignore[attr-defined]
+        aio.set_unawaited_hook(hook)
 
     def undo() -> None:
-        if hooks.attach in _reentry.on_loop_start:
-            _reentry.on_loop_start.remove(hooks.attach)
-        hooks.detach_all()
-        if hook is not None and warnings.__dict__.get("_warn_unawaited_coroutine") is hook:
-            warnings._warn_unawaited_coroutine = original  # type: ignore[attr-defined]
+        uvloop_hook.stop()
+        patches.undo()
+        if hook is not None and aio.unawaited_hook() is hook and original is not None:
+            aio.set_unawaited_hook(original)
 
     return undo

@@ -1,7 +1,7 @@
 """The ``loopwatch`` command: ``demo``, ``run`` and ``doctor``.
 
 * ``loopwatch demo`` runs an instrumented FastAPI service that hits every hazard, sends it
-  traffic and shows what loopwatch caught (see :mod:`loopwatch._demo`).
+  traffic and shows what loopwatch caught (see :mod:`loopwatch.demo`).
 * ``loopwatch run [options] -- CMD ARGS...`` runs any command with loopwatch installed at
   interpreter start in every Python process it starts: a ``sitecustomize`` directory goes
   first on ``PYTHONPATH`` and the options become ``LOOPWATCH_*`` variables, the way
@@ -155,7 +155,7 @@ def _at_least(minimum: int) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import DemoOptions, run_demo
+    from .demo import DemoOptions, run_demo
 
     if not args.interval > 0:
         print("loopwatch demo: --interval must be a positive number of seconds", file=sys.stderr)
@@ -241,7 +241,7 @@ _FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "gunicorn", "anyio", "discord.
 _NEST = ("nest-asyncio", "nest-asyncio2")
 _MONITORS = (
     ("H1/H2 re-entry guard", "loopwatch._reentry"),
-    ("reenter policy", "loopwatch._reenter"),
+    ("reenter policy", "loopwatch._nested"),
     ("H3 lag probe and watchdog", "loopwatch._watchdog"),
     ("H4/H5 task and coroutine hooks", "loopwatch._tasks"),
 )

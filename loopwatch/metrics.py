@@ -1,7 +1,10 @@
-"""Prometheus metrics (PRODUCT.md §6): definitions, per-registry reuse, label caps, exposition.
+"""Prometheus metrics: definitions, the incident sink, per-registry reuse, label caps, exposition.
 
-Every metric is created once per registry: a second app, a rebuilt middleware stack or a
-reloaded extension gets the same objects back from :func:`get_metrics`. Exposition always
+Every counter and histogram of an incident is derived here from the incident itself
+(:meth:`Metrics.record`), the one place the core writes them; only the lag probe observes
+its histogram directly (hot path). Every metric is created once per registry: a second
+app, a rebuilt middleware stack or a reloaded extension gets the same objects back from
+:func:`get_metrics`. Exposition always
 runs off the event loop (a thread of its own, or the loop's executor).
 """
 
@@ -13,13 +16,17 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.exposition import start_http_server as _prom_start_http_server
 
+from ._compat import prometheus as prom
 from ._errors import LoopwatchError
+
+if TYPE_CHECKING:
+    from ._incidents import Incident
 
 __all__ = [
     "METRIC_NAMES",
@@ -65,16 +72,16 @@ def _make(
 ) -> Any:
     """Create a metric on ``registry`` or reuse the one already there with the same shape."""
     # prometheus_client keys counters by their full sample names; look any of them up.
-    existing = getattr(registry, "_names_to_collectors", {}).get(name)
+    existing = prom.registered(registry, name)
     if existing is None and cls is Counter:
-        existing = getattr(registry, "_names_to_collectors", {}).get(name + "_total")
+        existing = prom.registered(registry, name + "_total")
     if existing is not None:
-        same = isinstance(existing, cls) and tuple(getattr(existing, "_labelnames", ())) == labels
+        same = isinstance(existing, cls) and prom.label_names(existing) == labels
         if same:
             return existing
         raise LoopwatchError(
             f"metric {name!r} is already registered on this registry as "
-            f"{type(existing).__name__} with labels {getattr(existing, '_labelnames', ())}; "
+            f"{type(existing).__name__} with labels {prom.label_names(existing)}; "
             f"loopwatch needs a {cls.__name__} with labels {labels}. Pass loopwatch its own "
             "registry (install(registry=CollectorRegistry())) or rename the other metric."
         )
@@ -184,7 +191,9 @@ class Metrics:
 
     def child(self, metric: Any, **labels: str) -> Any:
         """The labelled child of ``metric``, cached; caps distinct ``handler`` values."""
-        key = (id(metric), *labels.values())
+        # Names and values: the same values given in another keyword order, or under
+        # other names, are another child.
+        key = (id(metric), *labels.items())
         found = self._children.get(key)
         if found is not None:
             return found
@@ -192,7 +201,7 @@ class Metrics:
             handler = labels.get("handler")
             if handler is not None and handler not in _RESERVED_HANDLERS:
                 # The exported name: prometheus_client keeps counters' without "_total".
-                name = metric._name + ("_total" if metric._type == "counter" else "")
+                name = prom.exposed_name(metric)
                 seen = self._handlers.setdefault(name, set())
                 if handler not in seen:
                     if len(seen) >= self.label_cap:
@@ -205,6 +214,40 @@ class Metrics:
             if len(self._children) < 100_000:
                 self._children[key] = found
             return found
+
+
+    def record(self, incident: Incident) -> None:
+        """Count one occurrence of ``incident`` in the metrics of its kind."""
+        framework, handler = incident.framework, incident.handler
+        kind = incident.kind
+        if kind in ("reentry", "cross_thread_run"):
+            self.child(
+                self.reentry_total, api=incident.api, action=incident.action,
+                framework=framework, handler=handler,
+            ).inc()
+            if incident.duration is not None:
+                self.child(
+                    self.reentry_stall_seconds, api=incident.api, framework=framework,
+                    handler=handler,
+                ).observe(incident.duration)
+        elif kind == "blocked_loop":
+            self.child(self.event_loop_blocks_total, framework=framework, handler=handler).inc()
+            self.child(
+                self.event_loop_blocked_seconds_total, framework=framework, handler=handler
+            ).inc(incident.duration or 0.0)
+        elif kind == "unretrieved_exception":
+            self.child(
+                self.task_exceptions_unretrieved_total, framework=framework, handler=handler,
+                exception=incident.detail.get("exception", "unknown"),
+            ).inc()
+        elif kind == "never_awaited":
+            self.child(
+                self.coroutines_never_awaited_total, framework=framework, handler=handler
+            ).inc()
+
+    def count_internal_error(self, component: str) -> None:
+        """One failure inside loopwatch (``loopwatch_internal_errors_total``)."""
+        self.internal_errors_total.labels(component=component).inc()
 
 
 class _NullMetric:
@@ -241,6 +284,12 @@ class NullMetrics:
     def child(self, metric: Any, **labels: str) -> Any:
         """A child that records nothing."""
         return self._null
+
+    def record(self, incident: Incident) -> None:
+        """Record nothing."""
+
+    def count_internal_error(self, component: str) -> None:
+        """Count nothing."""
 
 
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()

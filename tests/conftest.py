@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import loopwatch
-from loopwatch import _monitor
+from loopwatch import _monitor, _runtime
 
 try:
     import uvloop
@@ -37,7 +37,7 @@ def _clean_loopwatch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     yield
     loopwatch.uninstall()
-    _monitor._errors_logged.clear()
+    _runtime.errors_logged.clear()
     _monitor._disabled_said = False
 
 

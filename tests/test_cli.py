@@ -26,12 +26,14 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from loopwatch import _demo, cli
+from loopwatch import cli
+from loopwatch import demo as _demo
 from loopwatch._incidents import hint_for
+from loopwatch.demo import service as _service
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_SOURCE = Path(_demo.__file__).with_name("_demo_app.py")
+DEMO_SOURCE = Path(_service.__file__)
 WATCHED = {
     hazard: importlib.util.find_spec(module) is not None
     for hazard, (_, module) in _demo.HAZARDS.items()

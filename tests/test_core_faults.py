@@ -111,12 +111,12 @@ def test_unwritable_multiprocess_dir(tmp_path: os.PathLike[str]) -> None:
     code = textwrap.dedent(
         """
         import asyncio, loopwatch
-        from loopwatch import _monitor
+        from loopwatch import _runtime
         loopwatch.install()
         async def two(): return 2
         async def main(): return [asyncio.run(two()) for _ in range(3)]
         print(asyncio.run(main()))
-        print(sorted(_monitor._errors_logged))
+        print(sorted(_runtime.errors_logged))
         """
     )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": missing}

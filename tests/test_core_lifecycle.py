@@ -142,7 +142,7 @@ def test_disable(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixtu
     assert not monitor.enabled
     assert asyncio.run is run
     assert [r.getMessage() for r in caplog.records].count(
-        "loopwatch: disabled by LOOPWATCH_DISABLE; install() did nothing"
+        "disabled by LOOPWATCH_DISABLE; install() did nothing"
     ) == 1
 
 

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import pytest
 
 import loopwatch
-from loopwatch import _reenter
-from loopwatch._reenter import can_reenter, run_reentrant
+from loopwatch import _nested as _reenter
+from loopwatch._nested import can_reenter, run_reentrant
 from loopwatch.testing import capture_incidents, fresh_registry
 
 try:

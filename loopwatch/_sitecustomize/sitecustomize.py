@@ -39,7 +39,37 @@ def _port_is_free(addr: str, port: int) -> bool:
     return True
 
 
+def _in_subinterpreter() -> bool:
+    """Whether this is a subinterpreter, answered before anything else is imported.
+
+    loopwatch stays out of subinterpreters: they may not start daemon threads (3.12+), and
+    every extra import there costs the program that created them.
+    """
+    import _thread
+
+    allowed = getattr(_thread, "daemon_threads_allowed", None)  # 3.12+
+    if allowed is not None and not allowed():
+        return True
+    for name in ("_interpreters", "_xxsubinterpreters"):  # 3.13+, 3.12
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+        try:
+            current, main = module.get_current(), module.get_main()
+        except Exception:
+            return False
+        if isinstance(current, tuple):  # 3.13: (id, whence)
+            current, main = current[0], main[0]
+        return bool(current != main)
+    return False
+
+
 def _install() -> None:
+    if _in_subinterpreter():
+        return
     try:
         import loopwatch
     except ImportError as exc:
@@ -62,7 +92,7 @@ def _install() -> None:
         _say(f"not installed in this process: {exc}")
     except Exception as exc:
         _count(exc)
-        from loopwatch._monitor import internal_error
+        from loopwatch._runtime import internal_error
 
         internal_error("sitecustomize", exc)
 
@@ -71,7 +101,7 @@ def _count(exc: BaseException) -> None:
     try:
         from loopwatch.metrics import get_metrics
 
-        get_metrics().internal_errors_total.labels(component="sitecustomize").inc()
+        get_metrics().count_internal_error("sitecustomize")
     except Exception:  # counting is best effort; the message still goes out
         pass
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 import types
-from bisect import bisect_left as _bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial as _partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from .._compat import prometheus as prom
 from .._context import (
     FRAMEWORKS,
     Labels,
@@ -36,13 +36,8 @@ from .._context import (
     set_lazy_labels,
 )
 from .._errors import ConfigError, LoopwatchError
-from .._monitor import internal_error
+from .._runtime import internal_error
 from ..metrics import Metrics, NullMetrics, get_metrics
-
-try:
-    from prometheus_client.values import MutexValue as _MutexValue
-except ImportError:  # pragma: no cover - a prometheus-client without it: the generic path
-    _MutexValue = None  # type: ignore[assignment,misc]
 
 try:
     from starlette.routing import Host, Mount, compile_path
@@ -207,57 +202,14 @@ class LoopwatchMiddleware:
             metrics.handler_duration_seconds, framework=labels.framework,
             handler=labels.handler, outcome=outcome,
         )
-        observe = _fast_observe(child)
+        observe = prom.fast_observe(child)
         # Kept only when the value was admitted under the label cap: a value folded into
         # "__other__" must count as an overflow on every request.
-        if labels.handler in getattr(child, "_labelvalues", ()):
+        if labels.handler in prom.label_values(child):
             if len(self._children) >= _CACHE_LIMIT:
                 self._children.clear()
             self._children[(labels, outcome)] = observe
         return observe
-
-
-def _fast_observe(child: Any) -> Callable[[float], None]:
-    """``child.observe`` without its per-call checks, for a prometheus-client histogram child.
-
-    The same arithmetic as ``Histogram.observe`` (the first bucket whose bound is at least
-    the value, then the sum) on the child's own value objects, so exposition, multiprocess
-    files and locking stay prometheus-client's. For its in-process values (a float under a
-    lock each) the additions are made here under those locks, without two more calls. Any
-    other child (a null metric, internals that differ) gets its own ``observe``.
-    """
-    bounds = getattr(child, "_upper_bounds", None)
-    buckets = getattr(child, "_buckets", None)
-    total = getattr(child, "_sum", None)
-    if (
-        type(bounds) is not list or type(buckets) is not list or len(bounds) != len(buckets)
-        or not bounds or bounds[-1] != float("inf") or total is None or not hasattr(total, "inc")
-        or not all(hasattr(bucket, "inc") for bucket in buckets)
-    ):
-        observe: Callable[[float], None] = child.observe
-        return observe
-    frozen = tuple(bounds)
-    values = (*buckets, total)
-    if _MutexValue is not None and all(type(value) is _MutexValue for value in values) and all(
-        isinstance(getattr(value, "_value", None), float)
-        and hasattr(getattr(value, "_lock", None), "__enter__")
-        for value in values
-    ):
-
-        def fast_mutex(amount: float) -> None:
-            bucket = buckets[_bisect_left(frozen, amount)]
-            with bucket._lock:
-                bucket._value += 1.0
-            with total._lock:
-                total._value += amount
-
-        return fast_mutex
-
-    def fast(amount: float) -> None:
-        buckets[_bisect_left(frozen, amount)].inc(1)
-        total.inc(amount)
-
-    return fast
 
 
 class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):

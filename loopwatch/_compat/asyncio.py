@@ -1,0 +1,231 @@
+"""asyncio internals loopwatch relies on, each behind a function named for what it does.
+
+Checked against CPython 3.10.13, 3.11.7, 3.12.1 and 3.13.0 (run in CI) and read against the
+3.14 sources (not run: no 3.14 interpreter is available to CI). Every touch has a canary in
+``tests/test_compat.py``.
+
+3.14 notes, from its sources and "What's new":
+
+* the current task lives in the thread state (``ts->asyncio_running_task``) and
+  ``asyncio.tasks._current_tasks`` is gone for the C implementation; ``_enter_task`` and
+  ``_leave_task`` still exist and write the thread state, and ``current_task(loop)`` answers
+  only for the thread's running loop. :func:`enter_task`/:func:`leave_task` therefore make
+  ``loop`` the running loop first (callers do, see ``_nested``).
+* the event-loop policy system is deprecated; loopwatch never calls the policy API.
+* ``asyncio.capture_call_graph`` exists; :func:`awaited_by_frames` uses it when present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.base_events
+import asyncio.events
+import asyncio.tasks
+import contextvars
+import gc
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "BASE_RUN_ONCE",
+    "PY314",
+    "can_drive",
+    "clear_await_flag",
+    "current_handle",
+    "enter_task",
+    "get_running_loop",
+    "is_foreign_loop_error",
+    "is_stopping",
+    "leave_task",
+    "loop_selector",
+    "loop_thread_id",
+    "ready_queue",
+    "run_once",
+    "runner_has_open_loop",
+    "runner_loop",
+    "set_current_handle",
+    "set_running_loop",
+    "set_stopping",
+    "set_unawaited_hook",
+    "task_context",
+    "unawaited_hook",
+]
+
+PY314 = sys.version_info >= (3, 14)
+
+# -- the running loop and the current task -------------------------------------------------
+
+#: The loop running in this thread, or ``None`` (a C call; the fast path of every patch).
+get_running_loop: Callable[[], asyncio.AbstractEventLoop | None] = asyncio.events._get_running_loop
+#: Make ``loop`` (or ``None``) this thread's running loop, as ``run_forever`` does.
+set_running_loop: Callable[[asyncio.AbstractEventLoop | None], None] = (
+    asyncio.events._set_running_loop
+)
+
+
+def enter_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Make ``task`` the current task of ``loop`` (what a task does as its step begins).
+
+    3.10–3.13 keep a per-loop dict; 3.14 keeps it in the thread state and requires
+    ``loop`` to be the running loop (the caller sets it).
+    """
+    asyncio.tasks._enter_task(loop, task)
+
+
+def leave_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Undo :func:`enter_task` (what a task does as its step ends)."""
+    asyncio.tasks._leave_task(loop, task)
+
+
+# -- driving a stdlib loop by hand (the re-entrant runner) ---------------------------------
+
+#: ``BaseEventLoop._run_once``: one iteration of a stdlib loop (3.10–3.14).
+BASE_RUN_ONCE: Callable[..., Any] | None = getattr(
+    asyncio.base_events.BaseEventLoop, "_run_once", None
+)
+
+
+def can_drive(loop: object) -> bool:
+    """Whether ``loop`` is a stdlib loop whose iteration loopwatch can run by hand.
+
+    False for uvloop (not a ``BaseEventLoop``) and for loops whose iteration was replaced
+    (a subclass override, or nest_asyncio's class patch): their internals are unknown.
+    """
+    if BASE_RUN_ONCE is None or not isinstance(loop, asyncio.base_events.BaseEventLoop):
+        return False
+    if getattr(type(loop), "_run_once", None) is not BASE_RUN_ONCE:
+        return False
+    if "_run_once" in getattr(loop, "__dict__", {}):
+        return False
+    return isinstance(getattr(loop, "_ready", None), deque) and hasattr(loop, "_stopping")
+
+
+def run_once(loop: Any) -> None:
+    """Run one iteration of a stdlib loop (``_run_once``)."""
+    loop._run_once()
+
+
+def ready_queue(loop: Any) -> deque[asyncio.Handle]:
+    """The deque of handles ready to run (``_ready``)."""
+    ready: deque[asyncio.Handle] = loop._ready
+    return ready
+
+
+def is_stopping(loop: Any) -> bool:
+    """Whether ``loop.stop()`` was called and the current run will end (``_stopping``)."""
+    return bool(loop._stopping)
+
+
+def set_stopping(loop: Any, value: bool) -> None:
+    """Set the ``_stopping`` flag (held back and re-applied around a nested run)."""
+    loop._stopping = value
+
+
+def current_handle(loop: Any) -> asyncio.Handle | None:
+    """The handle the loop is running now (``_current_handle``, debug-mode bookkeeping)."""
+    return getattr(loop, "_current_handle", None)
+
+
+def set_current_handle(loop: Any, handle: asyncio.Handle | None) -> None:
+    """Restore ``_current_handle`` after a nested run."""
+    loop._current_handle = handle
+
+
+def loop_selector(loop: Any) -> Any:
+    """The selector a selector-based stdlib loop waits on (``_selector``), else ``None``."""
+    return getattr(loop, "_selector", None)
+
+
+def loop_thread_id(loop: Any) -> int | None:
+    """The id of the thread running a stdlib loop (``_thread_id``), ``None`` when stopped."""
+    thread_id: int | None = getattr(loop, "_thread_id", None)
+    return thread_id
+
+
+# -- runners (3.11+) -----------------------------------------------------------------------
+
+
+def runner_loop(runner: Any) -> asyncio.AbstractEventLoop | None:
+    """The loop an ``asyncio.Runner`` created, without creating one (``_loop``)."""
+    loop: asyncio.AbstractEventLoop | None = getattr(runner, "_loop", None)
+    return loop
+
+
+def runner_has_open_loop(runner: Any) -> bool:
+    """Whether ``Runner.close()`` would drive the runner's loop (initialized, not closed).
+
+    A runner never used, or already closed, has nothing to close: ``close()`` returns at
+    once, so it needs no worker thread.
+    """
+    loop = runner_loop(runner)
+    return loop is not None and not loop.is_closed()
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+def task_context(task: Any) -> contextvars.Context | None:
+    """The context a task runs its steps in, readable from any thread; ``None`` if unknown.
+
+    3.12+: ``Task.get_context()``. 3.10/3.11: the pure-Python Task's ``_context``, or for
+    the C Task the context found among its GC referents (it visits its context first).
+    """
+    get_context = getattr(task, "get_context", None)
+    if get_context is not None:
+        context = get_context()
+        return context if isinstance(context, contextvars.Context) else None
+    context = getattr(task, "_context", None)
+    if isinstance(context, contextvars.Context):
+        return context
+    for referent in gc.get_referents(task):
+        if isinstance(referent, contextvars.Context):
+            return referent
+    return None
+
+
+def clear_await_flag(task: Any) -> None:
+    """Clear ``_asyncio_future_blocking`` on a pending task of the running loop.
+
+    When a task of a worker's loop awaits a Task of another loop, asyncio rejects it but
+    leaves that Task's flag set, so a later, correct ``await`` of it fails. While the
+    loop's thread is inside a task step, no pending task of that loop can legitimately
+    have the flag set.
+    """
+    if not task.done() and getattr(task, "_asyncio_future_blocking", False):
+        task._asyncio_future_blocking = False
+
+
+# Messages asyncio uses when an object bound to one loop is used from another. asyncio has
+# no exception type for it (a plain RuntimeError), so the text is all there is; the list is
+# checked by a canary test on every supported version.
+_FOREIGN_LOOP_MESSAGES = (
+    "attached to a different loop",  # Task awaiting a Future of another loop
+    "is bound to a different event loop",  # Lock/Event/Queue/Semaphore (mixins._LoopBoundMixin)
+    "different event loop",
+)
+
+
+def is_foreign_loop_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is asyncio refusing an object that belongs to another loop."""
+    if type(exc) is not RuntimeError:
+        return False
+    text = str(exc)
+    return any(message in text for message in _FOREIGN_LOOP_MESSAGES)
+
+
+# -- never-awaited coroutines --------------------------------------------------------------
+
+_WARNINGS = sys.modules["warnings"]
+
+
+def unawaited_hook() -> Callable[[Any], None] | None:
+    """CPython's ``warnings._warn_unawaited_coroutine``, which it looks up on every call."""
+    hook: Callable[[Any], None] | None = _WARNINGS.__dict__.get("_warn_unawaited_coroutine")
+    return hook
+
+
+def set_unawaited_hook(hook: Callable[[Any], None]) -> None:
+    """Replace the never-awaited hook (module attribute; restored by the caller)."""
+    _WARNINGS._warn_unawaited_coroutine = hook  # type: ignore[attr-defined]

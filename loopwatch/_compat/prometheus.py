@@ -1,0 +1,88 @@
+"""prometheus_client internals: registered collectors, label names, the histogram fast path.
+
+Checked against prometheus-client 0.17–0.22. Canaries in ``tests/test_compat.py``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left as _bisect_left
+from collections.abc import Callable
+from typing import Any
+
+try:
+    from prometheus_client.values import MutexValue as _MutexValue
+except ImportError:  # pragma: no cover - a prometheus-client without it
+    _MutexValue = None  # type: ignore[assignment,misc]
+
+__all__ = ["exposed_name", "fast_observe", "label_names", "label_values", "registered"]
+
+
+def registered(registry: Any, name: str) -> Any:
+    """The collector registered on ``registry`` under sample name ``name``, or ``None``.
+
+    prometheus-client keys collectors by every sample name (``_names_to_collectors``);
+    a counter ``x_total`` is found under ``x_total`` and under ``x``.
+    """
+    names: dict[str, Any] = getattr(registry, "_names_to_collectors", {})
+    return names.get(name)
+
+
+def label_names(metric: Any) -> tuple[str, ...]:
+    """The label names a metric was declared with (``_labelnames``)."""
+    return tuple(getattr(metric, "_labelnames", ()))
+
+
+def label_values(child: Any) -> tuple[str, ...]:
+    """The label values of a labelled child (``_labelvalues``); empty for anything else."""
+    return tuple(getattr(child, "_labelvalues", ()))
+
+
+def exposed_name(metric: Any) -> str:
+    """The name a metric is exposed under (counters gain ``_total``)."""
+    name: str = metric._name
+    return name + ("_total" if metric._type == "counter" else "")
+
+
+def fast_observe(child: Any) -> Callable[[float], None]:
+    """``child.observe`` without its per-call checks, for a prometheus-client histogram child.
+
+    The same arithmetic as ``Histogram.observe`` (the first bucket whose bound is at least
+    the value, then the sum) on the child's own value objects, so exposition, multiprocess
+    files and locking stay prometheus-client's. For its in-process values (a float under a
+    lock each) the additions are made here under those locks, without two more calls. Any
+    other child (a null metric, internals that differ) gets its own ``observe``.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if (
+        type(bounds) is not list or type(buckets) is not list or len(bounds) != len(buckets)
+        or not bounds or bounds[-1] != float("inf") or total is None or not hasattr(total, "inc")
+        or not all(hasattr(bucket, "inc") for bucket in buckets)
+    ):
+        observe: Callable[[float], None] = child.observe
+        return observe
+    frozen = tuple(bounds)
+    values = (*buckets, total)
+    if _MutexValue is not None and all(type(value) is _MutexValue for value in values) and all(
+        isinstance(getattr(value, "_value", None), float)
+        and hasattr(getattr(value, "_lock", None), "__enter__")
+        for value in values
+    ):
+
+        def fast_mutex(amount: float) -> None:
+            bucket = buckets[_bisect_left(frozen, amount)]
+            with bucket._lock:
+                bucket._value += 1.0
+            with total._lock:
+                total._value += amount
+
+        return fast_mutex
+
+    def fast(amount: float) -> None:
+        buckets[_bisect_left(frozen, amount)].inc(1)
+        total.inc(amount)
+
+    return fast
+
+

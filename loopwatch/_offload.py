@@ -1,0 +1,244 @@
+"""Running a nested call on a loopwatch worker thread, with a loop of its own.
+
+The ``offload`` policy hands the coroutine of an intercepted ``asyncio.run`` (or
+``run_until_complete``) to a worker thread, carrying the caller's context variables, and
+waits for it, bounded by ``offload_timeout``. The caller gets the coroutine's result or
+its own exception, unchanged (``TimeoutError`` included). Workers are reused while calls
+keep coming and exit after a short idle time, so a quiet process holds no extra thread.
+
+Offloading nests (an offloaded coroutine may itself re-enter): the depth is bounded, so a
+coroutine that re-enters itself ends in the original ``RuntimeError``, never in an
+unbounded number of threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import os
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from . import _runtime
+from ._compat import asyncio as aio
+from ._errors import LoopwatchError
+
+__all__ = ["MAX_DEPTH", "depth", "offload", "worker_threads"]
+
+T = TypeVar("T")
+
+#: How many offloaded calls may nest inside each other before the original error is raised.
+MAX_DEPTH = 8
+#: Seconds an idle worker waits for the next call before it exits.
+IDLE_SECONDS = 2.0
+
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("loopwatch_offload_depth", default=0)
+
+
+def depth() -> int:
+    """How many offloaded calls the current context runs inside."""
+    return _depth.get()
+
+
+NEEDS_OUTER_LOOP = (
+    "this coroutine needs objects bound to the running loop (a Future, Task, Event or Lock of "
+    "that loop), which cannot work on a worker thread's loop; await it instead, or use "
+    "on_reentry='reenter' in a notebook (%loopwatch policy reenter)"
+)
+
+
+class _Workers:
+    """Daemon worker threads, reused; an idle one exits after ``idle`` seconds.
+
+    A new thread starts whenever none is idle, so nested offloads (an offloaded coroutine
+    that itself re-enters) never deadlock on a full pool.
+    """
+
+    def __init__(self, idle: float = IDLE_SECONDS) -> None:
+        self._idle_timeout = idle
+        self._jobs: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads: set[threading.Thread] = set()
+        self._counter = 0
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._idle == 0:
+                self._counter += 1
+                thread = threading.Thread(
+                    target=self._work, name=f"loopwatch-offload-{self._counter}", daemon=True
+                )
+                self._threads.add(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+            self._jobs.put((future, fn))
+        return future
+
+    def _work(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self._jobs.get(timeout=self._idle_timeout)
+                except queue.Empty:
+                    with self._lock:
+                        # Re-check under the lock: a submit may have counted on us.
+                        if self._jobs.empty():
+                            self._idle -= 1
+                            return
+                    continue
+                if item is None:
+                    return  # shutdown() already took this worker off the idle count
+                future, fn = item
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # handed to the caller, whatever it is
+                        future.set_exception(exc)
+                del future, fn, item  # hold nothing of the call while idle
+                with self._lock:
+                    self._idle += 1
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Ask idle workers to exit; wait for them only when no worker is busy."""
+        with self._lock:
+            threads = list(self._threads)
+            idle, self._idle = self._idle, 0
+            for _ in range(idle):
+                self._jobs.put(None)
+        if idle < len(threads):
+            return  # busy workers finish their call, then idle out on their own
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's workers: only the forking thread exists in a child process."""
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = set()
+
+    def thread_count(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+
+workers = _Workers()
+if hasattr(os, "register_at_fork"):  # a preloading server (gunicorn --preload) forks workers
+    os.register_at_fork(after_in_child=workers.after_fork_in_child)
+
+
+def worker_threads() -> int:
+    """How many offload worker threads are alive (for tests and ``doctor``)."""
+    return workers.thread_count()
+
+
+class _Job:
+    """Where an offloaded coroutine runs, so a timeout can cancel it."""
+
+    __slots__ = ("loop", "task")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+
+async def _tracked(awaitable: Awaitable[T], job: _Job) -> T:
+    job.loop = asyncio.get_running_loop()
+    job.task = asyncio.current_task()
+    return await awaitable
+
+
+def _awaitable(obj: Any) -> bool:
+    return asyncio.iscoroutine(obj) or asyncio.isfuture(obj) or hasattr(obj, "__await__")
+
+
+def _in_worker(fn: Callable[[Any], T], awaitable: Any) -> T:
+    _depth.set(_depth.get() + 1)  # the copied context is the worker's own
+    return fn(awaitable)
+
+
+def offload(
+    api: str,
+    awaitable: Any,
+    run_elsewhere: Callable[[Any], T],
+    running: asyncio.AbstractEventLoop,
+    timeout: float,
+    detail: dict[str, str],
+) -> T:
+    """Run ``awaitable`` through ``run_elsewhere`` on a worker thread and wait for it.
+
+    ``detail`` receives what went wrong (``timeout``, ``error``) for the caller's report.
+    Raises the coroutine's own exception unchanged, or :class:`LoopwatchError` when the
+    call timed out or needed the running loop.
+    """
+    job = _Job()
+    tracked = _tracked(awaitable, job) if _awaitable(awaitable) else awaitable
+    context = contextvars.copy_context()
+    future = workers.submit(functools.partial(context.run, _in_worker, run_elsewhere, tracked))
+    me = threading.get_ident()
+    _runtime.stalled[me] = api
+    try:
+        done, _ = concurrent.futures.wait((future,), timeout)
+        if not done:
+            detail["timeout"] = f"{timeout:g}s"
+            _cancel(job, future)
+            raise LoopwatchError(
+                f"{api}() offloaded to a worker thread did not finish within {timeout:g}s "
+                f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
+                "LOOPWATCH_OFFLOAD_TIMEOUT."
+            )
+        # Finished: whatever it raised is the coroutine's own, TimeoutError included.
+        try:
+            return future.result()
+        except RuntimeError as exc:
+            if aio.is_foreign_loop_error(exc):
+                detail["error"] = "needs the running loop"
+                _unpoison(running)
+                raise LoopwatchError(
+                    f"{api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
+                ) from exc
+            raise
+    finally:
+        _runtime.stalled.pop(me, None)
+
+
+def run_in_worker(fn: Callable[[], T], timeout: float) -> T:
+    """Run a plain call on a worker thread and wait for it (bounded by ``timeout``)."""
+    future = workers.submit(fn)
+    done, _ = concurrent.futures.wait((future,), timeout)
+    if not done:
+        raise LoopwatchError(f"a worker thread did not finish within {timeout:g}s")
+    return future.result()
+
+
+def _unpoison(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        for task in asyncio.all_tasks(loop):
+            aio.clear_await_flag(task)
+    except Exception as exc:
+        _runtime.internal_error("reentry", exc)
+
+
+def _cancel(job: _Job, future: concurrent.futures.Future[Any]) -> None:
+    loop, task = job.loop, job.task
+    if loop is None or task is None:
+        return
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:
+        return  # the worker's loop already closed: nothing left to cancel
+    concurrent.futures.wait((future,), 1.0)  # ignores cancellation: left to finish alone

@@ -1,0 +1,198 @@
+"""Loop-health probes: how long each loop is busy between two waits for I/O.
+
+Nothing here adds a timer or a handle to a stdlib loop, replaces an attribute of a loop, or
+wakes an idle loop. What is measured, per loop type:
+
+* **stdlib loops** (selector-based: the default loop on Linux and macOS): the ``select``
+  method of the standard selector classes is wrapped at class level. A loop iteration
+  waits there for I/O, then runs every ready callback; the time from the end of one wait to
+  the start of the next is how long the loop was busy, the longest a callback made ready
+  in that iteration had to wait. One iteration per ``lag_tick`` is sampled into
+  ``loopwatch_event_loop_lag_seconds``, and every iteration busy past ``block_threshold``
+  (a block). An idle loop sits in ``select``: no sample, no cost. Other users of those
+  selector classes pay one dictionary look-up per call.
+* **uvloop**: the iteration runs in C with no Python hook, so the watchdog thread checks
+  from outside whether the loop is doing anything: Python code on the loop thread's
+  innermost frame, or CPU time spent by that thread since the last look (a per-thread CPU
+  clock). When it is, the watchdog posts one callback (``call_soon_threadsafe``), at most
+  once per ``lag_tick``; the time it takes to run is the lag sample, and a callback not run
+  within ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle
+  one none, plus one per loop start to learn which frame runs the loop.
+
+The probe of a loop is written by the loop's thread and read by the watchdog thread
+without locks (plain attribute reads and writes of floats and booleans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _runtime
+from ._compat import asyncio as aio
+from ._compat import cpython
+from ._compat import uvloop as uvl
+from ._patching import Patches
+
+if TYPE_CHECKING:
+    from ._watchdog import Watchdog
+
+__all__ = ["Probe", "patch_selectors", "probe_for_selector"]
+
+_monotonic = time.monotonic
+
+# id(selector) -> the probe of the loop that waits on it. A finalizer drops the entry when
+# the selector is collected, before its id can be reused.
+_by_selector: dict[int, Probe] = {}
+
+
+def probe_for_selector(selector: object) -> Probe | None:
+    """The probe waiting on ``selector`` (for tests and the select wrapper)."""
+    return _by_selector.get(id(selector))
+
+
+class Probe:
+    """The busy/idle state of one loop."""
+
+    __slots__ = (
+        "__weakref__", "block", "busy_since", "c_loop", "cpu_seen", "idle_code", "loop",
+        "next_sample",
+        "ping", "selector", "thread_id", "thread_name", "waiting", "watchdog",
+    )
+
+    def __init__(self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop) -> None:
+        self.watchdog = watchdog
+        self.loop = weakref.ref(loop)
+        self.thread_id = 0
+        self.thread_name = ""
+        self.waiting = False  # in select (stdlib loops)
+        self.busy_since = _monotonic()  # when the current iteration left its wait
+        self.next_sample = 0.0
+        self.c_loop = uvl.is_uvloop(loop) or not isinstance(loop, asyncio.BaseEventLoop)
+        self.idle_code: Any = None  # code of the frame that runs a C loop (learnt)
+        self.ping = 0.0  # when the outstanding uvloop ping was posted (0: none)
+        self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
+        self.block: Any = None  # the watchdog's record of a block in progress
+        self.selector = 0  # id of the selector the probe is registered for
+
+    # -- the loop's thread -----------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop is about to run in this thread (again)."""
+        current = threading.current_thread()
+        self.thread_id = current.ident or threading.get_ident()
+        self.thread_name = current.name
+        self.busy_since = _monotonic()
+        self.waiting = False
+        self.ping = 0.0
+        if self.c_loop:
+            self.idle_code = None
+            loop.call_soon(self._learn_idle)
+            return
+        selector = aio.loop_selector(loop)
+        if selector is None or getattr(type(selector), "select", None) not in _wrappers:
+            return  # a selector loopwatch has not hooked (a test double, a custom class)
+        key = id(selector)
+        if _by_selector.get(key) is not self:
+            _by_selector[key] = self
+            self.selector = key
+            weakref.finalize(selector, _by_selector.pop, key, None)
+
+    def before_wait(self) -> None:
+        """The loop goes back to waiting for I/O: the iteration's busy time is known."""
+        now = _monotonic()
+        busy = now - self.busy_since
+        self.waiting = True
+        watchdog = self.watchdog
+        if busy >= watchdog.threshold:
+            watchdog.block_ended(self, self.busy_since, busy)
+        elif now >= self.next_sample:
+            self.next_sample = now + watchdog.tick
+            watchdog.observe_lag(busy)
+
+    def after_wait(self) -> None:
+        """The loop's wait returned: it is busy from now on."""
+        self.busy_since = _monotonic()
+        self.waiting = False
+
+    def _learn_idle(self) -> None:
+        # Called by the C loop: the innermost Python frame is the one that runs the loop,
+        # the frame a sample shows whenever no Python callback is running.
+        self.idle_code = cpython.getframe(1).f_code
+
+    def pong(self, sent: float) -> None:
+        """The watchdog's ping ran on a C loop: its delay is the lag."""
+        late = _monotonic() - sent
+        self.ping = 0.0
+        self.cpu_seen = time.thread_time()  # the pong's own CPU is not the loop's activity
+        watchdog = self.watchdog
+        if late >= watchdog.threshold:
+            watchdog.block_ended(self, sent, late)
+        else:
+            watchdog.observe_lag(late)
+
+    # -- the watchdog thread ---------------------------------------------------------------
+
+    def send_ping(self, loop: asyncio.AbstractEventLoop, now: float) -> bool:
+        """Post the lag ping to a C loop busy with Python code; False if it cannot take it."""
+        self.ping = now
+        try:
+            loop.call_soon_threadsafe(self.pong, now)
+        except RuntimeError:  # closed meanwhile
+            self.ping = 0.0
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Forget this probe's selector registration."""
+        if self.selector and _by_selector.get(self.selector) is self:
+            _by_selector.pop(self.selector, None)
+        self.selector = 0
+
+
+# -- the class-level hook ------------------------------------------------------------------
+
+# The wrappers loopwatch installed, to tell them from a user's override.
+_wrappers: set[Any] = set()
+
+
+def _make_select(original: Callable[..., Any]) -> Callable[..., Any]:
+    def select(self: Any, timeout: float | None = None) -> Any:
+        probe = _by_selector.get(id(self))
+        if probe is None:
+            return original(self, timeout)
+        try:
+            probe.before_wait()
+        except Exception as exc:
+            _runtime.internal_error("watchdog", exc)
+        try:
+            return original(self, timeout)
+        finally:
+            probe.after_wait()
+
+    select.__wrapped__ = original  # type: ignore[attr-defined]
+    select.__doc__ = original.__doc__
+    select.__name__ = "select"
+    select.__qualname__ = getattr(original, "__qualname__", "select")
+    return select
+
+
+def patch_selectors(patches: Patches) -> Callable[[], None]:
+    """Wrap ``select`` of every standard selector class; return the undo for the table."""
+    for name in ("EpollSelector", "KqueueSelector", "DevpollSelector", "PollSelector",
+                 "SelectSelector"):
+        cls = getattr(selectors, name, None)
+        if cls is None or "select" not in cls.__dict__:
+            continue
+        _wrappers.add(patches.patch(cls, "select", _make_select))
+
+    def forget() -> None:
+        _wrappers.clear()
+        _by_selector.clear()
+
+    return forget

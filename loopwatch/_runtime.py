@@ -1,0 +1,127 @@
+"""Process-wide runtime state shared by every part of loopwatch (a leaf module).
+
+It holds what more than one component needs and nobody owns: the active monitor, the
+once-per-component internal-error log, the hooks run when a loop starts, and which
+threads are stalled right now waiting for an offloaded or marshalled call. It imports
+nothing from loopwatch but the logger, so any module may import it without a circle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._logging import logger
+
+__all__ = [
+    "active",
+    "internal_error",
+    "loop_name",
+    "loop_start_hooks",
+    "on_loop_start",
+    "run_loop_start_hooks",
+    "set_active",
+    "set_internal_error_sink",
+    "stalled",
+]
+
+# The installed, enabled monitor (a loopwatch._monitor.Monitor), or None. Typed loosely
+# here so this module stays a leaf.
+_active: Any = None
+
+
+def active() -> Any:
+    """The installed, enabled monitor, or ``None``."""
+    return _active
+
+
+def set_active(monitor: Any) -> None:
+    """Set (or clear, with ``None``) the installed monitor. Only ``_monitor`` calls this."""
+    global _active
+    _active = monitor
+
+
+# -- internal errors -----------------------------------------------------------------------
+
+errors_logged: set[str] = set()
+# Counts an internal error in loopwatch_internal_errors_total; the monitor sets it at install.
+_count_error: Callable[[str], None] | None = None
+
+
+def set_internal_error_sink(count: Callable[[str], None] | None) -> None:
+    """Where :func:`internal_error` counts failures (the monitor's metrics)."""
+    global _count_error
+    _count_error = count
+
+
+def internal_error(component: str, exc: BaseException) -> None:
+    """Count a failure inside loopwatch and log it once per component. Never raises."""
+    count = _count_error
+    if count is not None:
+        with contextlib.suppress(Exception):  # the log line below still says it
+            count(component)
+    if component in errors_logged:
+        return
+    errors_logged.add(component)
+    try:
+        logger.error(
+            "internal error in %s (counted in loopwatch_internal_errors_total; "
+            "the host program keeps running)",
+            component,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+    except Exception:
+        # The log failed too: stderr is the last place left; if that fails, there is none.
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"loopwatch: internal error in {component}: {exc!r}\n")
+
+
+# -- loops starting ------------------------------------------------------------------------
+
+# Called with a loop just before it starts running in this thread (the loop-health probe
+# and the info metric attach there). Each hook is wrapped so it never raises.
+loop_start_hooks: list[Callable[[Any], None]] = []
+
+
+def on_loop_start(hook: Callable[[Any], None]) -> Callable[[], None]:
+    """Call ``hook(loop)`` whenever a loop starts; return the function that removes it."""
+    loop_start_hooks.append(hook)
+
+    def remove() -> None:
+        if hook in loop_start_hooks:
+            loop_start_hooks.remove(hook)
+
+    return remove
+
+
+def run_loop_start_hooks(loop: Any) -> None:
+    """Run every loop-start hook for ``loop``; a failing hook is an internal error."""
+    for hook in list(loop_start_hooks):
+        try:
+            hook(loop)
+        except Exception as exc:
+            internal_error("loop_start", exc)
+
+
+# -- stalls --------------------------------------------------------------------------------
+
+# Thread id -> api of the offloaded or marshalled call that thread waits for right now.
+# The watchdog marks a block of that thread's loop as this stall rather than a second
+# incident; the H2 path refuses to marshal to a loop whose thread waits here (deadlock).
+stalled: dict[int, str] = {}
+
+
+def loop_name(loop: object | None) -> str:
+    """A short name of a loop's type: ``uvloop.Loop``, ``asyncio._UnixSelectorEventLoop``."""
+    if loop is None:
+        return "none"
+    cls = type(loop)
+    return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+
+
+def current_thread_is_ours() -> bool:
+    """Whether this thread is one of loopwatch's own (offload workers, the watchdog)."""
+    return threading.current_thread().name.startswith("loopwatch-")
