@@ -1,17 +1,18 @@
 """What the loop health monitor (lag probe, watchdog thread, H4/H5 hooks) costs, and how
 fast it sees a block.
 
-1. idle: CPU time of an idle process running an event loop for ``--seconds`` (default 30),
-   without loopwatch, with a bare 20 ms no-op timer (what any probe at that tick costs in
-   wake-ups on this machine) and with loopwatch at the defaults (20 ms tick, 100 ms
-   threshold), on the stdlib loop and uvloop. The processes run side by side; each measures
-   its own CPU time (all threads) after a warm-up. Target: under 0.5% of one core.
+1. idle: CPU time of an idle process running an event loop for ``--seconds`` (default 20),
+   without loopwatch, with a bare 20 ms no-op timer (what a timer-based lag probe, such as
+   loopwatch's before 0.2, costs in wake-ups on this machine) and with loopwatch at the
+   defaults (100 ms threshold), on the stdlib loop and uvloop, ``--repeat`` times. The
+   processes of one round run side by side; each measures its own CPU time (all threads)
+   after a warm-up. Target: loopwatch adds at most 0.2% of one core.
 2. throughput: a busy loop of small tasks (each awaits a few times), baseline and monitored
    rounds alternating in this process; CPU seconds per round (median and spread of the
    paired ratio). On a shared machine that ratio is noisy, so the work loopwatch does is
-   also accounted directly: probe ticks and gc callbacks counted during monitored rounds,
-   times their unit cost measured in isolation, plus the watchdog thread's own CPU time.
-   Target: under 1%.
+   also accounted directly: loop iterations seen by the probe and gc callbacks counted
+   during monitored rounds, times their unit cost measured in isolation, plus the watchdog
+   thread's own CPU time. Target: under 1%.
 3. loop start: ``loop.run_until_complete(noop())`` on a reused loop, with the probe and the
    exception-handler chain attached at each start against ``watchdog=False``.
 4. latency: a 250 ms ``time.sleep`` on the loop, several times; when the watchdog took its
@@ -40,7 +41,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 import loopwatch
-from loopwatch import _watchdog
+from loopwatch import _blocks, _probe, _watchdog
 
 LOOPS = ["asyncio"]
 try:
@@ -96,25 +97,32 @@ def idle_child(kind: str, setup: str, seconds: float, tick: float) -> None:
     print(json.dumps(result))
 
 
-def idle(seconds: float, tick: float) -> None:
+def idle(seconds: float, tick: float, repeat: int) -> None:
     setups = ("bare", "timer", "loopwatch")
-    procs = {}
-    for kind in LOOPS:
-        for setup in setups:
-            cmd = [sys.executable, __file__, "idle-child", kind, setup, str(seconds), str(tick)]
-            procs[(kind, setup)] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    print(f"idle process over {seconds:g} s, lag_tick {tick * 1000:g} ms, CPU of all threads / "
-          "wall (share of one core):")
-    print("| loop | without | bare timer at the tick (floor) | with loopwatch | added |")
+    shares: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeat):
+        procs = {}
+        for kind in LOOPS:
+            for setup in setups:
+                cmd = [sys.executable, __file__, "idle-child", kind, setup, str(seconds),
+                       str(tick)]
+                procs[(kind, setup)] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        for key, proc in procs.items():
+            out, _ = proc.communicate(timeout=seconds + 60)
+            data = json.loads(out.strip().splitlines()[-1])
+            shares.setdefault(key, []).append(data["cpu"] / data["wall"])
+    print(f"idle process over {seconds:g} s x {repeat}, CPU of all threads / wall (share of "
+          "one core), median (min .. max):")
+    print("| loop | without | a 20 ms timer (old probe) | with loopwatch | added by loopwatch |")
     print("|---|---|---|---|---|")
-    shares = {}
-    for key, proc in procs.items():
-        out, _ = proc.communicate(timeout=seconds + 60)
-        data = json.loads(out.strip().splitlines()[-1])
-        shares[key] = data["cpu"] / data["wall"]
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.3%} ({min(values):.3%} .. {max(values):.3%})"
+
     for kind in LOOPS:
         bare, timer, with_ = (shares[(kind, setup)] for setup in setups)
-        print(f"| {kind} | {bare:.3%} | {timer:.3%} | {with_:.3%} | {with_ - bare:+.3%} |")
+        added = [w - b for w, b in zip(with_, bare, strict=True)]
+        print(f"| {kind} | {cell(bare)} | {cell(timer)} | {cell(with_)} | {cell(added)} |")
 
 
 # -- 2. throughput ------------------------------------------------------------------------
@@ -140,26 +148,20 @@ def watchdog_cpu() -> float:
 
 
 def unit_costs() -> tuple[float, float]:
-    """Seconds per probe tick and per garbage collection's pair of gc callbacks, measured
-    in isolation (best of several runs, so scheduler noise does not inflate them)."""
+    """Seconds the probe adds per loop iteration (the wrapped ``select`` with nothing ready)
+    and per garbage collection's pair of gc callbacks, measured in isolation (best of
+    several runs, so scheduler noise does not inflate them)."""
 
-    async def ticks() -> float:
+    async def per_iteration() -> float:
+        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+        bare = min(timeit.repeat(functools.partial(selector.select, 0), number=5000, repeat=7))
         loopwatch.install(registry=CollectorRegistry())
-        watchdog = _watchdog._active
-        assert watchdog is not None
-        (probe,) = watchdog._active
-
-        def one() -> None:
-            if probe.handle is not None:
-                probe.handle.cancel()
-            probe.due = time.monotonic()
-            probe._tick()
-
-        best = min(timeit.repeat(one, number=2000, repeat=7)) / 2000
+        loopwatch._monitor.current()  # the running loop is probed at install
+        hooked = min(timeit.repeat(functools.partial(selector.select, 0), number=5000, repeat=7))
         loopwatch.uninstall()
-        return best
+        return max(hooked - bare, 0.0) / 5000
 
-    tick = asyncio.run(ticks())
+    tick = asyncio.run(per_iteration())
     collect = functools.partial(gc.collect, 0)
     bare = min(timeit.repeat(collect, number=2000, repeat=7)) / 2000
     gc.callbacks.append(_watchdog._on_gc)
@@ -173,10 +175,10 @@ def unit_costs() -> tuple[float, float]:
 def throughput(rounds: int, tasks: int) -> None:
     tick_cost, gc_cost = unit_costs()
     print(f"busy loop, {tasks} small tasks per round, {rounds} rounds per setup, alternating;")
-    print(f"unit costs: probe tick {tick_cost * 1e6:.1f} µs, gc callbacks "
+    print(f"unit costs: probe per loop iteration {tick_cost * 1e6:.2f} µs, gc callbacks "
           f"{gc_cost * 1e6:.2f} µs per collection")
     print("| loop | baseline CPU s/round | monitored | A/B cost per round | "
-          "accounted: ticks + gc callbacks + watchdog thread |")
+          "accounted: iterations + gc callbacks + watchdog thread |")
     print("|---|---|---|---|---|")
     for kind in LOOPS:
         loop = new_loop(kind)
@@ -201,22 +203,37 @@ def throughput(rounds: int, tasks: int) -> None:
         def count(phase: str, info: dict[str, int], n: list[int] = collections) -> None:
             n[0] += phase == "start"
 
+        iterations = [0]
+        before_wait = _probe.Probe.before_wait
+
+        def counted(
+            probe: _probe.Probe, n: list[int] = iterations, original: Any = before_wait
+        ) -> None:
+            n[0] += 1
+            original(probe)
+
         registry = CollectorRegistry()
         loopwatch.install(registry=registry)
         gc.callbacks.append(count)
-        w0, t0 = watchdog_cpu(), time.process_time()
+        w0 = watchdog_cpu()
+        spent = 0.0
         for _ in range(rounds):
+            _probe.Probe.before_wait = counted  # type: ignore[method-assign]
+            t0 = time.process_time()
             loop.run_until_complete(busy(tasks))
-        spent = time.process_time() - t0
+            spent += time.process_time() - t0
+            _probe.Probe.before_wait = before_wait  # type: ignore[method-assign]
         own = watchdog_cpu() - w0
         gc.callbacks.remove(count)
-        ticks = registry.get_sample_value("loopwatch_event_loop_lag_seconds_count") or 0.0
+        ticks = float(iterations[0]) if kind == "asyncio" else (
+            registry.get_sample_value("loopwatch_event_loop_lag_seconds_count") or 0.0
+        )
         loopwatch.uninstall()
         loop.close()
         accounted = (ticks * tick_cost + collections[0] * gc_cost + own) / spent
         print(
             f"| {kind} | {statistics.median(base):.3f} | {statistics.median(with_):.3f} | "
-            f"{spread(costs)} | {accounted:.3%} ({ticks:.0f} ticks, {collections[0]} "
+            f"{spread(costs)} | {accounted:.3%} ({ticks:.0f} iterations or pings, {collections[0]} "
             f"collections, watchdog {own * 1e3:.1f} ms over {spent:.2f} s) |"
         )
 
@@ -266,17 +283,17 @@ def loop_start(rounds: int) -> None:
 
 
 def latency(blocks: int) -> None:
-    print(f"a 250 ms block, {blocks} times per loop (threshold 100 ms, tick 20 ms):")
+    print(f"a 250 ms block, {blocks} times per loop (threshold 100 ms):")
     print("| loop | first stack sample after the block started | reported duration |")
     print("|---|---|---|")
-    original = _watchdog._sample_thread
+    original = _blocks.sample_thread
     sampled: list[float] = []
 
     def timed(*args: Any) -> Any:
         sampled.append(time.perf_counter())
         return original(*args)
 
-    _watchdog._sample_thread = timed  # type: ignore[assignment]
+    _blocks.sample_thread = timed
     try:
         for kind in LOOPS:
             monitor = loopwatch.install(registry=CollectorRegistry())
@@ -306,7 +323,7 @@ def latency(blocks: int) -> None:
                 f"{spread(durations, ' ms', 1e3)} ({len(durations)} incidents) |"
             )
     finally:
-        _watchdog._sample_thread = original
+        _blocks.sample_thread = original
 
 
 def main() -> int:
@@ -316,14 +333,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
                         choices=["idle", "throughput", "start", "latency", "all"])
-    parser.add_argument("--seconds", type=float, default=30.0, help="idle measurement window")
+    parser.add_argument("--seconds", type=float, default=20.0, help="idle measurement window")
+    parser.add_argument("--repeat", type=int, default=3, help="idle rounds")
     parser.add_argument("--tick", type=float, default=0.02, help="lag_tick for the idle run")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--tasks", type=int, default=10_000, help="small tasks per round")
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]} on {os.cpu_count()} CPUs; loops: {', '.join(LOOPS)}")
     if args.what in ("idle", "all"):
-        idle(args.seconds, args.tick)
+        idle(args.seconds, args.tick, args.repeat)
     if args.what in ("throughput", "all"):
         throughput(args.rounds, args.tasks)
     if args.what in ("start", "all"):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _context, _frames, _runtime
+from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
 
@@ -83,9 +84,7 @@ def register_handler(func: Callable[..., Any], framework: str, handler: str) -> 
 
 # -- what a sample shows -------------------------------------------------------------------
 
-_IDLE_FUNCTIONS = frozenset(
-    {"select", "poll", "_run_once", "run_forever", "run_until_complete", "run", "_poll"}
-)
+_IDLE_FUNCTIONS = aio.IDLE_FUNCTIONS
 _IDLE_FILES = frozenset(
     {"selectors.py", "base_events.py", "runners.py", "_reentry.py", "events.py", "__init__.py"}
 )

@@ -13,7 +13,10 @@ import site
 import sys
 import sysconfig
 import types
+from collections.abc import Callable
 from typing import NamedTuple
+
+from ._compat import cpython
 
 __all__ = [
     "Frame",
@@ -100,10 +103,12 @@ def stack_from_frame(frame: types.FrameType | None, limit: int = 64) -> list[Fra
     return out
 
 
-def capture_stack(skip: int = 0, limit: int = 64) -> list[Frame]:
+def capture_stack(
+    skip: int = 0, limit: int = 64, getframe: Callable[[int], types.FrameType] = cpython.getframe
+) -> list[Frame]:
     """The current thread's stack, innermost first, without this function and ``skip`` more."""
     try:
-        frame: types.FrameType | None = sys._getframe(skip + 1)
+        frame: types.FrameType | None = getframe(skip + 1)
     except ValueError:
         return []
     return stack_from_frame(frame, limit)

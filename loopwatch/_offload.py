@@ -52,52 +52,63 @@ NEEDS_OUTER_LOOP = (
 )
 
 
+class _Pool:
+    """One generation of workers: its queue, its idle count, its threads."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
+        ] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0
+        self.threads: set[threading.Thread] = set()
+
+
 class _Workers:
     """Daemon worker threads, reused; an idle one exits after ``idle`` seconds.
 
     A new thread starts whenever none is idle, so nested offloads (an offloaded coroutine
-    that itself re-enters) never deadlock on a full pool.
+    that itself re-enters) never deadlock on a full pool. :meth:`shutdown` retires the
+    current generation of workers (each exits once its call is done) and starts a new one,
+    so no bookkeeping is shared between a retiring worker and the ones after it.
     """
 
     def __init__(self, idle: float = IDLE_SECONDS) -> None:
         self._idle_timeout = idle
-        self._jobs: queue.SimpleQueue[
-            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
-        ] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._threads: set[threading.Thread] = set()
+        self._pool = _Pool()
         self._counter = 0
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._lock:
-            if self._idle == 0:
+        pool = self._pool
+        with pool.lock:
+            if pool.idle == 0:
                 self._counter += 1
                 thread = threading.Thread(
-                    target=self._work, name=f"loopwatch-offload-{self._counter}", daemon=True
+                    target=self._work, args=(pool,), name=f"loopwatch-offload-{self._counter}",
+                    daemon=True,
                 )
-                self._threads.add(thread)
+                pool.threads.add(thread)
                 thread.start()
             else:
-                self._idle -= 1
-            self._jobs.put((future, fn))
+                pool.idle -= 1
+            pool.jobs.put((future, fn))
         return future
 
-    def _work(self) -> None:
+    def _work(self, pool: _Pool) -> None:
         try:
             while True:
                 try:
-                    item = self._jobs.get(timeout=self._idle_timeout)
+                    item = pool.jobs.get(timeout=self._idle_timeout)
                 except queue.Empty:
-                    with self._lock:
+                    with pool.lock:
                         # Re-check under the lock: a submit may have counted on us.
-                        if self._jobs.empty():
-                            self._idle -= 1
+                        if pool.jobs.empty():
+                            pool.idle -= 1
                             return
                     continue
                 if item is None:
-                    return  # shutdown() already took this worker off the idle count
+                    return  # retired by shutdown()
                 future, fn = item
                 if future.set_running_or_notify_cancel():
                     try:
@@ -105,35 +116,32 @@ class _Workers:
                     except BaseException as exc:  # handed to the caller, whatever it is
                         future.set_exception(exc)
                 del future, fn, item  # hold nothing of the call while idle
-                with self._lock:
-                    self._idle += 1
+                with pool.lock:
+                    pool.idle += 1
         finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
+            with pool.lock:
+                pool.threads.discard(threading.current_thread())
 
     def shutdown(self, timeout: float = 2.0) -> None:
-        """Ask idle workers to exit; wait for them only when no worker is busy."""
-        with self._lock:
-            threads = list(self._threads)
-            idle, self._idle = self._idle, 0
-            for _ in range(idle):
-                self._jobs.put(None)
-        if idle < len(threads):
-            return  # busy workers finish their call, then idle out on their own
+        """Retire every worker (each exits when its call is done); wait up to ``timeout``."""
+        pool, self._pool = self._pool, _Pool()
+        with pool.lock:
+            threads = list(pool.threads)
+            for _ in threads:
+                pool.jobs.put(None)
         deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's workers: only the forking thread exists in a child process."""
-        self._jobs = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._threads = set()
+        self._pool = _Pool()
 
     def thread_count(self) -> int:
-        with self._lock:
-            return len(self._threads)
+        pool = self._pool
+        with pool.lock:
+            return len(pool.threads)
 
 
 workers = _Workers()

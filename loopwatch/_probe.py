@@ -60,8 +60,8 @@ class Probe:
     """The busy/idle state of one loop."""
 
     __slots__ = (
-        "__weakref__", "block", "busy_since", "c_loop", "cpu_seen", "idle_code", "loop",
-        "next_sample",
+        "__weakref__", "block", "busy_since", "c_loop", "cpu_seen", "idle_code", "idle_seen",
+        "loop", "next_sample", "ping_lead",
         "ping", "selector", "thread_id", "thread_name", "waiting", "watchdog",
     )
 
@@ -77,6 +77,8 @@ class Probe:
         self.idle_code: Any = None  # code of the frame that runs a C loop (learnt)
         self.ping = 0.0  # when the outstanding uvloop ping was posted (0: none)
         self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
+        self.idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
+        self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
         self.block: Any = None  # the watchdog's record of a block in progress
         self.selector = 0  # id of the selector the probe is registered for
 
@@ -90,6 +92,7 @@ class Probe:
         self.busy_since = _monotonic()
         self.waiting = False
         self.ping = 0.0
+        self.idle_seen = self.busy_since
         if self.c_loop:
             self.idle_code = None
             loop.call_soon(self._learn_idle)
@@ -132,7 +135,7 @@ class Probe:
         self.cpu_seen = time.thread_time()  # the pong's own CPU is not the loop's activity
         watchdog = self.watchdog
         if late >= watchdog.threshold:
-            watchdog.block_ended(self, sent, late)
+            watchdog.block_ended(self, sent, late + self.ping_lead)
         else:
             watchdog.observe_lag(late)
 

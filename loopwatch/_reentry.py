@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _frames, _nested, _offload, _runtime
 from ._compat import asyncio as aio
+from ._compat import nest_asyncio as nest
 from ._compat import uvloop as uvl
 from ._errors import LoopwatchError
 from ._patching import ImportHook, Patches
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["foreign_patch", "install", "worker_threads"]
 
-_get_running_loop = aio.get_running_loop
+running_loop = aio.get_running_loop
 worker_threads = _offload.worker_threads
 
 API_RUN = "asyncio.run"
@@ -191,7 +192,7 @@ def _offload_call(
 def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> Any:
     """H2: ``loop`` runs in another thread; run the awaitable there and wait."""
     monitor = _runtime.active()
-    running_here = _get_running_loop()
+    running_here = running_loop()
     started = time.perf_counter()
     stack = _frames.capture_stack(2)
     if asyncio.isfuture(awaitable) and awaitable.get_loop() is not loop:
@@ -246,7 +247,7 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
 def _make_run(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run(main: Any, *args: Any, **kwargs: Any) -> Any:
-        running = _get_running_loop()
+        running = running_loop()
         if running is None or not asyncio.iscoroutine(main):
             return original(main, *args, **kwargs)  # and the original's error for bad input
         call = _Call(
@@ -262,7 +263,7 @@ def _make_run(original: Callable[..., Any]) -> Callable[..., Any]:
 def _make_runner_run(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
-        running = _get_running_loop()
+        running = running_loop()
         if running is None or not asyncio.iscoroutine(coro):
             return original(self, coro, *args, **kwargs)
         call = _Call(
@@ -289,7 +290,7 @@ def _make_runner_close(original: Callable[..., Any]) -> Callable[..., Any]:
     # running loop that must happen on a worker, silently: the runs themselves were reported.
     @functools.wraps(original)
     def close(self: Any) -> Any:
-        if _get_running_loop() is None or not aio.runner_has_open_loop(self):
+        if running_loop() is None or not aio.runner_has_open_loop(self):
             return original(self)
         monitor = _runtime.active()
         timeout = monitor.config.offload_timeout if monitor is not None else 30.0
@@ -320,7 +321,7 @@ def _run_fresh(loop_cls: type, awaitable: Any) -> Any:
 def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run_until_complete(self: Any, future: Any) -> Any:
-        running = _get_running_loop()
+        running = running_loop()
         if running is None:
             if not self.is_running():
                 return original(self, future)
@@ -356,7 +357,7 @@ def _starting(loop: Any) -> None:
 def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def run_forever(self: Any) -> Any:
-        running = _get_running_loop()
+        running = running_loop()
         if running is None and not self.is_running():
             _starting(self)
             return original(self)
@@ -388,15 +389,15 @@ def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _make_start_only(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``run_forever`` that only tells the loop-start hooks (when nest_asyncio owns nesting)."""
+    """A ``run_*`` that only tells the loop-start hooks (when nest_asyncio owns nesting)."""
 
     @functools.wraps(original)
-    def run_forever(self: Any) -> Any:
-        if _get_running_loop() is None and not self.is_running():
+    def run(self: Any, *args: Any) -> Any:
+        if running_loop() is None and not self.is_running():
             _starting(self)
-        return original(self)
+        return original(self, *args)
 
-    return run_forever
+    return run
 
 
 # -- install -------------------------------------------------------------------------------
@@ -404,15 +405,26 @@ def _make_start_only(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def foreign_patch() -> str | None:
     """What nest_asyncio (or a fork) has patched, if anything."""
-    if getattr(asyncio, "_nest_patched", False):
+    if nest.patched(asyncio):
         return "asyncio (nest_asyncio.apply)"
     module = getattr(asyncio.run, "__module__", "") or ""
     if "nest_asyncio" in module:
         return f"asyncio.run ({module})"
-    loop = _get_running_loop()
-    if loop is not None and getattr(type(loop), "_nest_patched", False):
+    loop = running_loop()
+    if loop is not None and nest.patched(type(loop)):
         return f"{type(loop).__name__} ({type(loop).__module__})"
     return None
+
+
+def _subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    todo: list[type] = list(cls.__subclasses__())
+    while todo:
+        sub = todo.pop()
+        if sub not in found:
+            found.append(sub)
+            todo.extend(sub.__subclasses__())
+    return found
 
 
 def install(monitor: Monitor) -> Callable[[], None]:
@@ -422,8 +434,14 @@ def install(monitor: Monitor) -> Callable[[], None]:
     base = asyncio.base_events.BaseEventLoop
     if foreign is not None:
         monitor.report("foreign_patch", api=foreign, action="", detail={"patched": foreign})
-        # nest_asyncio owns nesting; loopwatch still sees loops start (loop health, H4).
+        # nest_asyncio owns nesting; loopwatch still sees loops start (loop health). It
+        # patches the class of the loop it was given: wrap those classes' run_forever too.
+        # (Its run_until_complete drives the loop without calling run_forever.)
         patches.patch(base, "run_forever", _make_start_only)
+        for cls in _subclasses(base):
+            for name in ("run_forever", "run_until_complete"):
+                if nest.patched(cls) and name in vars(cls):
+                    patches.patch(cls, name, _make_start_only)
     else:
         run = asyncio.run
         patches.patch(asyncio, "run", _make_run)
@@ -440,7 +458,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
         if cls is None or patches.patched(cls, "run_forever"):
             return
         try:
-            if getattr(cls, "_nest_patched", False) or foreign is not None:
+            if nest.patched(cls) or foreign is not None:
                 patches.patch(cls, "run_forever", _make_start_only)
                 return
             patches.patch(cls, "run_until_complete", _make_run_until_complete)

@@ -179,13 +179,13 @@ def _unawaited_message(coro: Any) -> str:
 
 
 def _make_unawaited_hook(hooks: _Hooks) -> Callable[[Any], None]:
-    def _warn_unawaited_coroutine(coro: Any) -> None:
+    def warn_unawaited(coro: Any) -> None:
         hooks.never_awaited(coro)
         # stacklevel=2 is this function's caller: the frame that dropped the coroutine, as
         # with CPython's own hook, so locations, registries and module filters are unchanged.
         warnings.warn(_unawaited_message(coro), category=RuntimeWarning, stacklevel=2, source=coro)
 
-    return _warn_unawaited_coroutine
+    return warn_unawaited
 
 
 def _make_call_exception_handler(

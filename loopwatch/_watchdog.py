@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _blocks, _context, _frames, _runtime
+from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
 from ._patching import Patches
@@ -275,9 +276,14 @@ class Watchdog:
                 if cpu is not None:
                     idle = idle and cpu - probe.cpu_seen < _ACTIVE_CPU
                     probe.cpu_seen = cpu
+                if idle:
+                    probe.idle_seen = now
                 if idle or now < probe.next_sample:
                     return min(poll, max(probe.next_sample - now, 0.001))
                 probe.next_sample = now + self.tick
+                # The loop got busy somewhere between the last idle look and now: a block's
+                # duration counts from the middle of that window.
+                probe.ping_lead = min(max(now - probe.idle_seen, 0.0), poll) / 2
                 if not probe.send_ping(loop, now):
                     return poll
                 return threshold
@@ -426,7 +432,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_hook_registered = True
     watchdog.start_thread()
-    running = asyncio._get_running_loop()
+    running = aio.get_running_loop()
     if running is not None:
         watchdog.probe(running)
 

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 import loopwatch
 from loopwatch import ConfigError, LoopwatchError
+from loopwatch._compat import prometheus as prom
 from loopwatch._context import current_labels
 from loopwatch.adapters import asgi as lw_asgi
 from loopwatch.adapters.asgi import LoopwatchMiddleware
@@ -540,7 +541,7 @@ def test_fast_observe_matches_prometheus_client(
         monkeypatch.setattr(values, "ValueClass", values.get_value_class())
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     buckets = (0.001, 0.01, 0.1, 1.0, 10.0)
-    fast = lw_asgi._fast_observe(
+    fast = prom.fast_observe(
         Histogram("fast", "d", ["h"], buckets=buckets, registry=ours).labels("a"))
     # In-process values get the inlined additions; multiprocess files their own inc().
     assert fast.__name__ == ("fast" if multiprocess else "fast_mutex")
@@ -573,7 +574,7 @@ def test_fast_observe_falls_back_to_the_childs_own() -> None:
         def observe(self, amount: float) -> None:
             seen.append(amount)
 
-    lw_asgi._fast_observe(Other())(0.5)
+    prom.fast_observe(Other())(0.5)
     assert seen == [0.5]
 
 

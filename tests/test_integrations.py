@@ -1,5 +1,5 @@
 """integrations/ (Grafana dashboard, Prometheus rules and config, gunicorn config), checked
-with promtool and a real Prometheus server (PRODUCT.md §7)."""
+with promtool and a real Prometheus server."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ ALERTS = INTEGRATIONS / "prometheus" / "alerts.yml"
 SCRAPE_CONFIG = INTEGRATIONS / "prometheus" / "scrape.yml"
 GUNICORN_CONF = INTEGRATIONS / "gunicorn" / "gunicorn.conf.py"
 
-# PRODUCT.md §6, written out independently of loopwatch.metrics so that a drift between
-# the two fails test_spec_table_matches_loopwatch_metrics.
+# The metric contract of the README, written out independently of loopwatch.metrics so that
+# a drift between the two fails test_spec_table_matches_loopwatch_metrics.
 SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loopwatch_reentry_total": ("counter", ("api", "action", "framework", "handler")),
     "loopwatch_reentry_stall_seconds": ("histogram", ("api", "framework", "handler")),

@@ -51,10 +51,11 @@ from starlette.websockets import WebSocket
 from test_asgi import serve
 
 import loopwatch
-from loopwatch import _demo, cli
+from loopwatch import cli
 from loopwatch._logging import JsonFormatter, TextFormatter
 from loopwatch.adapters.asgi import STANDARD_METHODS, UNMATCHED, LoopwatchMiddleware
 from loopwatch.adapters.fastapi import instrument as instrument_fastapi
+from loopwatch.demo import plan as _demo
 
 PY = sys.executable
 Message = dict[str, Any]
@@ -681,7 +682,7 @@ def test_demo_serve_without_host_listens_on_loopback_only(tmp_path: Path) -> Non
 def test_repeated_long_blocks_fold_their_log_lines(
     registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # One line per fingerprint (kind, api, site) per minute (PRODUCT.md §5), whatever the
+    # One line per fingerprint (kind, api, site) per minute, whatever the
     # block's length: a loop blocked past ten thresholds at the same line again and again
     # must not add a line each time. Every block is still counted in the metrics.
     loopwatch.install(registry=registry, block_threshold=0.02)

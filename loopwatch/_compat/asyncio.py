@@ -30,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "BASE_RUN_ONCE",
+    "IDLE_FUNCTIONS",
     "PY314",
     "can_drive",
     "clear_await_flag",
@@ -84,6 +85,13 @@ def leave_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None
 #: ``BaseEventLoop._run_once``: one iteration of a stdlib loop (3.10–3.14).
 BASE_RUN_ONCE: Callable[..., Any] | None = getattr(
     asyncio.base_events.BaseEventLoop, "_run_once", None
+)
+
+
+#: Functions a loop thread sits in while it waits for I/O (the selector's and the loop's
+#: own), as a sampled stack shows them: the innermost frame in one of these means idle.
+IDLE_FUNCTIONS = frozenset(
+    {"select", "poll", "_run_once", "run_forever", "run_until_complete", "run", "_poll"}
 )
 
 
