@@ -60,9 +60,22 @@ class Probe:
     """The busy/idle state of one loop."""
 
     __slots__ = (
-        "__weakref__", "block", "busy_since", "c_loop", "cpu_seen", "idle_code", "idle_seen",
-        "loop", "next_sample", "ping_lead",
-        "ping", "selector", "thread_id", "thread_name", "waiting", "watchdog",
+        "__weakref__",
+        "block",
+        "busy_since",
+        "c_loop",
+        "cpu_seen",
+        "idle_code",
+        "idle_seen",
+        "loop",
+        "next_sample",
+        "ping",
+        "ping_lead",
+        "selector",
+        "thread_id",
+        "thread_name",
+        "waiting",
+        "watchdog",
     )
 
     def __init__(self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop) -> None:
