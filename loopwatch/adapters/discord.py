@@ -77,7 +77,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import loopwatch
 from loopwatch import _monitor
 from loopwatch._compat import discord as compat
-from loopwatch._context import Labels, reset_labels, set_labels
+from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
 from loopwatch.metrics import (
     Metrics,
     MetricsServer,
@@ -95,6 +95,7 @@ _STATE_ATTR = "_loopwatch_discord"
 _LATENCY_INTERVAL = 5.0
 # Marks the functions loopwatch put in place, so a loop is never wrapped twice.
 _OURS = "__loopwatch_hook__"
+_HUB_ATTR = "__loopwatch_hub__"
 
 Coro = Coroutine[Any, Any, Any]
 CoroFunc = Callable[..., Coro]
@@ -277,14 +278,15 @@ class _Hub:
             *args: Any, **kwargs: Any,
         ) -> Any:
             holder = _holder_for(interaction)
-            if holder is None:
+            handler = self._item_label(view, item) if holder is not None else ""
+            if holder is None or _already_labelled(handler):
                 return await original(view, item, interaction, *args, **kwargs)
             cell = _Outcome()
             token = _outcome.set(cell)
             try:
                 with self._shadowed(item, "callback"):
                     await holder._labelled(
-                        self._item_label(view, item),
+                        handler,
                         lambda: original(view, item, interaction, *args, **kwargs),
                         lambda: cell.failed,
                     )
@@ -314,14 +316,15 @@ class _Hub:
             modal: Any, interaction: discord.Interaction[Any], /, *args: Any, **kwargs: Any,
         ) -> Any:
             holder = _holder_for(interaction)
-            if holder is None:
+            handler = "modal:" + type(modal).__name__
+            if holder is None or _already_labelled(handler):
                 return await original(modal, interaction, *args, **kwargs)
             cell = _Outcome()
             token = _outcome.set(cell)
             try:
                 with self._shadowed(modal, "on_submit"):
                     await holder._labelled(
-                        "modal:" + type(modal).__name__,
+                        handler,
                         lambda: original(modal, interaction, *args, **kwargs),
                         lambda: cell.failed,
                     )
@@ -338,13 +341,14 @@ class _Hub:
             interaction: discord.Interaction[Any], /, *args: Any, **kwargs: Any,
         ) -> Any:
             holder = _holder_for(interaction)
-            if holder is None:
+            handler = "dynamic_item:" + factory.__name__
+            if holder is None or _already_labelled(handler):
                 return await original(store, component_type, factory, interaction, *args,
                                       **kwargs)
             # discord.py catches and logs a dynamic item's exception itself, before any
             # user hook: the outcome here is ok or cancelled.
             await holder._labelled(
-                "dynamic_item:" + factory.__name__,
+                handler,
                 lambda: original(store, component_type, factory, interaction, *args, **kwargs),
                 lambda: False,
             )
@@ -366,6 +370,7 @@ class _Hub:
             return original(loop, *args, **kwargs)
 
         setattr(start, _OURS, True)
+        setattr(start, _HUB_ATTR, self)
         return start
 
     def watch_loop(self, loop: tasks.Loop[Any]) -> None:
@@ -427,13 +432,28 @@ class _Hub:
         return call_loop_function
 
 
-_hub = _Hub()
+def _existing_hub() -> _Hub | None:
+    """The hub a previous copy of this module left attached (``reload_extension`` re-imports
+    the module while other bots may still be watched): one hub per process, whatever copy
+    of the module is asking. It is found on the hook it put on ``Loop.start``."""
+    hub = getattr(vars(tasks.Loop).get("start"), _HUB_ATTR, None)
+    return hub if hub is not None and hasattr(hub, "holders") else None
+
+
+_hub: _Hub = _existing_hub() or _Hub()
 
 
 def _holder_for(interaction: discord.Interaction[Any]) -> Instrumentation | None:
     """The active instrumentation of the client an interaction came to, if any."""
     holder: Instrumentation | None = getattr(interaction.client, _STATE_ATTR, None)
     return holder if holder is not None and holder.active else None
+
+
+def _already_labelled(handler: str) -> bool:
+    """Whether this dispatch is labelled already: should another hook of loopwatch's sit
+    on the same runner (a copy of this module from before a reload), one run is still
+    counted once."""
+    return raw_labels() == (FRAMEWORK, handler)
 
 
 def _code_name(func: Any) -> str:
