@@ -225,9 +225,15 @@ class _Hub:
         self.holders.append(holder)
         if first:
             self._patch_classes()
-        with contextlib.suppress(RuntimeError):  # no running loop: no loop can be running
-            for loop in compat.running_task_loops(asyncio.all_tasks()):
+        try:
+            running = asyncio.all_tasks()
+        except RuntimeError:  # no running loop: no tasks loop can be running either
+            return
+        try:
+            for loop in compat.running_task_loops(running):
                 self.watch_loop(loop)
+        except Exception as exc:
+            _monitor.internal_error("discord.tasks", exc)
 
     def leave(self, holder: Instrumentation) -> None:
         if holder in self.holders:
@@ -240,17 +246,19 @@ class _Hub:
     # -- classes ---------------------------------------------------------------------------
 
     def _patch_classes(self) -> None:
-        owner = compat.view_item_runner_owner()
-        self.patches.patch(owner, compat.VIEW_ITEM_RUNNER, self._view_runner(
-            vars(owner)[compat.VIEW_ITEM_RUNNER]))
-        owner = compat.modal_runner_owner()
-        self.patches.patch(owner, compat.VIEW_ITEM_RUNNER, self._modal_runner(
-            vars(owner)[compat.VIEW_ITEM_RUNNER]))
-        store = compat.dynamic_item_runner_owner()
-        if store is not None:
-            self.patches.patch(store, compat.DYNAMIC_ITEM_RUNNER, self._dynamic_runner(
-                vars(store)[compat.DYNAMIC_ITEM_RUNNER]))
-        self.patches.patch(tasks.Loop, "start", self._loop_start(vars(tasks.Loop)["start"]))
+        hooks: list[tuple[Callable[[], type | None], str, Callable[[CoroFunc], Any]]] = [
+            (compat.view_item_runner_owner, compat.VIEW_ITEM_RUNNER, self._view_runner),
+            (compat.modal_runner_owner, compat.VIEW_ITEM_RUNNER, self._modal_runner),
+            (compat.dynamic_item_runner_owner, compat.DYNAMIC_ITEM_RUNNER, self._dynamic_runner),
+            (lambda: tasks.Loop, "start", self._loop_start),
+        ]
+        for owner_of, name, make in hooks:
+            try:
+                owner = owner_of()
+                if owner is not None:
+                    self.patches.patch(owner, name, make(vars(owner)[name]))
+            except Exception as exc:  # a discord.py that moved it: that kind goes unlabelled
+                _monitor.internal_error("discord.hooks", exc)
 
     @contextlib.contextmanager
     def _shadowed(self, owner: Any, name: str) -> Iterator[None]:
@@ -298,7 +306,10 @@ class _Hub:
         return _scheduled_task
 
     def _item_label(self, view: Any, item: Any) -> str:
-        label = self._item_labels.get(item)
+        try:
+            label = self._item_labels.get(item)
+        except TypeError:  # an item that cannot be weakly referenced or hashed
+            label = None
         if label is None:
             # The attribute that holds the item: the decorated method's name, which
             # discord.py sets on every view instance. Else the item's own class.
