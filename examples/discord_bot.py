@@ -5,6 +5,8 @@
   call completes and is reported, attributed to ``command:weather``.
 * ``!report`` blocks the event loop with sync work (discord.py would warn that the
   heartbeat is blocked); loopwatch's watchdog names the command and the line.
+* the ``Forecasts`` cog refreshes a forecast every 5 minutes in a ``discord.ext.tasks`` loop
+  through the same sync SDK: attributed to ``task:Forecasts.refresh``.
 
 Run it for real (the bot needs the message-content intent enabled in the developer portal)::
 
@@ -28,7 +30,7 @@ import time
 from typing import Any
 
 import discord
-from discord.ext import commands
+from discord.ext import commands, tasks
 
 import loopwatch
 
@@ -44,9 +46,28 @@ class WeatherSDK:
         return asyncio.run(self._fetch(city))  # fine in a script, a hazard in a bot
 
 
+class Forecasts(commands.Cog):
+    """A background loop, as most bots have one."""
+
+    def __init__(self, sdk: WeatherSDK) -> None:
+        self.sdk = sdk
+        self.latest = ""
+
+    async def cog_load(self) -> None:
+        self.refresh.start()
+
+    async def cog_unload(self) -> None:
+        self.refresh.cancel()
+
+    @tasks.loop(minutes=5)
+    async def refresh(self) -> None:
+        self.latest = self.sdk.current("Oslo")
+
+
 class ExampleBot(commands.Bot):
     async def setup_hook(self) -> None:
         await self.load_extension("loopwatch.adapters.discord")
+        await self.add_cog(Forecasts(WeatherSDK()))
 
 
 def make_bot() -> ExampleBot:
@@ -89,6 +110,9 @@ async def run_offline(bot: ExampleBot) -> None:
         for content in ("!weather Bergen", "!report", "!weather Tromsø"):
             state.parse_message_create(message_payload(content, author=ALICE))  # type: ignore[arg-type]
             await handlers_done()
+        forecasts = bot.get_cog("Forecasts")
+        while isinstance(forecasts, Forecasts) and not forecasts.latest:
+            await asyncio.sleep(0.01)  # the loop's first iteration runs at once
         print("bot replied:", sent)
         await asyncio.sleep(0.2)  # the watchdog reports a block once the loop ticks again
         print_caught()  # before close: unloading the extension uninstalls what it installed

@@ -218,6 +218,7 @@ class BotHarness:
                 t for t in asyncio.all_tasks()
                 if t is not current and t not in self._baseline
                 and not t.get_name().startswith(self.ignore_tasks)
+                and not _waits_for_a_timeout(t)
             ]
             if not pending:
                 return
@@ -266,16 +267,7 @@ class BotHarness:
         await self.drain()
         return msg
 
-    def interaction_payload(
-        self, name: str, options: dict[str, Any] | None = None, *, interaction_type: int = 2,
-    ) -> dict[str, Any]:
-        """An ``INTERACTION_CREATE`` payload for the slash command ``name`` (or ``"group sub"``)."""
-        parts = name.split()
-        opts = [
-            {"name": k, "type": _option_type(v), "value": v} for k, v in (options or {}).items()
-        ]
-        for sub in reversed(parts[1:]):
-            opts = [{"name": sub, "type": 1, "options": opts}]
+    def _interaction_base(self, interaction_type: int, data: dict[str, Any]) -> dict[str, Any]:
         member = member_payload(user_payload(AUTHOR_ID, "alice"))
         return {
             "id": _snowflake(), "application_id": str(APP_ID), "type": interaction_type,
@@ -285,8 +277,31 @@ class BotHarness:
                         "name": "general", "position": 0, "permission_overwrites": []},
             "member": member, "app_permissions": str(discord.Permissions.all().value),
             "locale": "en-US", "guild_locale": "en-US", "attachment_size_limit": 8_388_608,
-            "data": {"id": _snowflake(), "name": parts[0], "type": 1, "options": opts},
+            "data": data,
         }
+
+    def interaction_payload(
+        self, name: str, options: dict[str, Any] | None = None, *, interaction_type: int = 2,
+        focused: str | None = None,
+    ) -> dict[str, Any]:
+        """An ``INTERACTION_CREATE`` payload for the slash command ``name``.
+
+        ``name`` may be ``"group sub"`` or ``"group subgroup sub"``; ``interaction_type`` 4
+        with ``focused`` (an option name) is an autocomplete request.
+        """
+        parts = name.split()
+        opts: list[dict[str, Any]] = [
+            {"name": k, "type": _option_type(v), "value": v} for k, v in (options or {}).items()
+        ]
+        for opt in opts:
+            if opt["name"] == focused:
+                opt["focused"] = True
+        for depth, sub in reversed(list(enumerate(parts[1:], 1))):
+            # The last word is the subcommand (1); a word between is a subcommand group (2).
+            opts = [{"name": sub, "type": 1 if depth == len(parts) - 1 else 2, "options": opts}]
+        return self._interaction_base(
+            interaction_type, {"id": _snowflake(), "name": parts[0], "type": 1, "options": opts}
+        )
 
     def interaction(self, name: str, options: dict[str, Any] | None = None) -> discord.Interaction:
         """A real :class:`discord.Interaction` (nothing dispatched)."""
@@ -295,10 +310,71 @@ class BotHarness:
             state=self.bot._connection,
         )
 
+    async def _feed(self, payload: dict[str, Any]) -> None:
+        self.bot._connection.parse_interaction_create(payload)
+        await self.drain()
+
     async def app_command(self, name: str, options: dict[str, Any] | None = None) -> None:
         """Feed an ``INTERACTION_CREATE`` as the gateway does (to ``bot.tree``), then wait."""
-        self.bot._connection.parse_interaction_create(self.interaction_payload(name, options))
-        await self.drain()
+        await self._feed(self.interaction_payload(name, options))
+
+    async def autocomplete(self, name: str, options: dict[str, Any], focused: str) -> None:
+        """Feed an autocomplete request for option ``focused`` of ``name``, then wait."""
+        await self._feed(
+            self.interaction_payload(name, options, interaction_type=4, focused=focused)
+        )
+
+    async def message_context_menu(self, name: str, target: discord.Message) -> None:
+        """Run the message context menu ``name`` on ``target``, then wait."""
+        payload = self.message_payload(target.content)
+        payload["id"] = str(target.id)
+        data = {
+            "id": _snowflake(), "name": name, "type": 3, "target_id": str(target.id),
+            "resolved": {"messages": {str(target.id): payload}},
+        }
+        await self._feed(self._interaction_base(2, data))
+
+    async def user_context_menu(self, name: str, user_id: int = AUTHOR_ID) -> None:
+        """Run the user context menu ``name`` on the member ``user_id``, then wait."""
+        user = user_payload(user_id, "alice")
+        member = member_payload(user)
+        member.pop("user")
+        data = {
+            "id": _snowflake(), "name": name, "type": 2, "target_id": str(user_id),
+            "resolved": {"users": {str(user_id): user}, "members": {str(user_id): member}},
+        }
+        await self._feed(self._interaction_base(2, data))
+
+    async def send_view(self, view: discord.ui.View, content: str = "pick") -> discord.Message:
+        """Send a message carrying ``view`` as the bot would (discord.py then tracks it)."""
+        if self.channel is None:
+            raise RuntimeError("harness not entered")
+        return await self.channel.send(content, view=view)
+
+    async def click(
+        self, message: discord.Message, custom_id: str, *, component_type: int = 2,
+        values: list[str] | None = None,
+    ) -> None:
+        """A user clicks the button (or picks ``values`` in the select) ``custom_id`` of
+        ``message``: a component ``INTERACTION_CREATE`` through the connection's parser."""
+        payload = self.message_payload(message.content, author_id=BOT_USER_ID,
+                                       author_name="loopbot", bot=True)
+        payload["id"] = str(message.id)
+        payload["components"] = [c.to_dict() for c in message.components]
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
+        if values is not None:
+            data["values"] = values
+        body = self._interaction_base(3, data)
+        body["message"] = payload
+        await self._feed(body)
+
+    async def submit_modal(self, custom_id: str, fields: dict[str, str]) -> None:
+        """A user submits the modal ``custom_id`` with these text input values."""
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
+            for key, value in fields.items()
+        ]
+        await self._feed(self._interaction_base(5, {"custom_id": custom_id, "components": rows}))
 
     def set_latency(self, latencies: dict[int, float]) -> None:
         """Make the gateway report these heartbeat latencies per shard (no socket opened)."""
@@ -348,6 +424,7 @@ class BotHarness:
             data.get("content") or "", author_id=BOT_USER_ID, author_name="loopbot", bot=True
         )
         payload["embeds"] = data.get("embeds") or []
+        payload["components"] = data.get("components") or []
         return payload
 
     # -- helpers ---------------------------------------------------------------------------
@@ -371,6 +448,12 @@ class BotHarness:
                 "permission_overwrites": [], "guild_id": str(GUILD_ID),
             }],
         }
+
+
+def _waits_for_a_timeout(task: asyncio.Task[Any]) -> bool:
+    """A view's timeout watcher: it sleeps until the view times out, not work to wait for."""
+    name = getattr(task.get_coro(), "__qualname__", "")
+    return isinstance(name, str) and name.endswith("timeout_task_impl")
 
 
 def _option_type(value: object) -> int:

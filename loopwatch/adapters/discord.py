@@ -1,4 +1,4 @@
-"""discord.py adapter: attribute every event, listener and command, and measure them.
+"""discord.py adapter: attribute every handler a bot runs, and measure it.
 
 Load it as an extension, usually in ``setup_hook``::
 
@@ -10,37 +10,65 @@ or add the cog yourself to pass options::
 
 A plain :class:`discord.Client` has no cogs: call :func:`instrument` and :func:`uninstrument`.
 
-Work is labelled ``event:on_<name>`` (client ``on_*`` methods, ``bot.listen()``,
-``Cog.listener()``), ``command:<qualified name>`` (prefix and hybrid commands) and
-``app_command:<qualified name>`` (slash commands, context menus), and timed in
-``loopwatch_handler_duration_seconds{framework="discord"}``. The gateway latency is
-``loopwatch_discord_latency_seconds{shard}``, absent while discord.py reports NaN/inf.
+Handler labels (templates from code, never an id, a custom_id, a user or a guild):
 
-Hook points, all set on the instance (never on discord.py's classes, so other clients in the
-process are untouched and unloading restores exactly what was there):
+=====================================  ==================================================
+``event:on_<name>``                    client ``on_*`` methods, ``bot.listen()``, ``Cog.listener()``
+``command:<qualified name>``           prefix commands, group subcommands, hybrid commands
+                                       called by prefix
+``app_command:<qualified name>``       slash commands, group subcommands, context menus,
+                                       hybrid commands called as slash commands
+``autocomplete:<qualified name>``      an autocomplete callback of that command
+``task:<qualname>``                    one iteration of a ``discord.ext.tasks`` loop:
+                                       ``task:<Cog class>.<method>`` in a cog, the function's
+                                       name outside one
+``task:<qualname>:before_loop``,       the loop's ``before_loop`` / ``after_loop`` hooks
+``task:<qualname>:after_loop``
+``view:<View class>.<item>``           a button or select of a view: the view attribute
+                                       holding the item (the decorated method's name), else
+                                       the item's class
+``modal:<Modal class>``                ``Modal.on_submit``
+``dynamic_item:<DynamicItem class>``   a ``DynamicItem``'s callback
+``__unmatched__``                      an interaction for a command the tree does not know
+=====================================  ==================================================
 
-* ``client._run_event``: discord.py schedules every event handler through it, whichever way
-  it was registered, and calls the client's ``on_error`` from it, which stays the user's.
-* ``bot.invoke``: every prefix command, from ``process_commands`` or a custom ``on_message``.
-* ``tree._call``: every application command and context menu the command tree runs.
+Each run is timed in ``loopwatch_handler_duration_seconds{framework="discord"}`` with
+``outcome`` ``ok``, ``error`` (the handler raised: a command's error, a loop iteration's
+exception, a view item's or modal's callback that reached ``on_error``) or ``cancelled``.
+The gateway latency is ``loopwatch_discord_latency_seconds{shard}``, absent while discord.py
+reports NaN/inf.
+
+Hook points. Per client, on the instance (other clients in the process are untouched):
+``Client._run_event`` (every event handler, and the client's ``on_error``), ``bot.invoke``
+(every prefix command), ``CommandTree._call`` (every application command). Process-wide,
+on discord.py's classes, pass-through for clients loopwatch does not watch: the view runner
+(items, with ``interaction_check`` and ``View.on_error``), the modal runner, the dynamic-item
+runner and ``tasks.Loop.start``; every ``tasks.Loop`` (running or started later) gets its
+iteration (``coro``) and hook runner wrapped on the instance. While a view item or modal
+runs, its callback is wrapped on the instance to see whether it raised, then put back.
 
 User hooks (``on_error``, ``on_command_error``, ``before_invoke``/``after_invoke``,
-``tree.on_error``) are never replaced: they run inside the labelled work, unchanged.
+``tree.on_error``, ``View.on_error``, ``Modal.on_error``, ``interaction_check``,
+``Loop.error``) are never replaced: they run inside the labelled work, unchanged. Unloading
+restores every hooked attribute exactly, on loops that keep running too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 try:
     import discord
-    from discord.ext import commands
+    from discord.ext import commands, tasks
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "loopwatch.adapters.discord needs discord.py: pip install 'loopwatch[discord]'"
@@ -48,7 +76,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 import loopwatch
 from loopwatch import _monitor
-from loopwatch._context import Labels, reset_labels, set_labels
+from loopwatch._compat import discord as compat
+from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
 from loopwatch.metrics import (
     Metrics,
     MetricsServer,
@@ -60,14 +89,388 @@ from loopwatch.metrics import (
 __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
 
 FRAMEWORK = "discord"
-# The per-client state lives on the client, and the install bookkeeping on the monitor:
-# both survive ``reload_extension``, which re-imports this module and drops its globals.
+# The per-client state lives on the client: it survives ``reload_extension``, which
+# re-imports this module and drops its globals.
 _STATE_ATTR = "_loopwatch_discord"
-_HOLDERS_ATTR = "_loopwatch_discord_holders"
 _LATENCY_INTERVAL = 5.0
+# Marks the functions loopwatch put in place, so a loop is never wrapped twice.
+_OURS = "__loopwatch_hook__"
+_HUB_ATTR = "__loopwatch_hub__"
 
 Coro = Coroutine[Any, Any, Any]
 CoroFunc = Callable[..., Coro]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+class _Patch:
+    __slots__ = ("name", "owner", "saved", "wrapper")
+
+    def __init__(self, owner: Callable[[], Any], name: str, saved: Any, wrapper: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self.saved = saved
+        self.wrapper = wrapper
+
+
+class _Patches:
+    """Patch-and-restore of attributes: each hook remembers what its owner's own ``__dict__``
+    held (or that it held nothing) and :meth:`restore` puts exactly that back.
+
+    A hook someone else wrapped after us is left in their chain (ours is then a
+    pass-through, because it checks that loopwatch is still attached). Owners are held
+    weakly where they allow it, so a patched view or loop that goes away is forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, str], _Patch] = {}
+
+    def patch(self, owner: Any, name: str, wrapper: Any) -> None:
+        key = (id(owner), name)
+        if key in self._entries:
+            return
+        saved = vars(owner).get(name, _MISSING)
+        setattr(owner, name, wrapper)
+        entries = self._entries
+        try:
+            ref: Callable[[], Any] = weakref.ref(owner, lambda _: entries.pop(key, None))
+        except TypeError:  # no weak references to it: hold it until restored
+            ref = functools.partial(lambda o: o, owner)
+        entries[key] = _Patch(ref, name, saved, wrapper)
+
+    def is_patched(self, owner: Any, name: str) -> bool:
+        return (id(owner), name) in self._entries
+
+    def unpatch(self, owner: Any, name: str) -> None:
+        entry = self._entries.pop((id(owner), name), None)
+        if entry is not None:
+            self._put_back(owner, entry)
+
+    def restore(self) -> None:
+        while self._entries:
+            _, entry = self._entries.popitem()
+            owner = entry.owner()
+            if owner is not None:
+                self._put_back(owner, entry)
+
+    @staticmethod
+    def _put_back(owner: Any, entry: _Patch) -> None:
+        if vars(owner).get(entry.name) is not entry.wrapper:
+            return
+        if entry.saved is _MISSING:
+            delattr(owner, entry.name)
+        else:
+            setattr(owner, entry.name, entry.saved)
+
+
+class _Outcome:
+    """Whether the user's callback raised, for the dispatch running in this context."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+_outcome: contextvars.ContextVar[_Outcome | None] = contextvars.ContextVar(
+    "loopwatch_discord_outcome", default=None
+)
+
+
+def _flagging(original: CoroFunc) -> CoroFunc:
+    """``original`` that marks the current dispatch failed when it raises."""
+
+    @functools.wraps(original)
+    async def callback(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, **kwargs)
+        except Exception:
+            cell = _outcome.get()
+            if cell is not None:
+                cell.failed = True
+            raise
+
+    return callback
+
+
+class _Hub:
+    """The process-wide hooks: views, modals, dynamic items and ``tasks`` loops.
+
+    discord.py runs these outside any client method, so they are hooked once on its
+    classes, for every :class:`Instrumentation` attached (the first one records loop
+    metrics; views go to the instrumentation of the interaction's client).
+    """
+
+    def __init__(self) -> None:
+        self.holders: list[Instrumentation] = []
+        self.patches = _Patches()  # classes and loops: while any holder is attached
+        self.shadows = _Patches()  # a callback, only while its dispatch runs
+        self._shadow_counts: dict[tuple[int, str], int] = {}
+        self._item_labels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def primary(self) -> Instrumentation | None:
+        for holder in self.holders:
+            if holder.active:
+                return holder
+        return None
+
+    def join(self, holder: Instrumentation) -> None:
+        first = not self.holders
+        self.holders.append(holder)
+        if first:
+            self._patch_classes()
+        try:
+            running = asyncio.all_tasks()
+        except RuntimeError:  # no running loop: no tasks loop can be running either
+            return
+        try:
+            for loop in compat.running_task_loops(running):
+                self.watch_loop(loop)
+        except Exception as exc:
+            _monitor.internal_error("discord.tasks", exc)
+
+    def leave(self, holder: Instrumentation) -> None:
+        if holder in self.holders:
+            self.holders.remove(holder)
+        if not self.holders:
+            self.shadows.restore()
+            self._shadow_counts.clear()
+            self.patches.restore()
+
+    # -- classes ---------------------------------------------------------------------------
+
+    def _patch_classes(self) -> None:
+        hooks: list[tuple[Callable[[], type | None], str, Callable[[CoroFunc], Any]]] = [
+            (compat.view_item_runner_owner, compat.VIEW_ITEM_RUNNER, self._view_runner),
+            (compat.modal_runner_owner, compat.VIEW_ITEM_RUNNER, self._modal_runner),
+            (compat.dynamic_item_runner_owner, compat.DYNAMIC_ITEM_RUNNER, self._dynamic_runner),
+            (lambda: tasks.Loop, "start", self._loop_start),
+        ]
+        for owner_of, name, make in hooks:
+            try:
+                owner = owner_of()
+                if owner is not None:
+                    self.patches.patch(owner, name, make(vars(owner)[name]))
+            except Exception as exc:  # a discord.py that moved it: that kind goes unlabelled
+                _monitor.internal_error("discord.hooks", exc)
+
+    @contextlib.contextmanager
+    def _shadowed(self, owner: Any, name: str) -> Iterator[None]:
+        """Wrap ``owner.name`` to see whether it raises, for as long as a dispatch runs."""
+        key = (id(owner), name)
+        count = self._shadow_counts.get(key, 0)
+        try:
+            if count == 0:
+                self.shadows.patch(owner, name, _flagging(getattr(owner, name)))
+            self._shadow_counts[key] = count + 1
+        except Exception as exc:  # an object that refuses it: measure without outcome
+            _monitor.internal_error("discord.views", exc)
+        try:
+            yield
+        finally:
+            left = self._shadow_counts.get(key, 0) - 1
+            if left > 0:
+                self._shadow_counts[key] = left
+            elif self._shadow_counts.pop(key, None) is not None:
+                self.shadows.unpatch(owner, name)
+
+    def _view_runner(self, original: CoroFunc) -> CoroFunc:
+        async def _scheduled_task(
+            view: Any, item: Any, interaction: discord.Interaction[Any], /,
+            *args: Any, **kwargs: Any,
+        ) -> Any:
+            holder = _holder_for(interaction)
+            handler = self._item_label(view, item) if holder is not None else ""
+            if holder is None or _already_labelled(handler):
+                return await original(view, item, interaction, *args, **kwargs)
+            cell = _Outcome()
+            token = _outcome.set(cell)
+            try:
+                with self._shadowed(item, "callback"):
+                    await holder._labelled(
+                        handler,
+                        lambda: original(view, item, interaction, *args, **kwargs),
+                        lambda: cell.failed,
+                    )
+            finally:
+                _outcome.reset(token)
+            return None
+
+        setattr(_scheduled_task, _OURS, True)
+        return _scheduled_task
+
+    def _item_label(self, view: Any, item: Any) -> str:
+        try:
+            label = self._item_labels.get(item)
+        except TypeError:  # an item that cannot be weakly referenced or hashed
+            label = None
+        if label is None:
+            # The attribute that holds the item: the decorated method's name, which
+            # discord.py sets on every view instance. Else the item's own class.
+            name = next(
+                (key for key, value in vars(view).items() if value is item),
+                type(item).__name__,
+            )
+            label = f"view:{type(view).__name__}.{name}"
+            with contextlib.suppress(TypeError):
+                self._item_labels[item] = label
+        return label
+
+    def _modal_runner(self, original: CoroFunc) -> CoroFunc:
+        async def _scheduled_task(
+            modal: Any, interaction: discord.Interaction[Any], /, *args: Any, **kwargs: Any,
+        ) -> Any:
+            holder = _holder_for(interaction)
+            handler = "modal:" + type(modal).__name__
+            if holder is None or _already_labelled(handler):
+                return await original(modal, interaction, *args, **kwargs)
+            cell = _Outcome()
+            token = _outcome.set(cell)
+            try:
+                with self._shadowed(modal, "on_submit"):
+                    await holder._labelled(
+                        handler,
+                        lambda: original(modal, interaction, *args, **kwargs),
+                        lambda: cell.failed,
+                    )
+            finally:
+                _outcome.reset(token)
+            return None
+
+        setattr(_scheduled_task, _OURS, True)
+        return _scheduled_task
+
+    def _dynamic_runner(self, original: CoroFunc) -> CoroFunc:
+        async def schedule_dynamic_item_call(
+            store: Any, component_type: int, factory: type,
+            interaction: discord.Interaction[Any], /, *args: Any, **kwargs: Any,
+        ) -> Any:
+            holder = _holder_for(interaction)
+            handler = "dynamic_item:" + factory.__name__
+            if holder is None or _already_labelled(handler):
+                return await original(store, component_type, factory, interaction, *args,
+                                      **kwargs)
+            # discord.py catches and logs a dynamic item's exception itself, before any
+            # user hook: the outcome here is ok or cancelled.
+            await holder._labelled(
+                handler,
+                lambda: original(store, component_type, factory, interaction, *args, **kwargs),
+                lambda: False,
+            )
+            return None
+
+        setattr(schedule_dynamic_item_call, _OURS, True)
+        return schedule_dynamic_item_call
+
+    # -- tasks loops -----------------------------------------------------------------------
+
+    def _loop_start(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def start(loop: tasks.Loop[Any], *args: Any, **kwargs: Any) -> Any:
+            if self.primary() is not None:
+                try:
+                    self.watch_loop(loop)
+                except Exception as exc:
+                    _monitor.internal_error("discord.tasks", exc)
+            return original(loop, *args, **kwargs)
+
+        setattr(start, _OURS, True)
+        setattr(start, _HUB_ATTR, self)
+        return start
+
+    def watch_loop(self, loop: tasks.Loop[Any]) -> None:
+        """Label and time ``loop``'s iterations and hooks (running or not); idempotent."""
+        if self.patches.is_patched(loop, "coro") or getattr(
+            vars(loop).get("coro"), _OURS, False
+        ):
+            return
+        handler = "task:" + _code_name(loop.coro)
+        self.patches.patch(loop, "coro", self._iteration(loop.coro, handler))
+        runner = getattr(loop, compat.LOOP_HOOK_RUNNER)
+        self.patches.patch(
+            loop, compat.LOOP_HOOK_RUNNER, self._hook_runner(loop, runner, handler)
+        )
+
+    def _iteration(self, original: CoroFunc, handler: str) -> CoroFunc:
+        @functools.wraps(original)
+        async def iteration(*args: Any, **kwargs: Any) -> Any:
+            holder = self.primary()
+            if holder is None:
+                return await original(*args, **kwargs)
+            token = set_labels(FRAMEWORK, handler)
+            start = time.perf_counter()
+            outcome = "error"
+            try:
+                result = await original(*args, **kwargs)
+                outcome = "ok"
+                return result
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                reset_labels(token)
+                holder._observe(handler, outcome, time.perf_counter() - start)
+
+        setattr(iteration, _OURS, True)
+        return iteration
+
+    def _hook_runner(
+        self, loop: tasks.Loop[Any], original: CoroFunc, handler: str
+    ) -> CoroFunc:
+        async def call_loop_function(name: str, /, *args: Any, **kwargs: Any) -> Any:
+            holder = self.primary()
+            if holder is None or not compat.loop_has_hook(loop, name):
+                return await original(name, *args, **kwargs)
+            # The error handler is the user's reaction to the failed iteration: attributed
+            # to the loop, not timed. before_loop/after_loop are timed apart from the
+            # iterations (a before_loop usually waits for the bot to be ready).
+            error = name == "error"
+            await holder._labelled(
+                handler if error else f"{handler}:{name}",
+                lambda: original(name, *args, **kwargs),
+                lambda: False,
+                timed=not error,
+            )
+            return None
+
+        setattr(call_loop_function, _OURS, True)
+        return call_loop_function
+
+
+def _existing_hub() -> _Hub | None:
+    """The hub a previous copy of this module left attached (``reload_extension`` re-imports
+    the module while other bots may still be watched): one hub per process, whatever copy
+    of the module is asking. It is found on the hook it put on ``Loop.start``."""
+    hub = getattr(vars(tasks.Loop).get("start"), _HUB_ATTR, None)
+    return hub if hub is not None and hasattr(hub, "holders") else None
+
+
+_hub: _Hub = _existing_hub() or _Hub()
+
+
+def _holder_for(interaction: discord.Interaction[Any]) -> Instrumentation | None:
+    """The active instrumentation of the client an interaction came to, if any."""
+    holder: Instrumentation | None = getattr(interaction.client, _STATE_ATTR, None)
+    return holder if holder is not None and holder.active else None
+
+
+def _already_labelled(handler: str) -> bool:
+    """Whether this dispatch is labelled already: should another hook of loopwatch's sit
+    on the same runner (a copy of this module from before a reload), one run is still
+    counted once."""
+    return raw_labels() == (FRAMEWORK, handler)
+
+
+def _code_name(func: Any) -> str:
+    """A function's qualified name without the ``<locals>`` of the functions enclosing it."""
+    name = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "loop"))
+    return name.rsplit("<locals>.", 1)[-1]
 
 
 class Instrumentation:
@@ -105,8 +508,8 @@ class Instrumentation:
         self._latency_interval = latency_interval
         self._metrics: Metrics | NullMetrics | None = None
         self._monitor: _monitor.Monitor | None = None
-        # (owner, attribute, what the owner's __dict__ held before or _MISSING, our wrapper)
-        self._patches: list[tuple[Any, str, Any, Any]] = []
+        self._patches = _Patches()
+        self._tree: Any = None
         self._shards: set[str] = set()
         self._poller: asyncio.Task[None] | None = None
         self._by_cog = False
@@ -114,7 +517,12 @@ class Instrumentation:
     # -- attach / detach -------------------------------------------------------------------
 
     def _attach(self) -> None:
-        self._monitor = _acquire_monitor(self._registry)
+        # The cog's registry installs loopwatch with it; an install the user made already
+        # is not reconfigured (the cog's metrics then go to its registry alone).
+        options = {} if self._registry is None or _monitor.current() is not None else {
+            "registry": self._registry
+        }
+        self._monitor = _monitor.acquire(**options)
         if self._monitor is None:  # LOOPWATCH_DISABLE: stay out of the way entirely
             return
         self._metrics = self._monitor.metrics
@@ -123,7 +531,7 @@ class Instrumentation:
                 self._metrics = get_metrics(self._registry)
             except loopwatch.LoopwatchError:
                 # A clash with one of the user's own metrics: say so at load.
-                _release_monitor(self._monitor)
+                _monitor.release(self._monitor)
                 self._monitor = None
                 raise
             except Exception as exc:  # metrics must never take the bot down
@@ -131,47 +539,43 @@ class Instrumentation:
                 self._metrics = NullMetrics()
         self.active = True
         client = self.client
-        self._patch(client, "_run_event", self._wrap_run_event(client._run_event))
+        self._patches.patch(client, compat.EVENT_RUNNER, self._wrap_run_event(
+            getattr(client, compat.EVENT_RUNNER)))
         if isinstance(client, commands.Bot):
-            self._patch(client, "invoke", self._wrap_invoke(client.invoke))
+            self._patches.patch(client, "invoke", self._wrap_invoke(client.invoke))
         self._attach_tree()
         setattr(client, _STATE_ATTR, self)
+        _hub.join(self)
         with contextlib.suppress(RuntimeError):  # no running loop: started by the first event
             self._start_poller(asyncio.get_running_loop())
         if self._metrics_port is not None:
             self._start_server()
 
     def _attach_tree(self) -> None:
-        tree = self.client._connection._command_tree
-        if tree is not None and not any(owner is tree for owner, *_ in self._patches):
-            self._patch(tree, "_call", self._wrap_tree_call(tree._call))
-
-    def _patch(self, owner: Any, name: str, wrapper: Any) -> None:
-        saved = vars(owner).get(name, _MISSING)
-        setattr(owner, name, wrapper)
-        self._patches.append((owner, name, saved, wrapper))
+        tree = compat.command_tree(self.client)
+        if tree is not None and self._tree is None:
+            self._tree = tree
+            self._patches.patch(tree, compat.TREE_RUNNER, self._wrap_tree_call(
+                getattr(tree, compat.TREE_RUNNER)))
 
     def _detach(self) -> tuple[MetricsServer | None, asyncio.Task[None] | None]:
         """Undo every hook; return the metrics server and the poller for the caller to end."""
         if getattr(self.client, _STATE_ATTR, None) is self:
             delattr(self.client, _STATE_ATTR)
-        self.active = False
-        while self._patches:
-            owner, name, saved, wrapper = self._patches.pop()
-            # Someone wrapped our wrapper after us: leave their chain intact; ours is now a
-            # pass-through because ``active`` is False.
-            if vars(owner).get(name) is wrapper:
-                if saved is _MISSING:
-                    delattr(owner, name)
-                else:
-                    setattr(owner, name, saved)
+        was_active, self.active = self.active, False
+        # A hook someone wrapped after us stays in their chain; ours is then a pass-through
+        # because ``active`` is False.
+        self._patches.restore()
+        self._tree = None
+        if was_active:
+            _hub.leave(self)
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.cancel()
         self._clear_latency()
         monitor, self._monitor = self._monitor, None
         if monitor is not None:
-            _release_monitor(monitor)
+            _monitor.release(monitor)
         server, self.metrics_server = self.metrics_server, None
         return server, poller
 
@@ -269,14 +673,15 @@ class Instrumentation:
             if not self.active:
                 return await original(interaction)  # type: ignore[no-any-return]
             command = interaction.command
-            handler = (
-                "__unmatched__" if command is None else "app_command:" + command.qualified_name
+            # Autocomplete runs per keystroke: a label of its own, so the command's
+            # durations describe the command itself.
+            kind = (
+                "autocomplete:" if interaction.type is discord.InteractionType.autocomplete
+                else "app_command:"
             )
-            # Autocomplete runs per keystroke: attributed, but kept out of the durations so
-            # they describe the commands themselves.
+            handler = "__unmatched__" if command is None else kind + command.qualified_name
             await self._labelled(
                 handler, lambda: original(interaction), lambda: bool(interaction.command_failed),
-                timed=interaction.type is not discord.InteractionType.autocomplete,
             )
             return None
 
@@ -367,14 +772,6 @@ class Instrumentation:
                 )
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Any = _Missing()
-
-
 def _command_name(ctx: commands.Context[Any]) -> str:
     """The qualified name of the command that will run, subcommands of groups included.
 
@@ -407,35 +804,6 @@ def _cancelling() -> bool:
 
 def _multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
-def _acquire_monitor(registry: Any) -> _monitor.Monitor | None:
-    """The installed monitor, installing it (options from the environment) if needed.
-
-    Adapters that installed loopwatch uninstall it when the last of them detaches.
-    """
-    monitor = _monitor.current()
-    installed_here = monitor is None
-    if monitor is None:
-        monitor = loopwatch.install(**({} if registry is None else {"registry": registry}))
-        if _monitor.current() is not monitor:  # disabled by LOOPWATCH_DISABLE
-            return None
-    holders: dict[str, Any] = vars(monitor).setdefault(
-        _HOLDERS_ATTR, {"owned": installed_here, "count": 0}
-    )
-    holders["count"] += 1
-    return monitor
-
-
-def _release_monitor(monitor: _monitor.Monitor) -> None:
-    holders: dict[str, Any] | None = vars(monitor).get(_HOLDERS_ATTR)
-    if holders is None:
-        return
-    holders["count"] -= 1
-    if holders["count"] <= 0:
-        del vars(monitor)[_HOLDERS_ATTR]
-        if holders["owned"] and _monitor.current() is monitor:
-            loopwatch.uninstall()
 
 
 def instrument(
