@@ -12,11 +12,13 @@ when it is, so its ``Loop`` class is patched like the stdlib's.
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,42 +27,86 @@ __all__ = ["ImportHook", "Patches"]
 _MISSING = object()
 
 
+class _Entry:
+    __slots__ = ("name", "owner", "saved", "wrapper")
+
+    def __init__(self, owner: Callable[[], Any], name: str, saved: Any, wrapper: Any) -> None:
+        self.owner = owner  # a weak reference where the owner allows one
+        self.name = name
+        self.saved = saved  # what the owner's own __dict__ held, or _MISSING
+        self.wrapper = wrapper
+
+
 class Patches:
-    """The attributes replaced so far, to restore the identical originals."""
+    """The attributes replaced so far, to restore exactly what each owner held.
+
+    Restoring puts back what the owner's own ``__dict__`` held (or removes the attribute
+    when it held nothing, so an inherited one shows through again). A wrapper someone else
+    replaced after us is left where it is and reported by :meth:`undo`. Owners are held
+    weakly where they allow it: a patched object that goes away is forgotten.
+    """
 
     def __init__(self) -> None:
-        self._items: list[tuple[Any, str, Any, Any]] = []  # owner, name, original, wrapper
+        self._items: dict[tuple[int, str], _Entry] = {}
         self._lock = threading.Lock()
 
     def patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> Any:
         """Set ``owner.name = make(current value)``; return the wrapper."""
+        return self.set(owner, name, make(getattr(owner, name)))
+
+    def set(self, owner: Any, name: str, wrapper: Any) -> Any:
+        """Set ``owner.name = wrapper`` (once per owner and name); return what is set."""
+        key = (id(owner), name)
         with self._lock:
-            original = owner.__dict__.get(name, _MISSING)
-            wrapper = make(getattr(owner, name))
+            entry = self._items.get(key)
+            if entry is not None:
+                return entry.wrapper
+            saved = vars(owner).get(name, _MISSING)
             setattr(owner, name, wrapper)
-            self._items.append((owner, name, original, wrapper))
+            items = self._items
+            try:
+                ref: Callable[[], Any] = weakref.ref(owner, lambda _: items.pop(key, None))
+            except TypeError:  # no weak references to it: held until restored
+                ref = functools.partial(_same, owner)
+            items[key] = _Entry(ref, name, saved, wrapper)
             return wrapper
 
     def patched(self, owner: Any, name: str) -> bool:
-        """Whether this registry has replaced ``owner.name`` (and not undone it)."""
+        """Whether this registry has replaced ``owner.name`` (and not restored it)."""
+        return (id(owner), name) in self._items
+
+    def unpatch(self, owner: Any, name: str) -> None:
+        """Restore one attribute now."""
         with self._lock:
-            return any(o is owner and n == name for o, n, _, _ in self._items)
+            entry = self._items.pop((id(owner), name), None)
+        if entry is not None:
+            _put_back(owner, entry)
 
     def undo(self) -> list[str]:
         """Restore what is still ours, newest first; return what someone else replaced since."""
-        left: list[str] = []
         with self._lock:
-            items, self._items = self._items, []
-        while items:
-            owner, name, original, wrapper = items.pop()
-            if owner.__dict__.get(name) is not wrapper:
-                left.append(f"{getattr(owner, '__name__', owner)}.{name}")
-                continue
-            if original is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
+            entries = list(self._items.values())
+            self._items.clear()
+        left: list[str] = []
+        for entry in reversed(entries):
+            owner = entry.owner()
+            if owner is not None and not _put_back(owner, entry):
+                left.append(f"{getattr(owner, '__name__', type(owner).__name__)}.{entry.name}")
         return left
+
+
+def _same(owner: Any) -> Any:
+    return owner
+
+
+def _put_back(owner: Any, entry: _Entry) -> bool:
+    if vars(owner).get(entry.name) is not entry.wrapper:
+        return False
+    if entry.saved is _MISSING:
+        delattr(owner, entry.name)
+    else:
+        setattr(owner, entry.name, entry.saved)
+    return True
 
 
 class _Loader(importlib.abc.Loader):

@@ -78,6 +78,7 @@ import loopwatch
 from loopwatch import _monitor
 from loopwatch._compat import discord as compat
 from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
+from loopwatch._patching import Patches
 from loopwatch.metrics import (
     Metrics,
     MetricsServer,
@@ -99,74 +100,6 @@ _HUB_ATTR = "__loopwatch_hub__"
 
 Coro = Coroutine[Any, Any, Any]
 CoroFunc = Callable[..., Coro]
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Any = _Missing()
-
-
-class _Patch:
-    __slots__ = ("name", "owner", "saved", "wrapper")
-
-    def __init__(self, owner: Callable[[], Any], name: str, saved: Any, wrapper: Any) -> None:
-        self.owner = owner
-        self.name = name
-        self.saved = saved
-        self.wrapper = wrapper
-
-
-class _Patches:
-    """Patch-and-restore of attributes: each hook remembers what its owner's own ``__dict__``
-    held (or that it held nothing) and :meth:`restore` puts exactly that back.
-
-    A hook someone else wrapped after us is left in their chain (ours is then a
-    pass-through, because it checks that loopwatch is still attached). Owners are held
-    weakly where they allow it, so a patched view or loop that goes away is forgotten.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, str], _Patch] = {}
-
-    def patch(self, owner: Any, name: str, wrapper: Any) -> None:
-        key = (id(owner), name)
-        if key in self._entries:
-            return
-        saved = vars(owner).get(name, _MISSING)
-        setattr(owner, name, wrapper)
-        entries = self._entries
-        try:
-            ref: Callable[[], Any] = weakref.ref(owner, lambda _: entries.pop(key, None))
-        except TypeError:  # no weak references to it: hold it until restored
-            ref = functools.partial(lambda o: o, owner)
-        entries[key] = _Patch(ref, name, saved, wrapper)
-
-    def is_patched(self, owner: Any, name: str) -> bool:
-        return (id(owner), name) in self._entries
-
-    def unpatch(self, owner: Any, name: str) -> None:
-        entry = self._entries.pop((id(owner), name), None)
-        if entry is not None:
-            self._put_back(owner, entry)
-
-    def restore(self) -> None:
-        while self._entries:
-            _, entry = self._entries.popitem()
-            owner = entry.owner()
-            if owner is not None:
-                self._put_back(owner, entry)
-
-    @staticmethod
-    def _put_back(owner: Any, entry: _Patch) -> None:
-        if vars(owner).get(entry.name) is not entry.wrapper:
-            return
-        if entry.saved is _MISSING:
-            delattr(owner, entry.name)
-        else:
-            setattr(owner, entry.name, entry.saved)
 
 
 class _Outcome:
@@ -209,8 +142,8 @@ class _Hub:
 
     def __init__(self) -> None:
         self.holders: list[Instrumentation] = []
-        self.patches = _Patches()  # classes and loops: while any holder is attached
-        self.shadows = _Patches()  # a callback, only while its dispatch runs
+        self.patches = Patches()  # classes and loops: while any holder is attached
+        self.shadows = Patches()  # a callback, only while its dispatch runs
         self._shadow_counts: dict[tuple[int, str], int] = {}
         self._item_labels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
@@ -239,9 +172,9 @@ class _Hub:
         if holder in self.holders:
             self.holders.remove(holder)
         if not self.holders:
-            self.shadows.restore()
+            self.shadows.undo()
             self._shadow_counts.clear()
-            self.patches.restore()
+            self.patches.undo()
 
     # -- classes ---------------------------------------------------------------------------
 
@@ -256,7 +189,7 @@ class _Hub:
             try:
                 owner = owner_of()
                 if owner is not None:
-                    self.patches.patch(owner, name, make(vars(owner)[name]))
+                    self.patches.set(owner, name, make(vars(owner)[name]))
             except Exception as exc:  # a discord.py that moved it: that kind goes unlabelled
                 _monitor.internal_error("discord.hooks", exc)
 
@@ -267,7 +200,7 @@ class _Hub:
         count = self._shadow_counts.get(key, 0)
         try:
             if count == 0:
-                self.shadows.patch(owner, name, _flagging(getattr(owner, name)))
+                self.shadows.set(owner, name, _flagging(getattr(owner, name)))
             self._shadow_counts[key] = count + 1
         except Exception as exc:  # an object that refuses it: measure without outcome
             _monitor.internal_error("discord.views", exc)
@@ -386,14 +319,14 @@ class _Hub:
 
     def watch_loop(self, loop: tasks.Loop[Any]) -> None:
         """Label and time ``loop``'s iterations and hooks (running or not); idempotent."""
-        if self.patches.is_patched(loop, "coro") or getattr(
+        if self.patches.patched(loop, "coro") or getattr(
             vars(loop).get("coro"), _OURS, False
         ):
             return
         handler = "task:" + _code_name(loop.coro)
-        self.patches.patch(loop, "coro", self._iteration(loop.coro, handler))
+        self.patches.set(loop, "coro", self._iteration(loop.coro, handler))
         runner = getattr(loop, compat.LOOP_HOOK_RUNNER)
-        self.patches.patch(
+        self.patches.set(
             loop, compat.LOOP_HOOK_RUNNER, self._hook_runner(loop, runner, handler)
         )
 
@@ -508,7 +441,7 @@ class Instrumentation:
         self._latency_interval = latency_interval
         self._metrics: Metrics | NullMetrics | None = None
         self._monitor: _monitor.Monitor | None = None
-        self._patches = _Patches()
+        self._patches = Patches()
         self._tree: Any = None
         self._shards: set[str] = set()
         self._poller: asyncio.Task[None] | None = None
@@ -539,10 +472,10 @@ class Instrumentation:
                 self._metrics = NullMetrics()
         self.active = True
         client = self.client
-        self._patches.patch(client, compat.EVENT_RUNNER, self._wrap_run_event(
+        self._patches.set(client, compat.EVENT_RUNNER, self._wrap_run_event(
             getattr(client, compat.EVENT_RUNNER)))
         if isinstance(client, commands.Bot):
-            self._patches.patch(client, "invoke", self._wrap_invoke(client.invoke))
+            self._patches.set(client, "invoke", self._wrap_invoke(client.invoke))
         self._attach_tree()
         setattr(client, _STATE_ATTR, self)
         _hub.join(self)
@@ -555,7 +488,7 @@ class Instrumentation:
         tree = compat.command_tree(self.client)
         if tree is not None and self._tree is None:
             self._tree = tree
-            self._patches.patch(tree, compat.TREE_RUNNER, self._wrap_tree_call(
+            self._patches.set(tree, compat.TREE_RUNNER, self._wrap_tree_call(
                 getattr(tree, compat.TREE_RUNNER)))
 
     def _detach(self) -> tuple[MetricsServer | None, asyncio.Task[None] | None]:
@@ -565,7 +498,7 @@ class Instrumentation:
         was_active, self.active = self.active, False
         # A hook someone wrapped after us stays in their chain; ours is then a pass-through
         # because ``active`` is False.
-        self._patches.restore()
+        self._patches.undo()
         self._tree = None
         if was_active:
             _hub.leave(self)
