@@ -174,8 +174,10 @@ class Session:
         """Read the ``loopwatch`` markers before any fixture runs."""
         try:
             item.stash[_ALLOWED] = allowed_kinds(item)
+            return
         except ValueError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = str(exc)
+        pytest.fail(problem, pytrace=False)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
