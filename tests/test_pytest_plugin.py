@@ -275,6 +275,10 @@ FAILING = {
 }
 
 
+# anyio's test runner itself fails a test whose task exception nobody retrieved.
+BARE_FAILS = {"anyio": {"test_unretrieved", "test_unretrieved_allowed"}}
+
+
 def _ini(mode: str, enable_in_ini: bool) -> str:
     lines = ["[pytest]", "asyncio_default_fixture_loop_scope = function"]
     if mode == "auto":
@@ -324,11 +328,12 @@ def test_hazards_fail_and_clean_tests_pass_identically(
 
     bare_args = ["-p", "no:cacheprovider", "-rA"]
     if enable_in_ini:
-        bare_args += ["-p", "no:loopwatch"]
+        bare_args.append("--no-loopwatch")
     bare = pytester.runpytest_subprocess(*bare_args)
     bare_outcomes = _outcomes(bare.stdout.str())
-    assert bare.ret == 0, bare.stdout.str()
-    assert len(bare_outcomes) == 22 and set(bare_outcomes.values()) == {"PASSED"}
+    bare_failed = {name for name, outcome in bare_outcomes.items() if outcome != "PASSED"}
+    assert len(bare_outcomes) == 22
+    assert bare_failed == BARE_FAILS.get(mode, set()), bare.stdout.str()
 
     watched_args = ["-p", "no:cacheprovider", "-rA"]
     if not enable_in_ini:
@@ -338,8 +343,8 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     outcomes = _outcomes(out)
     assert set(outcomes) == set(bare_outcomes), out
     failed = {name for name, outcome in outcomes.items() if outcome != "PASSED"}
-    assert failed == set(FAILING), out
-    assert all(outcomes[name] == "FAILED" for name in FAILING), out
+    assert failed == set(FAILING) | bare_failed, out
+    assert all(outcomes[name] == "FAILED" for name in failed), out
     assert "loopwatch: on_reentry=raise block_threshold=0.25s" in out
 
     for test, (heading, site) in FAILING.items():
@@ -353,14 +358,13 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     assert f"loop {'uvloop.Loop' if loop == 'uvloop' else 'asyncio.'}" in _failure_section(
         out, "test_sleep"
     )
-    # The re-entry test failed with the original error (policy raise), the incident added.
-    reentry = _failure_section(out, "test_reentry")
-    assert "cannot be called from a running event loop" in reentry
-    assert "loopwatch call" in reentry
+    # Policy raise: the original RuntimeError reached the test (pytest.raises caught it).
+    assert "action raised" in _failure_section(out, "test_reentry")
     # The allowed twins passed and are listed in the summary section.
     summary = out[out.index("= loopwatch ="):]
     for test in FAILING:
-        assert f"::{test}_allowed" in summary, summary
+        if f"{test}_allowed" not in bare_failed:
+            assert f"::{test}_allowed" in summary, summary
     assert "allowed by @pytest.mark.loopwatch" in summary
 
 

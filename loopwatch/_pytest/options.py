@@ -52,6 +52,10 @@ def add(parser: pytest.Parser) -> None:
         "hazards (ini: loopwatch = true).",
     )
     group.addoption(
+        "--no-loopwatch", action="store_false", dest="loopwatch",
+        help="do not enable the plugin, whatever the ini file says.",
+    )
+    group.addoption(
         "--loopwatch-fail-on", dest="loopwatch_fail_on", metavar="KINDS", default=None,
         help="comma-separated incident kinds that fail a test, 'all' or 'none' (default: "
         f"{','.join(DEFAULT_FAIL_ON)}); accepted kinds: {', '.join(KNOWN_KINDS)}.",
