@@ -22,10 +22,12 @@ What counts (the categories, each can be switched off):
 ``file``
     Opening a file for reading (``open``/``io.open``, ``pathlib.Path.open``/``read_text``/
     ``read_bytes``) when the caller is the user's code: not the standard library, not an
-    installed package. Reads that libraries make for themselves (``mimetypes`` loading
-    its tables, a package's data files, ``linecache``) and every write (log handlers
-    write on the loop thread in most services) are left alone: they are short, bounded and
-    not the user's to fix. Imports do not go through ``open``.
+    installed package, and not a file the caller exempts (the plugin exempts test modules
+    and ``conftest.py``: a test reading its expected data is scaffolding, the service's
+    own reads are what matter). Reads that libraries make for themselves (``mimetypes``
+    loading its tables, a package's data files, ``linecache``) and every write (log
+    handlers write on the loop thread in most services) are left alone: they are short,
+    bounded and not the user's to fix. Imports do not go through ``open``.
 
 Not covered, on purpose: DNS lookups (``socket.getaddrinfo`` is also used for cheap
 address parsing), thread joins, locks and queues (the watchdog reports a long wait on
@@ -92,6 +94,7 @@ _WRITE_MODES = frozenset("wax+")
 
 _local = threading.local()
 _reporter: Reporter | None = None
+_exempt: Callable[[str], bool] = lambda filename: False  # noqa: E731
 
 
 def _loop_running_here() -> bool:
@@ -180,7 +183,10 @@ def _caller_is_user_code() -> bool:
     """Whether the code that called the wrapper is the user's (not stdlib, not a package)."""
     # Frames from here: this function, _should_report_read, the wrapper, its caller.
     caller = _frames.capture_stack(skip=3, limit=1)
-    return bool(caller) and _frames.is_user_file(caller[0].file)
+    if not caller:
+        return False
+    filename = caller[0].file
+    return _frames.is_user_file(filename) and not _exempt(filename)
 
 
 def _should_report_read(path: object, mode: object) -> bool:
@@ -269,13 +275,18 @@ _lock = threading.Lock()
 _installed = False
 
 
-def install(reporter: Reporter, categories: Collection[str] = CATEGORIES) -> Callable[[], None]:
+def install(
+    reporter: Reporter,
+    categories: Collection[str] = CATEGORIES,
+    exempt_readers: Callable[[str], bool] | None = None,
+) -> Callable[[], None]:
     """Wrap the blocking calls of ``categories``; return the undo. One install at a time.
 
     ``reporter(api, hint, detail)`` is called on the loop thread for every blocking call
-    made while a loop runs there, before the call proceeds.
+    made while a loop runs there, before the call proceeds. ``exempt_readers(filename)``
+    says which source files may open files for reading on the loop (``file`` category).
     """
-    global _reporter, _installed
+    global _reporter, _installed, _exempt
     unknown = sorted(set(categories) - set(CATEGORIES))
     if unknown:
         raise ValueError(
@@ -315,6 +326,7 @@ def install(reporter: Reporter, categories: Collection[str] = CATEGORIES) -> Cal
             patches.undo()
             raise
         _reporter = reporter
+        _exempt = exempt_readers or (lambda filename: False)
         _installed = True
 
     def undo() -> None:

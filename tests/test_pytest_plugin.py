@@ -46,6 +46,8 @@ from pathlib import Path
 
 import pytest
 
+import service
+
 {header}
 
 
@@ -101,13 +103,12 @@ async def test_http_client_allowed(http_url):
 
 
 async def test_file_read():
-    with open(__file__, "rb") as f:  # site:file
-        assert f.read()
+    assert service.load_settings(__file__)
 
 
 @pytest.mark.loopwatch(allow="blocking_call")
 async def test_file_read_allowed():
-    assert Path(__file__).read_text()
+    assert service.load_settings_text(__file__)
 
 
 async def test_reentry():
@@ -220,6 +221,11 @@ async def test_clean_stdlib_reads_and_writes(tmp_path):
     (tmp_path / "out.txt").write_text("hi")
 
 
+async def test_clean_test_reads_its_expected_data():
+    with open(__file__, "rb") as f:  # a test module's own read: scaffolding, not the service
+        assert f.read()
+
+
 def test_clean_sync_code():
     time.sleep(0.001)
     with open(__file__, "rb") as f:
@@ -231,6 +237,19 @@ def test_clean_sync_code():
 
     assert asyncio.run(main()) == 2
 '''
+
+SERVICE = """
+from pathlib import Path
+
+
+def load_settings(path):
+    with open(path, "rb") as f:  # site:file
+        return f.read()
+
+
+def load_settings_text(path):
+    return Path(path).read_text()
+"""
 
 HEADERS = {
     "strict": "pytestmark = pytest.mark.asyncio",
@@ -267,7 +286,7 @@ FAILING = {
     "test_sleep": ("blocking_call: time.sleep", "sleep"),
     "test_socket": ("blocking_call: socket.sendall", "socket"),
     "test_http_client": ("blocking_call: socket.connect", "http"),
-    "test_file_read": ("blocking_call: open", "file"),
+    "test_file_read": ("blocking_call: open", "file"),  # in service.py, called by the test
     "test_reentry": ("reentry: asyncio.run", "reentry"),
     "test_blocked_loop": ("blocked_loop", "block"),
     "test_unretrieved": ("unretrieved_exception", None),
@@ -305,7 +324,7 @@ def _site_lines(source: str) -> dict[str, int]:
 
 def _failure_section(stdout: str, test: str) -> str:
     """The text of one test's failure block (up to the next block header)."""
-    match = re.search(rf"^_+ {test} _+$(.*?)(?=^_+ \w|^=+ )", stdout, re.M | re.S)
+    match = re.search(rf"^_+ {test} _+$(.*?)(?=^_{{3,}} \S.* _{{3,}}$|^=+ )", stdout, re.M | re.S)
     assert match is not None, f"no failure block for {test}"
     return match.group(1)
 
@@ -317,7 +336,7 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     pytester: pytest.Pytester, mode: str, loop: str
 ) -> None:
     source = HAZARDS.format(header=HEADERS[mode], loop=loop)
-    pytester.makepyfile(test_hazards=source)
+    pytester.makepyfile(test_hazards=source, service=SERVICE)
     enable_in_ini = mode == "anyio"  # the ini switch, on one setup of each loop
     pytester.makeini(_ini(mode, enable_in_ini))
     if loop == "uvloop":
@@ -325,6 +344,7 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     elif mode == "anyio":
         pytester.makeconftest(ANYIO_CONFTEST)
     sites = _site_lines((pytester.path / "test_hazards.py").read_text())
+    sites.update(_site_lines((pytester.path / "service.py").read_text()))
 
     bare_args = ["-p", "no:cacheprovider", "-rA"]
     if enable_in_ini:
@@ -332,7 +352,7 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     bare = pytester.runpytest_subprocess(*bare_args)
     bare_outcomes = _outcomes(bare.stdout.str())
     bare_failed = {name for name, outcome in bare_outcomes.items() if outcome != "PASSED"}
-    assert len(bare_outcomes) == 22
+    assert len(bare_outcomes) == 23
     assert bare_failed == BARE_FAILS.get(mode, set()), bare.stdout.str()
 
     watched_args = ["-p", "no:cacheprovider", "-rA"]
@@ -350,7 +370,9 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     for test, (heading, site) in FAILING.items():
         block = _failure_section(out, test)
         assert heading in block, block
-        if site is not None:
+        if site == "file":
+            assert f"service.py:{sites[site]} in load_settings" in block, block
+        elif site is not None:
             # The call site (the user's line), not a line inside loopwatch or the stdlib.
             assert f"test_hazards.py:{sites[site]} in {test}" in block, block
         assert "hint: " in block
@@ -536,3 +558,63 @@ def test_fail_on_and_blocking_options_narrow_what_fails(pytester: pytest.Pyteste
     out = result.stdout.str()
     assert "reentry: asyncio.run" in out and "kind not in loopwatch_fail_on" in out
     assert "blocking_call:" not in out
+
+
+EXAMPLES = '''
+import httpx
+import pytest
+
+from examples.fastapi_app import app as fastapi_app
+from examples.starlette_app import app as starlette_app
+
+APPS = {"starlette": starlette_app, "fastapi": fastapi_app}
+pytestmark = [pytest.mark.asyncio, pytest.mark.parametrize("name", sorted(APPS))]
+
+
+async def get(name, path):
+    transport = httpx.ASGITransport(app=APPS[name])
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.get(path)
+
+
+async def test_health(name):
+    assert (await get(name, "/health")).json() == {"status": "ok"}
+
+
+async def test_report(name):
+    assert (await get(name, "/reports/7")).json() == {"report_id": 7, "rows": 70}
+
+
+async def test_slow(name):
+    assert (await get(name, "/slow")).status_code == 200
+'''
+
+
+@pytest.mark.slow
+def test_project_examples_under_the_plugin(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example apps: clean routes pass as bare, the hazard routes fail with the route."""
+    monkeypatch.setenv("PYTHONPATH", str(pathlib.Path(__file__).resolve().parents[1]))
+    pytester.makepyfile(test_examples=EXAMPLES)
+    pytester.makeini(_ini("strict", enable_in_ini=False))
+    bare = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    bare_outcomes = _outcomes(bare.stdout.str())
+    assert len(bare_outcomes) == 6 and set(bare_outcomes.values()) == {"PASSED"}, bare.stdout
+    watched = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--loopwatch")
+    out = watched.stdout.str()
+    outcomes = _outcomes(out)
+    assert {k for k, v in outcomes.items() if v == "PASSED"} == {
+        "test_health[fastapi]", "test_health[starlette]"
+    }, out
+    # The sync helper's asyncio.run() surfaces as the original error, with the route.
+    report = _failure_section(out, r"test_report\[starlette\]")
+    assert "RuntimeError: asyncio.run() cannot be called from a running event loop" in report
+    assert "starlette handler: GET /reports/{report_id}" in report, report
+    example = (pathlib.Path(__file__).resolve().parents[1] / "examples" / "starlette_app.py")
+    line = example.read_text().splitlines().index(
+        "    return asyncio.run(fetch_report(report_id))"
+    ) + 1
+    assert f"examples/starlette_app.py:{line} in render_report" in report, report
+    slow = _failure_section(out, r"test_slow\[fastapi\]")
+    assert "blocking_call: time.sleep at " in slow and "fastapi handler: GET /slow" in slow, slow

@@ -10,7 +10,9 @@ Incidents outside any test (collection, between tests) go to the summary only.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -64,6 +66,8 @@ class Session:
         # here keeps loopwatch from also printing them to stderr (it adds one when the
         # logger has none, and pytest attaches its handlers only while a test runs).
         self._quiet = logging.NullHandler()
+        self._test_patterns = [str(p) for p in config.getini("python_files")]
+        self._test_files: dict[str, bool] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,7 +79,9 @@ class Session:
         if self._disabled:
             return
         if self._settings.blocking:
-            self._undo_blocking = _blocking.install(self._on_blocking_call, self._settings.blocking)
+            self._undo_blocking = _blocking.install(
+                self._on_blocking_call, self._settings.blocking, self._is_test_file
+            )
 
     def stop(self) -> None:
         """Undo everything :meth:`start` and later re-installs did."""
@@ -125,6 +131,17 @@ class Session:
         monitor = _monitor.current() or self._monitor
         if monitor is not None:
             monitor.report(_blocking.KIND, api=api, hint=hint, detail=detail)
+
+    def _is_test_file(self, filename: str) -> bool:
+        """Test modules and conftest files: their own file reads are test scaffolding."""
+        known = self._test_files.get(filename)
+        if known is None:
+            name = os.path.basename(filename)
+            known = name == "conftest.py" or any(
+                fnmatch.fnmatch(name, pattern) for pattern in self._test_patterns
+            )
+            self._test_files[filename] = known
+        return known
 
     def _take(self) -> tuple[list[Incident], int]:
         with self._lock:
