@@ -20,6 +20,7 @@ Kind = Literal[
     "pending_task_destroyed",
     "never_awaited",
     "foreign_patch",
+    "blocking_call",
     "internal",
 ]
 #: What loopwatch did about it ("" for hazards it only observes).
@@ -58,6 +59,10 @@ _HINTS = {
     "foreign_patch": (
         "nest_asyncio (or a fork) has patched the event loop; loopwatch leaves those entry "
         "points alone. Remove `nest_asyncio.apply()` and use loopwatch's policies instead."
+    ),
+    "blocking_call": (
+        "A blocking call ran on the event loop's thread. Use its async variant, or move it off "
+        "the loop with `await asyncio.to_thread(...)`."
     ),
     "internal": "loopwatch hit an internal problem; the host program kept running.",
 }

@@ -1,0 +1,341 @@
+"""Blocking calls on the event-loop thread, for test suites only (the pytest plugin).
+
+The watchdog sees a block by its length; a test wants more: a ``time.sleep(0.001)`` in an
+``async def`` is a bug even when it is short, because in production the same call waits
+longer. Under the pytest plugin, and never in a production install, this module wraps the
+calls that block by nature and reports each one made while an event loop is running on the
+calling thread, with the call site. The call itself then runs unchanged: loopwatch
+observes, the test fails through the plugin.
+
+What counts (the categories, each can be switched off):
+
+``sleep``
+    ``time.sleep(secs)`` with ``secs > 0``. Nothing in asyncio or uvloop sleeps on the loop
+    thread, so every call is the caller's.
+``socket``
+    The I/O methods of ``socket.socket`` and ``ssl.SSLSocket`` (``connect``, ``accept``,
+    ``recv*``, ``send*``, TLS ``read``/``write``/``do_handshake``) on a socket in *blocking*
+    mode (``gettimeout() != 0.0``, so a socket with a timeout counts too). An event loop
+    only ever drives non-blocking sockets, so its own I/O never matches, and every sync
+    network client (``http.client``, ``urllib``, ``requests``, httpx's sync transport, a
+    sync database driver) does.
+``file``
+    Opening a file for reading (``open``/``io.open``, ``pathlib.Path.open``/``read_text``/
+    ``read_bytes``) when the caller is the user's code: not the standard library, not an
+    installed package, and not a file the caller exempts (the plugin exempts test modules
+    and ``conftest.py``: a test reading its expected data is scaffolding, the service's
+    own reads are what matter). Reads that libraries make for themselves (``mimetypes``
+    loading its tables, a package's data files, ``linecache``) and every write (log
+    handlers write on the loop thread in most services) are left alone: they are short,
+    bounded and not the user's to fix. Imports do not go through ``open``.
+
+Not covered, on purpose: DNS lookups (``socket.getaddrinfo`` is also used for cheap
+address parsing), thread joins, locks and queues (the watchdog reports a long wait on
+them as a blocked loop), subprocesses, and names bound before the session started
+(``from time import sleep`` in a module imported before pytest configured the plugin).
+
+Every wrapper checks, in this order, that it is enabled, that the call can block, and that
+an event loop runs on this thread (``asyncio.get_running_loop()``); a call that fails a
+check costs a few attribute reads. :func:`install` returns the undo, which puts back the
+identical original objects (a method that was inherited is deleted again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import io
+import pathlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from . import _frames
+
+__all__ = ["CATEGORIES", "KIND", "Reporter", "install"]
+
+KIND = "blocking_call"
+CATEGORIES = ("sleep", "socket", "file")
+
+# reporter(api, hint, detail): called on the loop thread, inside the blocking call's frame.
+Reporter = Callable[[str, str, dict[str, str]], None]
+
+_HINTS = {
+    "sleep": (
+        "time.sleep() stops every task on the event loop for its whole duration. Use "
+        "`await asyncio.sleep(...)` (or `await anyio.sleep(...)`)."
+    ),
+    "socket": (
+        "A blocking-mode socket call on the event-loop thread (a sync HTTP client, database "
+        "driver or SDK) waits for the network with the whole loop stopped. Use an async "
+        "client (httpx.AsyncClient, aiohttp, asyncio streams), or run the sync call with "
+        "`await asyncio.to_thread(...)`."
+    ),
+    "file": (
+        "A file read on the event-loop thread stops every task until the disk answers (a "
+        "network filesystem can take seconds). Read it before the loop starts, or with "
+        "`await asyncio.to_thread(path.read_bytes)` (anyio.Path and aiofiles do the same)."
+    ),
+}
+
+_SOCKET_METHODS = (
+    "connect", "connect_ex", "accept", "recv", "recv_into", "recvfrom", "recvfrom_into",
+    "recvmsg", "recvmsg_into", "send", "sendall", "sendto", "sendmsg",
+)
+_SSL_METHODS = (
+    "connect", "accept", "do_handshake", "read", "write", "recv", "recv_into", "recvfrom",
+    "recvfrom_into", "send", "sendall", "sendto",
+)
+_WRITE_MODES = frozenset("wax+")
+
+_local = threading.local()
+_reporter: Reporter | None = None
+_exempt: Callable[[str], bool] = lambda filename: False  # noqa: E731
+
+
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _report(category: str, api: str, detail: dict[str, str]) -> None:
+    """Hand one blocking call to the reporter; never raises into the caller."""
+    reporter = _reporter
+    if reporter is None:
+        return
+    # A wrapper reached again while reporting (the log handler, a nested wrapped call such
+    # as SSLSocket.recv -> read) must not report again.
+    _local.busy = True
+    try:
+        reporter(api, _HINTS[category], detail)
+    except Exception as exc:
+        from ._monitor import internal_error
+
+        internal_error("blocking", exc)
+    finally:
+        _local.busy = False
+
+
+def _busy() -> bool:
+    return getattr(_local, "busy", False) is True
+
+
+def _quietly(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a call that was just reported: what it calls inside is not reported again."""
+    _local.busy = True
+    try:
+        return original(*args, **kwargs)
+    finally:
+        _local.busy = False
+
+
+# -- wrappers ------------------------------------------------------------------------------
+
+
+def _wrap_sleep(original: Callable[[float], None]) -> Callable[[float], None]:
+    @functools.wraps(original)
+    def sleep(secs: float, /) -> None:
+        if _reporter is not None and not _busy() and _loop_running_here():
+            try:
+                positive = secs > 0
+            except TypeError:
+                positive = False  # the original raises its own TypeError below
+            if positive:
+                _report("sleep", "time.sleep", {"seconds": repr(secs)})
+        return original(secs)
+
+    return sleep
+
+
+def _wrap_socket_method(original: Any, api: str) -> Any:
+    @functools.wraps(original)
+    def method(self: socket.socket, /, *args: Any, **kwargs: Any) -> Any:
+        if (
+            _reporter is not None
+            and not _busy()
+            and self.gettimeout() != 0.0
+            and _loop_running_here()
+        ):
+            timeout = self.gettimeout()
+            _report(
+                "socket",
+                api,
+                {"mode": "blocking" if timeout is None else f"timeout {timeout:g} s"},
+            )
+            return _quietly(original, self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def _reads(mode: object) -> bool:
+    return isinstance(mode, str) and not (_WRITE_MODES & set(mode))
+
+
+def _caller_is_user_code() -> bool:
+    """Whether the code that called the wrapper is the user's (not stdlib, not a package)."""
+    # Frames from here: this function, _should_report_read, the wrapper, its caller.
+    caller = _frames.capture_stack(skip=3, limit=1)
+    if not caller:
+        return False
+    filename = caller[0].file
+    return _frames.is_user_file(filename) and not _exempt(filename)
+
+
+def _should_report_read(path: object, mode: object) -> bool:
+    return (
+        _reporter is not None
+        and not _busy()
+        and not isinstance(path, int)  # an fd the caller already has: not an open
+        and _reads(mode)
+        and _loop_running_here()
+        and _caller_is_user_code()
+    )
+
+
+def _wrap_open(original: Callable[..., Any], api: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if _should_report_read(file, mode):
+            _report("file", api, {"path": _path_text(file), "mode": mode})
+            return _quietly(original, file, mode, *args, **kwargs)
+        return original(file, mode, *args, **kwargs)
+
+    return open
+
+
+def _wrap_path_open(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def open(self: pathlib.Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if _should_report_read(self, mode):
+            _report("file", "pathlib.Path.open", {"path": str(self), "mode": mode})
+            return _quietly(original, self, mode, *args, **kwargs)
+        return original(self, mode, *args, **kwargs)
+
+    return open
+
+
+def _wrap_path_read(original: Callable[..., Any], api: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def read(self: pathlib.Path, *args: Any, **kwargs: Any) -> Any:
+        if _should_report_read(self, "r"):
+            _report("file", api, {"path": str(self)})
+            return _quietly(original, self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    return read
+
+
+def _path_text(file: object) -> str:
+    if isinstance(file, bytes):
+        return file.decode(errors="replace")
+    return str(file)
+
+
+# -- install / undo ------------------------------------------------------------------------
+
+
+class _Patches:
+    """Attributes replaced on modules and classes, undone exactly."""
+
+    def __init__(self) -> None:
+        # (owner, name, the wrapper, the owner's own attribute before, or _INHERITED)
+        self._done: list[tuple[Any, str, Any, Any]] = []
+
+    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        own = vars(owner).get(name, _INHERITED)
+        original = getattr(owner, name, None)
+        if original is None:
+            return  # not on this platform (e.g. sendmsg on Windows)
+        wrapper = make(original)
+        setattr(owner, name, wrapper)
+        self._done.append((owner, name, wrapper, own))
+
+    def undo(self) -> None:
+        while self._done:
+            owner, name, wrapper, own = self._done.pop()
+            if vars(owner).get(name) is not wrapper:
+                # Someone patched over us since: leave theirs; ours, disabled, passes through.
+                continue
+            if own is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, own)
+
+
+_INHERITED = object()
+_lock = threading.Lock()
+_installed = False
+
+
+def install(
+    reporter: Reporter,
+    categories: Collection[str] = CATEGORIES,
+    exempt_readers: Callable[[str], bool] | None = None,
+) -> Callable[[], None]:
+    """Wrap the blocking calls of ``categories``; return the undo. One install at a time.
+
+    ``reporter(api, hint, detail)`` is called on the loop thread for every blocking call
+    made while a loop runs there, before the call proceeds. ``exempt_readers(filename)``
+    says which source files may open files for reading on the loop (``file`` category).
+    """
+    global _reporter, _installed, _exempt
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(
+            f"unknown blocking-call categories {unknown}; accepted: {', '.join(CATEGORIES)}"
+        )
+    with _lock:
+        if _installed:
+            raise RuntimeError("the blocking-call detector is already installed")
+        patches = _Patches()
+        try:
+            if "sleep" in categories:
+                patches.replace(time, "sleep", _wrap_sleep)
+            if "socket" in categories:
+                for name in _SOCKET_METHODS:
+                    patches.replace(
+                        socket.socket, name,
+                        functools.partial(_wrap_socket_method, api=f"socket.{name}"),
+                    )
+                for name in _SSL_METHODS:
+                    patches.replace(
+                        ssl.SSLSocket, name,
+                        functools.partial(_wrap_socket_method, api=f"ssl.SSLSocket.{name}"),
+                    )
+            if "file" in categories:
+                original_open = builtins.open
+                wrapped_open = _wrap_open(original_open, "open")
+                patches.replace(builtins, "open", lambda _: wrapped_open)
+                if io.open is original_open:  # the same object: keep it the same object
+                    patches.replace(io, "open", lambda _: wrapped_open)
+                patches.replace(pathlib.Path, "open", _wrap_path_open)
+                for name in ("read_text", "read_bytes"):
+                    patches.replace(
+                        pathlib.Path, name,
+                        functools.partial(_wrap_path_read, api=f"pathlib.Path.{name}"),
+                    )
+        except BaseException:
+            patches.undo()
+            raise
+        _reporter = reporter
+        _exempt = exempt_readers or (lambda filename: False)
+        _installed = True
+
+    def undo() -> None:
+        global _reporter, _installed
+        with _lock:
+            if not _installed or _reporter is not reporter:
+                return
+            _reporter = None
+            patches.undo()
+            _installed = False
+
+    return undo
