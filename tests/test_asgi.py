@@ -27,8 +27,8 @@ import asgi_apps
 import httpx
 import pytest
 import websockets.sync.client
-from conftest import LOOP_KINDS, free_port, serve_uvicorn
 from fastapi import FastAPI
+from helpers import LOOP_KINDS, free_port, serve_uvicorn
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 from loopwatch import cli
 from loopwatch._incidents import hint_for

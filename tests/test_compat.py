@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 import pytest
-from conftest import uvloop
+from helpers import uvloop
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loopwatch._compat import asyncio as aio

@@ -12,7 +12,7 @@ import threading
 import urllib.request
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 from prometheus_client import CollectorRegistry
 
 import loopwatch

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import run_on
+from helpers import run_on
 from prometheus_client import CollectorRegistry
 
 import loopwatch

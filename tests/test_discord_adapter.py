@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_on
 from discord_harness import (
     AUTHOR_ID,
     CHANNEL_ID,
@@ -26,6 +25,7 @@ from discord_harness import (
     make_bot,
     run,
 )
+from helpers import run_on
 from prometheus_client import CollectorRegistry, generate_latest
 
 import loopwatch

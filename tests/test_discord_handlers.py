@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
-from conftest import run_on
 from discord.ext import tasks
 from discord_harness import BotHarness, commands, discord, make_bot, run
+from helpers import run_on
 from prometheus_client import CollectorRegistry, generate_latest
 
 import loopwatch

@@ -39,8 +39,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LOOP_KINDS, free_port
 from fastapi import APIRouter, FastAPI, Request
+from helpers import LOOP_KINDS, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import LOOP_KINDS, run_on, serve_uvicorn, uvloop
+from helpers import LOOP_KINDS, run_on, serve_uvicorn, uvloop
 from prometheus_client import CollectorRegistry
 
 import loopwatch

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import uvloop
+from helpers import uvloop
 from prometheus_client import CollectorRegistry
 
 import loopwatch

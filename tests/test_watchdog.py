@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOOP_KINDS, run_on, serve_uvicorn
+from helpers import LOOP_KINDS, run_on, serve_uvicorn
 from prometheus_client import CollectorRegistry
 
 import loopwatch
