@@ -112,7 +112,8 @@ class Probe:
             return
         selector = aio.loop_selector(loop)
         if selector is None or getattr(type(selector), "select", None) not in _wrappers:
-            return  # a selector loopwatch has not hooked (a test double, a custom class)
+            self.selector = 0  # a selector loopwatch has not hooked (a test double): not probed
+            return
         key = id(selector)
         if _by_selector.get(key) is not self:
             _by_selector[key] = self

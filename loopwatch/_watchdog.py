@@ -288,6 +288,8 @@ class Watchdog:
                     return poll
                 return threshold
         else:
+            if not probe.selector:
+                return None  # a selector loopwatch has not hooked: nothing to read
             if probe.waiting:
                 return poll
             since = probe.busy_since

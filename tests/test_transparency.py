@@ -210,3 +210,23 @@ def test_subinterpreters_are_left_alone(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert "internal error" not in out.stderr
+
+
+def test_a_loop_with_a_selector_of_its_own_is_not_probed(registry: CollectorRegistry) -> None:
+    # A test double (CPython's TestLoop, a mocked selector): loopwatch cannot see its waits,
+    # so it reports nothing about it rather than guessing.
+    import selectors
+
+    class OwnSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: float | None = None) -> list[Any]:
+            return super().select(timeout)
+
+    loopwatch.install(registry=registry)
+    loop = asyncio.SelectorEventLoop(OwnSelector())
+    try:
+        with capture_incidents() as seen:
+            loop.run_until_complete(asyncio.sleep(0.4))
+    finally:
+        loop.close()
+    assert [i for i in seen if i.kind == "blocked_loop"] == []
+    assert registry.get_sample_value("loopwatch_event_loop_lag_seconds_count") in (None, 0.0)
