@@ -75,8 +75,10 @@ async def call(
     async def receive() -> dict[str, Any]:
         if incoming:
             return incoming.pop(0)
-        await asyncio.sleep(0)
-        return {"type": "websocket.disconnect" if kind == "websocket" else "http.disconnect"}
+        if kind == "websocket":
+            return {"type": "websocket.disconnect", "code": 1000}
+        await asyncio.Event().wait()  # the client stays connected until the response ends
+        raise AssertionError("unreachable")
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
