@@ -5,14 +5,18 @@ before it calls the app. The route is only known once the app's router has run, 
 holder resolves the template when the labels are read — by an incident raised inside the
 endpoint (``async def``, a sync ``def`` in the threadpool, a background task) or, with
 ``handler_metrics=True``, once the response is done. Nothing is routed twice: the
-resolution reads what the router left in the scope (Starlette's ``scope["route"]``,
-FastAPI's effective route of an included router, the mount path in ``root_path``) and
-caches per route object, so its cost does not grow with the number of routes.
+resolution reads what the router left in the scope (the endpoint of the deepest match,
+Starlette's ``scope["route"]``, FastAPI's effective route of an included router or its
+``frontend()``, the mount path in ``root_path``), finds the route by identity in a tree of
+the app's routes built once, and caches per route object, so its cost does not grow with
+the number of routes.
 
-Handler values: ``GET /items/{item_id}`` (mount prefixes included, the server's
-``root_path`` not), ``WEBSOCKET /ws/{room}``, ``OTHER /x`` for methods outside the
-standard set, ``__unmatched__`` when no route matched (404, a ``redirect_slashes``
-redirect).
+Handler values: ``GET /items/{item_id}`` (mount and include prefixes as templates, the
+server's ``root_path`` not), ``WEBSOCKET /ws/{room}``, ``GET /static/{path}`` for a mounted
+app without routes and ``GET /app/{path}`` for a FastAPI front-end, ``OTHER /x`` for methods
+outside the standard set, ``__unmatched__`` when no route matched (404, a
+``redirect_slashes`` redirect). A concrete path never becomes a label: below a mount whose
+routes loopwatch cannot see, the deepest mount it can see is the label.
 """
 
 from __future__ import annotations
