@@ -549,3 +549,27 @@ def test_the_label_check_rejects_raw_and_empty_values() -> None:
     assert not is_template("GET ") and not is_template("POST ")
     assert not is_template("GET /t/zqtenant/things/{tid}")
     assert not is_template("GET")
+
+
+def test_routes_added_after_the_first_request_are_found(registry: CollectorRegistry) -> None:
+    """The route tree is rebuilt when the app's routes change, not only at the first use."""
+
+    async def other(request: Any) -> PlainTextResponse:  # an endpoint the tree has not seen
+        return PlainTextResponse(handler())
+
+    app = instrument(starlette_app(Route("/a/{x}", echo)), registry)
+    router = FastAPI()
+    late = APIRouter()
+    fast = instrument(router, CollectorRegistry())
+
+    async def go() -> list[str]:
+        first = (await call(app, "/a/zq1")).body
+        app.router.routes.append(Mount("/late/{x}", routes=[Route("/r/{y}", other)]))
+        second = (await call(app, "/late/zq2/r/zq3")).body
+        fastapi_echo(late, "/l/{z}", methods=["GET"])
+        assert (await call(fast, "/zq-before")).status == 404
+        fast.include_router(late, prefix="/inc")
+        third = (await call(fast, "/inc/l/zq4")).body
+        return [first, second, third]
+
+    assert asyncio.run(go()) == ["GET /a/{x}", "GET /late/{x}/r/{y}", "GET /inc/l/{z}"]

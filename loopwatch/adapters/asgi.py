@@ -22,6 +22,7 @@ routes loopwatch cannot see, the deepest mount it can see is the label.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import types
 from bisect import bisect_left as _bisect_left
@@ -79,6 +80,7 @@ _now = time.perf_counter
 _DISCONNECTS = frozenset({"ClientDisconnect", "ClientDisconnected", "WebSocketDisconnect"})
 _CACHE_LIMIT = 4096  # resolved labels kept per middleware; past it the cache starts over
 _MAX_DEPTH = 16  # mounts nested deeper than this are not indexed (and cycles end)
+_NEVER = re.compile(r"(?!)")  # matches nothing
 
 
 class LoopwatchMiddleware:
@@ -472,10 +474,15 @@ class _Prefix:
         self.template = template
         self.pattern: Any = None
         self.leading: Any = None
-        if compile_path is not None:
+        if compile_path is None:
+            return
+        try:
             if "{" in template:
                 self.pattern = compile_path(template)[0]
-            self.leading = compile_path(template + "/{rest:path}")[0]
+            self.leading = compile_path(template + "/{loopwatch_rest:path}")[0]
+        except Exception as exc:  # a template Starlette itself would not compile
+            internal_error("asgi", exc)
+            self.pattern = _NEVER
 
     def matches(self, prefix: str) -> bool:
         """Whether ``prefix`` is this template filled in."""
@@ -530,13 +537,15 @@ class _Tree:
         self._build()
 
     def _build(self) -> None:
-        self._by_obj.clear()
-        self._by_endpoint.clear()
-        self._mounts.clear()
-        self._prefixes.clear()
-        self._version = _starlette.routes_version(self._router)
+        # Into new containers, swapped in at the end: the watchdog thread may be reading
+        # the current ones while a request rebuilds.
+        self._next: tuple[dict[int, list[_Placement]], dict[int, list[_Placement]],
+                          list[_Placement]] = ({}, {}, [])
+        version = _starlette.routes_version(self._router)
         routes = getattr(self._router, "routes", None) or []
         self._walk(list(routes), self._prefix(""), 0)
+        self._by_obj, self._by_endpoint, self._mounts = self._next
+        self._version = version
 
     def _prefix(self, template: str) -> _Prefix:
         found = self._prefixes.get(template)
@@ -561,7 +570,7 @@ class _Tree:
                     route, prefix.template + path, inner, bool(children), depth
                 )
                 self._add(placement, route.app)
-                self._mounts.append(placement)
+                self._next[2].append(placement)
                 self._walk(children, inner, depth + 1)
             elif isinstance(route, Host):
                 # The host is not part of the template: requests to any host share it.
@@ -578,17 +587,19 @@ class _Tree:
                     self._add(placement, getattr(route, "endpoint", None))
 
     def _add(self, placement: _Placement, endpoint: object) -> None:
-        self._by_obj.setdefault(id(placement.obj), []).append(placement)
+        by_obj, by_endpoint, _ = self._next
+        by_obj.setdefault(id(placement.obj), []).append(placement)
         if endpoint is not None:
-            self._by_endpoint.setdefault(id(endpoint), []).append(placement)
+            by_endpoint.setdefault(id(endpoint), []).append(placement)
 
-    def _found(
-        self, index: dict[int, list[_Placement]], key: object, attr: str
-    ) -> list[_Placement]:
+    def _found(self, key: object, by_endpoint: bool) -> list[_Placement]:
+        """The placements of a route object (or of an endpoint), rebuilding once if the
+        router's routes changed since the tree was built."""
         for attempt in range(2):
+            index = self._by_endpoint if by_endpoint else self._by_obj
             candidates = [
                 p for p in index.get(id(key), ())
-                if (p.obj if attr == "obj" else _endpoint_of(p.obj)) is key
+                if (_endpoint_of(p.obj) if by_endpoint else p.obj) is key
             ]
             if candidates or attempt:
                 return candidates
@@ -599,7 +610,7 @@ class _Tree:
 
     def placement_of(self, route: object, prefix: str) -> _Placement | None:
         """Where ``route`` sits under the concrete mount ``prefix``, if the tree holds it."""
-        for placement in self._found(self._by_obj, route, "obj"):
+        for placement in self._found(route, by_endpoint=False):
             if placement.prefix.matches(prefix):
                 return placement
         return None
@@ -607,7 +618,7 @@ class _Tree:
     def leaf_for(self, endpoint: object, scope: Scope, prefix: str) -> _Placement | None:
         """The route (or mount, host) that wrote ``endpoint`` under the mount ``prefix``."""
         candidates = [
-            p for p in self._found(self._by_endpoint, endpoint, "endpoint")
+            p for p in self._found(endpoint, by_endpoint=True)
             if p.prefix.matches(prefix)
         ]
         if not candidates:
