@@ -398,8 +398,13 @@ class _Resolver:
             if effective is not None and (endpoint is None or _endpoint_of(effective) is endpoint):
                 return effective, prefix
         route = scope.get("route")
-        if route is not None and (endpoint is None or _endpoint_of(route) is endpoint):
-            return route, prefix
+        if route is not None:
+            # Inline for the common case (a route's own endpoint); mounts and hosts by app.
+            own = getattr(route, "endpoint", None)
+            if own is endpoint or endpoint is None or (
+                own is None and getattr(route, "app", None) is endpoint
+            ):
+                return route, prefix
         if endpoint is None:
             return None, prefix
         return self._tree(scope).leaf_for(endpoint, scope, prefix), prefix
