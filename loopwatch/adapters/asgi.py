@@ -5,19 +5,24 @@ before it calls the app. The route is only known once the app's router has run, 
 holder resolves the template when the labels are read — by an incident raised inside the
 endpoint (``async def``, a sync ``def`` in the threadpool, a background task) or, with
 ``handler_metrics=True``, once the response is done. Nothing is routed twice: the
-resolution reads what the router left in the scope (Starlette's ``scope["route"]``,
-FastAPI's effective route of an included router, the mount path in ``root_path``) and
-caches per route object, so its cost does not grow with the number of routes.
+resolution reads what the router left in the scope (the endpoint of the deepest match,
+Starlette's ``scope["route"]``, FastAPI's effective route of an included router or its
+``frontend()``, the mount path in ``root_path``), finds the route by identity in a tree of
+the app's routes built once, and caches per route object, so its cost does not grow with
+the number of routes.
 
-Handler values: ``GET /items/{item_id}`` (mount prefixes included, the server's
-``root_path`` not), ``WEBSOCKET /ws/{room}``, ``OTHER /x`` for methods outside the
-standard set, ``__unmatched__`` when no route matched (404, a ``redirect_slashes``
-redirect).
+Handler values: ``GET /items/{item_id}`` (mount and include prefixes as templates, the
+server's ``root_path`` not), ``WEBSOCKET /ws/{room}``, ``GET /static/{path}`` for a mounted
+app without routes and ``GET /app/{path}`` for a FastAPI front-end, ``OTHER /x`` for methods
+outside the standard set, ``__unmatched__`` when no route matched (404, a
+``redirect_slashes`` redirect). A concrete path never becomes a label: below a mount whose
+routes loopwatch cannot see, the deepest mount it can see is the label.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import types
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -27,6 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .._compat import prometheus as prom
+from .._compat import starlette as _starlette
 from .._context import (
     FRAMEWORKS,
     Labels,
@@ -69,6 +75,7 @@ _now = time.perf_counter
 _DISCONNECTS = frozenset({"ClientDisconnect", "ClientDisconnected", "WebSocketDisconnect"})
 _CACHE_LIMIT = 4096  # resolved labels kept per middleware; past it the cache starts over
 _MAX_DEPTH = 16  # mounts nested deeper than this are not indexed (and cycles end)
+_NEVER = re.compile(r"(?!)")  # matches nothing
 
 
 class LoopwatchMiddleware:
@@ -269,6 +276,17 @@ def _code_of(func: object) -> types.CodeType | None:
     return code if isinstance(code, types.CodeType) else None
 
 
+class _Frontend:
+    """A FastAPI ``frontend()`` path, as a resolver key (one object per path)."""
+
+    __slots__ = ("template",)
+
+    def __init__(self, path: str) -> None:
+        # The stable template of everything a front-end serves: its path plus the file,
+        # as for a mount (FastAPI reports the same ``http.route`` for it).
+        self.template = ("" if path == "/" else path) + _MOUNT_TAIL
+
+
 class _Resolver:
     """Route templates from what the router left in the scope, cached per route object."""
 
@@ -278,6 +296,7 @@ class _Resolver:
         # in the value and compared, so a recycled id never returns another route's label.
         self._labels: dict[tuple[int, str, Any], tuple[object, Labels]] = {}
         self._trees: dict[int, tuple[object, _Tree]] = {}
+        self._frontends: dict[str, _Frontend] = {}
         self._unmatched: Labels | None = None
 
     def labels(self, scope: Scope, root_path: str) -> Labels:
@@ -309,51 +328,81 @@ class _Resolver:
         return labels
 
     def _leaf(self, scope: Scope, root_path: str) -> tuple[object | None, str]:
-        """The matched route (or FastAPI route context) and the concrete mount prefix."""
+        """What the deepest match was, and the concrete mount prefix above the server's.
+
+        Every route, mount and host that matches writes ``scope["endpoint"]`` (its endpoint
+        or its app), deeper matches over shallower ones; a route or FastAPI context that the
+        router recorded is the leaf only if that endpoint is still its own (or none was
+        written: an app that records only the route). Otherwise the endpoint is looked up
+        in the router's tree.
+        """
         prefix = scope.get("root_path", "")
         if prefix == root_path:
             prefix = ""
         elif prefix.startswith(root_path):
             prefix = prefix[len(root_path):]
-        route = scope.get("route")
-        fastapi_scope = scope.get("fastapi")
-        if type(fastapi_scope) is dict:
-            # FastAPI routes of an included router: scope["route"] is the router's own
-            # route (without the include prefixes); the effective one has the full path.
-            effective = fastapi_scope.get("effective_route_context")
-            if effective is not None and (route is None or effective.original_route is route):
-                starlette_route = getattr(effective, "starlette_route", None)
-                return (effective if starlette_route is None else starlette_route), prefix
-        if route is not None:
-            return route, prefix
         endpoint = scope.get("endpoint")
+        if scope.get("fastapi") is not None:
+            path = _starlette.frontend_path(scope)
+            if path is not None:
+                return self._frontend(path), prefix
+            effective = _starlette.effective_route(scope)
+            if effective is not None and (endpoint is None or _endpoint_of(effective) is endpoint):
+                return effective, prefix
+        route = scope.get("route")
+        if route is not None:
+            # Inline for the common case (a route's own endpoint); mounts and hosts by app.
+            own = getattr(route, "endpoint", None)
+            if own is endpoint or endpoint is None or (
+                own is None and getattr(route, "app", None) is endpoint
+            ):
+                return route, prefix
         if endpoint is None:
             return None, prefix
-        # A router that does not record scope["route"] (FastAPI's own routes other than
-        # APIRoute, Starlette before 1.7): find the route by its endpoint.
-        return self._tree(scope).route_for(endpoint, scope), prefix
+        return self._tree(scope).leaf_for(endpoint, scope, prefix), prefix
+
+    def _frontend(self, path: str) -> _Frontend:
+        found = self._frontends.get(path)
+        if found is None:
+            if len(self._frontends) >= 64:
+                self._frontends.clear()
+            found = self._frontends[path] = _Frontend(path)
+        return found
 
     def _make(self, scope: Scope, leaf: object, prefix: str) -> Labels:
-        framework = self._middleware.framework or "starlette"
-        if isinstance(leaf, (Mount, Host)):
-            if getattr(leaf, "routes", None):
-                # The mount's own router has not matched (yet): a 404 inside the mount.
-                return self._unmatched_labels()
-            template = _MOUNT_TAIL
-        else:
-            found = getattr(leaf, "path_format", None) or getattr(leaf, "path", None)
-            if not isinstance(found, str):
-                return self._unmatched_labels()
-            template = found
+        template = self._template(scope, leaf, prefix)
+        if template is None or not template.startswith("/"):
+            return self._unmatched_labels()
         if scope["type"] == "websocket":
             method = "WEBSOCKET"
         else:
             method = scope.get("method", "")
             if method not in STANDARD_METHODS:
                 method = "OTHER"
-        if prefix:
-            prefix = self._tree(scope).prefix_template(prefix)
-        return Labels(framework, f"{method} {prefix}{template}")
+        return Labels(self._middleware.framework or "starlette", f"{method} {template}")
+
+    def _template(self, scope: Scope, leaf: object, prefix: str) -> str | None:
+        """The full template of ``leaf`` reached under the concrete ``prefix``, if known."""
+        if type(leaf) is _Placement:
+            return leaf.label_template()
+        tree = self._tree(scope)
+        if type(leaf) is _Frontend:
+            own: object = leaf.template
+        else:
+            placement = tree.placement_of(leaf, prefix)
+            if placement is not None:
+                return placement.label_template()
+            # A route the tree does not hold (a router it cannot see into). A mount's or
+            # host's own part is already in the concrete prefix: only the prefix counts.
+            own = None if isinstance(leaf, (Mount, Host)) else getattr(leaf, "path_format", None)
+        if isinstance(own, str) and own.startswith("/"):
+            above = tree.prefix_template(prefix)
+            if above is not None:
+                return above + own
+        # The deepest mount the prefix runs through: the most loopwatch can tell; never
+        # the concrete prefix itself.
+        deepest = tree.deepest_mount(prefix)
+        return None if deepest is None else deepest.label_template()
 
     def _tree(self, scope: Scope) -> _Tree:
         router = scope.get("router") or scope.get("app")
@@ -367,62 +416,172 @@ class _Resolver:
         return tree
 
 
-class _Tree:
-    """What one top-level router contains: routes by endpoint and the mount templates.
+def _endpoint_of(route: object) -> object:
+    """What a route, mount or host writes as ``scope["endpoint"]`` when it matches."""
+    endpoint = getattr(route, "endpoint", None)
+    return getattr(route, "app", None) if endpoint is None else endpoint
 
-    Built once per router (rebuilt when a lookup misses and the routes have changed), so a
-    request never walks the routes.
+
+class _Prefix:
+    """A mount prefix template and how to tell whether a concrete prefix is one of its."""
+
+    __slots__ = ("leading", "pattern", "template")
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.pattern: Any = None
+        self.leading: Any = None
+        if compile_path is None:
+            return
+        try:
+            if "{" in template:
+                self.pattern = compile_path(template)[0]
+            self.leading = compile_path(template + "/{loopwatch_rest:path}")[0]
+        except Exception as exc:  # a template Starlette itself would not compile
+            internal_error("asgi", exc)
+            self.pattern = _NEVER
+
+    def matches(self, prefix: str) -> bool:
+        """Whether ``prefix`` is this template filled in."""
+        if self.pattern is None:
+            return prefix == self.template
+        return self.pattern.match(prefix) is not None
+
+    def leads(self, prefix: str) -> bool:
+        """Whether ``prefix`` is this template filled in, followed by more path."""
+        return self.leading is not None and self.leading.match(prefix) is not None
+
+
+class _Placement:
+    """One place of a route, mount or host in a router's tree.
+
+    ``template`` is the full label template (mount and include prefixes in, the mount's
+    ``/{path}`` tail for a mount); ``prefix`` the mount prefix a request reaching it has
+    in its ``root_path``; ``container`` whether routes lie below it (then the request is
+    not done routing, or nothing below matched: no template of its own).
+    """
+
+    __slots__ = ("container", "depth", "obj", "prefix", "regex", "template")
+
+    def __init__(
+        self, obj: object, template: str, prefix: _Prefix, container: bool, depth: int
+    ) -> None:
+        self.obj = obj
+        self.template = template
+        self.prefix = prefix
+        self.container = container
+        self.depth = depth
+        self.regex = None if container else getattr(obj, "path_regex", None)
+
+    def label_template(self) -> str | None:
+        return None if self.container else self.template
+
+
+class _Tree:
+    """Where every route, mount and host of one top-level router sits, with its template.
+
+    Built once per router and again when its routes change, so a request never walks the
+    routes: lookups are by the identity of the route or endpoint the router left behind.
     """
 
     def __init__(self, router: object) -> None:
         self._router = router
-        self._size = -1
-        self._by_endpoint: dict[int, list[object]] = {}
-        self._static: set[str] = set()
-        self._patterns: list[tuple[Any, str]] = []
+        self._version = -1
+        self._by_obj: dict[int, list[_Placement]] = {}
+        self._by_endpoint: dict[int, list[_Placement]] = {}
+        self._mounts: list[_Placement] = []
+        self._prefixes: dict[str, _Prefix] = {}
         self._build()
 
     def _build(self) -> None:
-        self._by_endpoint.clear()
-        self._static.clear()
-        self._patterns.clear()
+        # Into new containers, swapped in at the end: the watchdog thread may be reading
+        # the current ones while a request rebuilds.
+        self._next: tuple[dict[int, list[_Placement]], dict[int, list[_Placement]],
+                          list[_Placement]] = ({}, {}, [])
+        version = _starlette.routes_version(self._router)
         routes = getattr(self._router, "routes", None) or []
-        self._size = len(routes)
-        self._walk(routes, "", 0)
+        self._walk(list(routes), self._prefix(""), 0)
+        self._by_obj, self._by_endpoint, self._mounts = self._next
+        self._version = version
 
-    def _walk(self, routes: list[Any], prefix: str, depth: int) -> None:
+    def _prefix(self, template: str) -> _Prefix:
+        found = self._prefixes.get(template)
+        if found is None:
+            found = self._prefixes[template] = _Prefix(template)
+        return found
+
+    def _walk(self, routes: list[Any], prefix: _Prefix, depth: int) -> None:
         if depth > _MAX_DEPTH:
             return
         for route in routes:
-            if isinstance(route, (Mount, Host)):
-                inner = prefix
-                if isinstance(route, Mount):
-                    inner = prefix + route.path_format[: -len(_MOUNT_TAIL)]
-                    self._add_prefix(inner)
-                self._by_endpoint.setdefault(id(route.app), []).append(route)
-                self._walk(list(getattr(route, "routes", None) or []), inner, depth + 1)
+            included = _starlette.included_routes(route)
+            if included is not None:
+                # A FastAPI included router: its routes carry the include prefixes.
+                self._walk(included, prefix, depth + 1)
                 continue
-            endpoint = getattr(route, "endpoint", None)
-            if endpoint is not None:
-                self._by_endpoint.setdefault(id(endpoint), []).append(route)
+            if isinstance(route, Mount):
+                path = route.path_format
+                inner = self._prefix(prefix.template + path[: -len(_MOUNT_TAIL)])
+                children = _starlette.mount_children(route)
+                placement = _Placement(
+                    route, prefix.template + path, inner, bool(children), depth
+                )
+                self._add(placement, route.app)
+                self._next[2].append(placement)
+                self._walk(children, inner, depth + 1)
+            elif isinstance(route, Host):
+                # The host is not part of the template: requests to any host share it.
+                children = _starlette.mount_children(route)
+                placement = _Placement(
+                    route, prefix.template + _MOUNT_TAIL, prefix, bool(children), depth
+                )
+                self._add(placement, route.app)
+                self._walk(children, prefix, depth + 1)
+            else:
+                template = getattr(route, "path_format", None)
+                if isinstance(template, str) and template.startswith("/"):
+                    placement = _Placement(route, prefix.template + template, prefix, False, depth)
+                    self._add(placement, getattr(route, "endpoint", None))
 
-    def _add_prefix(self, template: str) -> None:
-        if "{" not in template:
-            self._static.add(template)
-        elif compile_path is not None:
-            regex = compile_path(template)[0]
-            self._patterns.append((regex, template))
+    def _add(self, placement: _Placement, endpoint: object) -> None:
+        by_obj, by_endpoint, _ = self._next
+        by_obj.setdefault(id(placement.obj), []).append(placement)
+        if endpoint is not None:
+            by_endpoint.setdefault(id(endpoint), []).append(placement)
 
-    def route_for(self, endpoint: object, scope: Scope) -> object | None:
-        candidates = self._by_endpoint.get(id(endpoint))
-        if candidates is None:
-            routes = getattr(self._router, "routes", None) or []
-            if len(routes) == self._size:
-                return None
-            self._build()
-            candidates = self._by_endpoint.get(id(endpoint))
-            if candidates is None:
-                return None
+    def _found(self, key: object, by_endpoint: bool) -> list[_Placement]:
+        """The placements of a route object (or of an endpoint), rebuilding once if the
+        router's routes changed since the tree was built."""
+        for attempt in range(2):
+            index = self._by_endpoint if by_endpoint else self._by_obj
+            candidates = [
+                p for p in index.get(id(key), ())
+                if (_endpoint_of(p.obj) if by_endpoint else p.obj) is key
+            ]
+            if candidates or attempt:
+                return candidates
+            if _starlette.routes_version(self._router) == self._version:
+                return candidates
+            self._build()  # routes were added since: look again
+        return []
+
+    def placement_of(self, route: object, prefix: str) -> _Placement | None:
+        """Where ``route`` sits under the concrete mount ``prefix``, if the tree holds it."""
+        for placement in self._found(route, by_endpoint=False):
+            if placement.prefix.matches(prefix):
+                return placement
+        return None
+
+    def leaf_for(self, endpoint: object, scope: Scope, prefix: str) -> _Placement | None:
+        """The route (or mount, host) that wrote ``endpoint`` under the mount ``prefix``."""
+        candidates = [
+            p for p in self._found(endpoint, by_endpoint=True)
+            if p.prefix.matches(prefix)
+        ]
+        if not candidates:
+            # An endpoint below a mount the tree cannot see into (an app that dispatches
+            # by hand): the deepest mount it went through.
+            return self.deepest_mount(prefix) if prefix else None
         if len(candidates) == 1:
             return candidates[0]
         # One endpoint behind several routes: only those few are tried.
@@ -430,19 +589,27 @@ class _Tree:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):]
-        for route in candidates:
-            regex = getattr(route, "path_regex", None)
-            if regex is not None and not isinstance(route, (Mount, Host)) and regex.match(path):
-                return route
+        for placement in candidates:
+            if placement.regex is not None and placement.regex.match(path):
+                return placement
         return candidates[0]
 
-    def prefix_template(self, prefix: str) -> str:
+    def prefix_template(self, prefix: str) -> str | None:
         """The template of a concrete mount prefix (``/orgs/acme`` → ``/orgs/{org}``)."""
-        if prefix in self._static:
-            return prefix
-        for regex, template in self._patterns:
-            if regex.match(prefix):
-                return template
-        # A mount this router does not show (dispatch by a custom app): keep the path; the
-        # per-metric cap on handler values bounds what that can cost.
-        return prefix
+        if not prefix:
+            return ""
+        for placement in self._mounts:
+            if placement.prefix.matches(prefix):
+                return placement.prefix.template
+        return None
+
+    def deepest_mount(self, prefix: str) -> _Placement | None:
+        """The deepest mount whose template the concrete ``prefix`` fills or runs through."""
+        best: _Placement | None = None
+        for placement in self._mounts:
+            mount = placement.prefix
+            if (mount.matches(prefix) or mount.leads(prefix)) and (
+                best is None or placement.depth > best.depth
+            ):
+                best = placement
+        return best
