@@ -44,6 +44,14 @@ MONITOR_TESTS = ("tests/test_watchdog.py", "tests/test_tasks.py")
 # The notebook case (%load_ext, the reenter policy in a real ipykernel) on every Python too:
 # the running-loop and current-task state it restores differs by version.
 KERNEL_TESTS = ("tests/test_notebook.py",)
+# The route labels on the oldest Starlette/FastAPI supported (Starlette 0.27 sets no
+# scope["route"], FastAPI 0.100 has no included-router contexts): a code path of its own.
+OLDEST_WEB = ("starlette==0.27.*", "fastapi==0.100.*", "pydantic==2.1.*")
+ROUTE_TESTS = (
+    "tests/test_asgi.py",
+    "tests/test_asgi_routes.py",
+    "tests/test_compat_starlette.py",
+)
 
 
 def say(message: str) -> None:
@@ -59,10 +67,12 @@ def bin_of(env: Path, name: str) -> Path:
     return env / ("Scripts" if os.name == "nt" else "bin") / name
 
 
-def ensure_env(env: Path, python: str, extras: str) -> Path:
+def ensure_env(env: Path, python: str, extras: str, pins: tuple[str, ...] = ()) -> Path:
     """Create ``env`` with ``python`` and install the project with ``extras``, if stale."""
     stamp = env / ".loopwatch-stamp"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + extras.encode() + " ".join(pins).encode()
+    ).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and bin_of(env, "python").exists():
         return env
     if env.exists():
@@ -73,7 +83,7 @@ def ensure_env(env: Path, python: str, extras: str) -> Path:
         run(python, "-m", "venv", env)
     py = bin_of(env, "python")
     run(py, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(py, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+    run(py, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]", *pins)
     stamp.write_text(digest)
     return env
 
@@ -154,6 +164,9 @@ def test(args: list[str]) -> int:
             *MONITOR_TESTS,
         )
         run(bin_of(other, "python"), "-m", "pytest", "-p", "no:cacheprovider", *KERNEL_TESTS)
+    oldest = ensure_env(ROOT / ".venv-oldest-web", sys.executable, "test", OLDEST_WEB)
+    run(bin_of(oldest, "python"), "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
+        *ROUTE_TESTS)
     if missing:
         say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")
         if IN_CI:

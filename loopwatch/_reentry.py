@@ -102,11 +102,14 @@ def _refuse(
     monitor: Monitor, call: _Call, running: asyncio.AbstractEventLoop, reason: str,
     stack: list[Any],
 ) -> Any:
-    """Report, then raise the original error (the rejected coroutine is closed)."""
+    """A call no policy can run: report it, then fail exactly as asyncio does.
+
+    Unlike the ``raise`` policy, the rejected coroutine is left as asyncio leaves it (its
+    "never awaited" warning included): this is not a choice of the user's to be tidied.
+    """
     try:
         return call.raise_original()
     except RuntimeError:
-        _close(call.awaitable)
         _report(monitor, "reentry", call.api, "raised", None, running, {"reason": reason}, stack)
         raise
 

@@ -128,16 +128,17 @@ def test_the_same_runner_reentered_fails_at_once(registry: CollectorRegistry) ->
         return 1
 
     async def outer(runner: asyncio.Runner) -> str:
-        coro = inner()
         try:
-            runner.run(coro)
+            runner.run(inner())
         except RuntimeError as exc:
             return str(exc)
         return "no error"
 
     started = time.monotonic()
-    with asyncio.Runner() as runner:
+    # As without loopwatch: the error at once, and the rejected coroutine left unawaited.
+    with asyncio.Runner() as runner, pytest.warns(RuntimeWarning, match="was never awaited"):
         message = runner.run(outer(runner))
+        gc.collect()
     assert message == "Runner.run() cannot be called from a running event loop"
     assert time.monotonic() - started < 5
 
