@@ -8,7 +8,7 @@ is kept), and logs a "still blocked" line past ten thresholds. When the loop thr
 going again it reports one ``blocked_loop`` incident with the samples (``block_ended``).
 
 The thread sleeps until the moment a busy loop would cross the threshold, and polls loops
-that wait for I/O every ``min(threshold / 2, 50 ms)``: it never wakes a loop.
+that wait for I/O every ``min(threshold, 100 ms)``: it never wakes a loop.
 
 Attribution: the labels in the context of the task that was running, else the handler
 whose code object is on the sampled stack (``_blocks.register_handler``), else the
@@ -42,7 +42,9 @@ __all__ = ["THREAD_NAME", "Watchdog", "install", "register_handler"]
 THREAD_NAME = "loopwatch-watchdog"
 register_handler = _blocks.register_handler
 _MAX_SLEEP = 0.5
-_MAX_POLL = 0.05
+# How often a loop that waits for I/O is looked at. Up to the threshold this adds nothing to
+# detection: a loop found busy is looked at again exactly when it would cross the threshold.
+_MAX_POLL = 0.1
 # CPU seconds a uvloop thread must spend between two looks to count as active (0.4 % of a
 # core over a 50 ms poll): less is the loop's own bookkeeping while it waits.
 _ACTIVE_CPU = 0.0002
@@ -68,6 +70,29 @@ def _thread_cpu(thread_id: int) -> float | None:
         return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
     except (AttributeError, OSError, OverflowError):
         return None
+
+
+class _Wake:
+    """A wake-up for the watchdog thread: one lock, no allocation per wait.
+
+    The lock is held while nobody asked for a wake-up; :meth:`set` releases it and the
+    waiting thread's timed ``acquire`` returns at once (holding it again).
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already released: a wake-up is pending
+            pass
+
+    def wait(self, timeout: float | None) -> None:
+        self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
 
 class _Block:
@@ -118,7 +143,7 @@ class Watchdog:
         self._blocks = threading.Lock()
         self._probes: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
         self._active: tuple[Probe, ...] = ()
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.lag = monitor.metrics.event_loop_lag_seconds if monitor.metrics is not None else None
@@ -195,7 +220,7 @@ class Watchdog:
         """Restart the thread in a forked child; no loop of the parent runs here."""
         self._lock = threading.Lock()
         self._blocks = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = _Wake()
         for probe in self._active:
             probe.stop()
         self._active = ()
@@ -212,15 +237,22 @@ class Watchdog:
             except Exception as exc:
                 _runtime.internal_error("watchdog", exc)
                 timeout = 1.0
-            self._wake.wait(timeout)
-            self._wake.clear()
+            if timeout is None:
+                self._wake.wait(None)  # nothing to watch: sleep until a loop starts
+            else:
+                # A plain sleep costs half a timed lock wait here; a loop that starts
+                # meanwhile is seen at the next look, at most one poll later.
+                time.sleep(timeout)
 
     def _check(self) -> float | None:
         """Look at every probe once; return how long to sleep (``None``: until woken)."""
         config = self.monitor.config
         self.threshold = threshold = config.block_threshold
         self.tick = config.lag_tick
-        poll = min(threshold / 2, _MAX_POLL)
+        poll = min(threshold, _MAX_POLL)
+        # uvloop's block start is only known to within the poll before the ping: look twice
+        # as often there (a block's duration is then within ±25 ms).
+        c_poll = min(threshold / 2, _MAX_POLL / 2)
         timeout: float | None = None
         dead = False
         frames: dict[int, Any] | None = None
@@ -232,7 +264,9 @@ class Watchdog:
             try:
                 if probe.c_loop and frames is None:
                     frames = cpython.current_frames()
-                wait = self._check_probe(probe, loop, threshold, poll, frames)
+                wait = self._check_probe(
+                    probe, loop, threshold, c_poll if probe.c_loop else poll, frames
+                )
             except Exception as exc:
                 _runtime.internal_error("watchdog", exc)
                 probe.block = None
@@ -264,8 +298,10 @@ class Watchdog:
             if block is not None:  # stopped while blocked: over now
                 self._finish(probe, block, loop, now - block.since, None, None)
             return None  # a restart wakes the thread
+        lead = 0.0
         if probe.c_loop:
             since = probe.ping
+            lead = probe.ping_lead  # the loop probably got busy this long before the ping
             if not since:
                 # Ping only a loop that is doing something: Python code on its thread now,
                 # or CPU spent since the last look. An idle loop is never woken.
@@ -278,22 +314,23 @@ class Watchdog:
                     probe.cpu_seen = cpu
                 if idle:
                     probe.idle_seen = now
-                if idle or now < probe.next_sample:
-                    return min(poll, max(probe.next_sample - now, 0.001))
+                    return poll
+                if now < probe.next_sample:
+                    return min(poll, probe.next_sample - now)
                 probe.next_sample = now + self.tick
                 # The loop got busy somewhere between the last idle look and now: a block's
                 # duration counts from the middle of that window.
                 probe.ping_lead = min(max(now - probe.idle_seen, 0.0), poll) / 2
                 if not probe.send_ping(loop, now):
                     return poll
-                return threshold
+                return threshold - probe.ping_lead
         else:
             if not probe.selector:
                 return None  # a selector loopwatch has not hooked: nothing to read
             if probe.waiting:
                 return poll
             since = probe.busy_since
-        late = now - since
+        late = now - since + lead
         if late < threshold:
             return min(threshold - late, _MAX_SLEEP)
         still = False
