@@ -18,6 +18,7 @@ default labels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import threading
@@ -86,10 +87,8 @@ class _Wake:
         self._lock.acquire()
 
     def set(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
             self._lock.release()
-        except RuntimeError:  # already released: a wake-up is pending
-            pass
 
     def wait(self, timeout: float | None) -> None:
         self._lock.acquire(timeout=-1 if timeout is None else timeout)
