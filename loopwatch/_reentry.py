@@ -33,7 +33,7 @@ import types
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _context, _frames
+from . import _context, _frames, _incidents, _policy
 from ._errors import LoopwatchError
 
 if TYPE_CHECKING:
@@ -58,9 +58,8 @@ API_RUC = "loop.run_until_complete"
 API_FOREVER = "loop.run_forever"
 
 NEEDS_OUTER_LOOP = (
-    "this coroutine needs objects bound to the running loop (a Future, Task, Event or Lock of "
-    "that loop), which cannot work on a worker thread's loop; await it instead, or use "
-    "on_reentry='reenter' in a notebook (%loopwatch policy reenter)"
+    "it needs objects bound to the running loop (a Future, Task, Event, Lock or client of that "
+    "loop), which only that loop can complete; await it from async code instead"
 )
 _FOREIGN_LOOP_MESSAGES = (
     "attached to a different loop",
@@ -261,61 +260,74 @@ def _report(
 
 
 def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
-    """H1: a loop already runs in this thread."""
+    """H1: a loop already runs in this thread; where the call runs is ``_policy.route``'s."""
     from ._monitor import current
 
     monitor = current()
     if monitor is None:
         return call.raise_original()
     stack = _frames.capture_stack(2)
-    policy = monitor.config.on_reentry
-    detail: dict[str, str] = {}
-    if policy == "raise":
+    reenter = _reenter_module()
+    can_reenter = reenter is not None and reenter.can_reenter(running)
+    route, fallback = _policy.route(
+        monitor.config.on_reentry,
+        awaitable=call.awaitable,
+        target=call.target,
+        running=running,
+        can_reenter=can_reenter,
+        in_kernel=_policy.in_kernel(_context.current_labels().framework),
+    )
+    detail: dict[str, str] = {"fallback": fallback} if fallback else {}
+    if route == _policy.Route.RAISE:
         try:
             return call.raise_original()
-        except RuntimeError:
+        except RuntimeError as exc:
             _close(call.awaitable)
-            _report(monitor, "reentry", call.api, "raised", None, running, stack=stack)
+            detail["result"] = _policy.describe_outcome(exc)
+            hint = _incidents.reentry_hint(call.api, "raised", detail, stack, running)
+            _report(monitor, "reentry", call.api, "raised", None, running, detail, stack, hint)
             raise
-    if asyncio.isfuture(call.awaitable) and call.awaitable.get_loop() is running:
-        if policy == "reenter" and call.target is running:
-            pass  # the re-entrant path can wait for it on its own loop
-        else:
-            _report(
-                monitor,
-                "reentry",
-                call.api,
-                "raised",
-                None,
-                running,
-                {"reason": "future of the running loop"},
-                stack,
+    if route == _policy.Route.REJECT:
+        error = LoopwatchError(
+            f"{call.api}() was given {call.awaitable!r}, a Task/Future of the loop that is already "
+            f"running here; {NEEDS_OUTER_LOOP}."
+        )
+        detail["reason"] = "a Task/Future of the running loop"
+        detail["result"] = _policy.describe_outcome(error)
+        hint = _incidents.reentry_hint(call.api, "raised", detail, stack, running)
+        _report(monitor, "reentry", call.api, "raised", None, running, detail, stack, hint)
+        raise error
+    if route == _policy.Route.OFFLOAD:
+        return _offload(monitor, call, running, detail, stack)
+    action = route
+    if route == _policy.Route.NESTED:
+        target = call.target
+        counted = target is None or _policy.first_time(target)
+
+        def run() -> Any:
+            return _policy.run_on_this_thread(running, lambda: call.run_elsewhere(call.awaitable))
+    else:
+        counted = True
+
+        def run() -> Any:
+            return reenter.run_reentrant(
+                running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
             )
-            raise LoopwatchError(
-                f"{call.api}() was given a Future/Task of the loop that is already running; "
-                f"{NEEDS_OUTER_LOOP}."
-            )
-    if policy == "reenter":
-        if call.target is None or call.target is running:
-            reenter = _reenter_module()
-            if reenter is not None and reenter.can_reenter(running):
-                run_reentrant = reenter.run_reentrant
-                started = time.perf_counter()
-                try:
-                    return run_reentrant(
-                        running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
-                    )
-                finally:
-                    _report(
-                        monitor, "reentry", call.api, "reentered", started, running, stack=stack
-                    )
-            detail["fallback"] = (
-                f"reenter is not possible on {type(running).__module__}.{type(running).__name__}; "
-                "offloaded instead"
-            )
-        else:
-            detail["fallback"] = "the target loop is not the running loop; offloaded instead"
-    return _offload(monitor, call, running, detail, stack)
+
+    if not counted:
+        return run()  # a later run of a library loop already reported for this user call
+    started = time.perf_counter()
+    failure: BaseException | None = None
+    try:
+        return run()
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        detail["result"] = _policy.describe_outcome(failure)
+        hint = _incidents.reentry_hint(call.api, action, detail, stack, running)
+        _report(monitor, "reentry", call.api, action, started, running, detail, stack, hint)
+        del failure
 
 
 def _reenter_module() -> Any:
@@ -359,36 +371,56 @@ def _offload(
     future = _workers.submit(functools.partial(context.run, call.run_elsewhere, tracked))
     timeout = monitor.config.offload_timeout
     offloading[threading.get_ident()] = call.api
+    failure: BaseException | None = None
     try:
-        return future.result(timeout)
+        return _policy.wait_offloaded(
+            future, timeout, call.api, _frames.user_frame(stack), job, _log_stall
+        )
+    except _policy.Stuck as stuck:
+        detail["stalled"] = f"{stuck.after:.1f}s, stopped early: it waits for {stuck.waiting_for}"
+        _cancel_job(job, future)
+        failure = LoopwatchError(
+            f"{call.api}() offloaded to a worker thread waits for {stuck.waiting_for}, which "
+            f"nothing on that thread can complete (only this thread's stalled loop could); "
+            f"{NEEDS_OUTER_LOOP}."
+        )
+        raise failure from None
     except concurrent.futures.TimeoutError:
         detail["timeout"] = f"{timeout:g}s"
         _cancel_job(job, future)
-        raise LoopwatchError(
+        failure = LoopwatchError(
             f"{call.api}() offloaded to a worker thread did not finish within {timeout:g}s "
             f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
             "LOOPWATCH_OFFLOAD_TIMEOUT."
-        ) from None
+        )
+        raise failure from None
     except RuntimeError as exc:
+        failure = exc
         if _is_foreign_loop_error(exc):
             detail["error"] = "needs the running loop"
             _unpoison(running)
-            raise LoopwatchError(
+            failure = LoopwatchError(
                 f"{call.api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
-            ) from exc
+            )
+            raise failure from exc
+        raise
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
         offloading.pop(threading.get_ident(), None)
-        hint = None
-        if "error" in detail or "timeout" in detail:
-            hint = (
-                f"{call.api} could not complete on a worker thread: the coroutine needs objects "
-                "of the running loop. Await it instead, or use on_reentry='reenter' (in a "
-                "notebook: %loopwatch policy reenter)."
-            )
+        detail["result"] = _policy.describe_outcome(failure)
+        hint = _incidents.reentry_hint(call.api, "offloaded", detail, stack, running)
         _report(
             monitor, "reentry", call.api, "offloaded", started, running, detail, stack, hint
         )
+        del failure
+
+
+def _log_stall(line: str) -> None:
+    from ._logging import logger
+
+    logger.warning(line)
 
 
 def _awaitable(obj: Any) -> bool:

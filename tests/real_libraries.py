@@ -346,12 +346,11 @@ def note_problems(cell: CellResult, outcome: str, case: Case) -> list[str]:
     for text in texts:
         says_failed = "result: failed" in text
         says_done = "result: returned" in text
-        if not (says_failed or says_done):
+        if not (says_failed or says_done or "result: stopped by" in text):
             problems.append(f"note does not say whether the call worked: {text!r}")
-        if says_done and cell.error is not None and "result: failed" not in text:
-            # A note may only say a call returned when the cell's error came from elsewhere.
-            if cell.error.ename in ("LoopwatchError",):
-                problems.append(f"note says returned, cell failed: {text!r}")
+        if says_done and cell.error is not None and cell.error.ename == "LoopwatchError":
+            # loopwatch's own error means the nested call failed: no note may say it returned.
+            problems.append(f"note says returned, cell failed: {text!r}")
         if says_failed and not failed and cell.error is None:
             problems.append(f"note says failed, cell worked: {text!r}")
         if "did not fail" in text and failed:
