@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from real_libraries import CASES, MODES, Outcome, available, run_case  # noqa: E402
+from real_libraries import CASES, MODES, Outcome, available, run_case
 
 
 def main() -> None:

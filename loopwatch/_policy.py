@@ -111,7 +111,7 @@ def route(
         if can_reenter:
             return Route.REENTER, ""
         kind = f"{type(running).__module__}.{type(running).__name__}"
-        return Route.OFFLOAD, f"this loop ({kind}) cannot be re-entered; ran it on a worker thread"
+        return Route.OFFLOAD, f"reenter is not possible on {kind}; offloaded instead"
     return Route.OFFLOAD, ""
 
 

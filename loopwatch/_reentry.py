@@ -59,7 +59,7 @@ API_FOREVER = "loop.run_forever"
 
 NEEDS_OUTER_LOOP = (
     "it needs objects bound to the running loop (a Future, Task, Event, Lock or client of that "
-    "loop), which only that loop can complete; await it from async code instead"
+    "loop), which only that loop can complete; await it instead, from async code"
 )
 _FOREIGN_LOOP_MESSAGES = (
     "attached to a different loop",
