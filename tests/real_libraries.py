@@ -335,7 +335,7 @@ def _describe(cell: CellResult, expect: str) -> str:
 
 
 def _loopwatch_notes(cell: CellResult) -> list[str]:
-    return [t for t in cell.texts() if t.startswith("loopwatch: ")]
+    return [t for t in cell.texts() if t.startswith("loopwatch: reentry")]
 
 
 def note_problems(cell: CellResult, outcome: str, case: Case) -> list[str]:
