@@ -165,7 +165,33 @@ class _Signals:
             signal.set_wakeup_fd(-1)
 
 
-def run_on_this_thread(running: asyncio.AbstractEventLoop, run: Callable[[], Any]) -> Any:
+class _StallLine:
+    """One log line, from a timer thread, once a nested run has held this thread's loop
+    for :data:`STALL_LINE_AFTER` seconds (a server's ``run()`` in a cell, say)."""
+
+    def __init__(self, text: str, log: Callable[[str], None]) -> None:
+        self._started = time.perf_counter()
+        self._text = text
+        self._log = log
+        self._timer = threading.Timer(STALL_LINE_AFTER, self._say)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _say(self) -> None:
+        waited = time.perf_counter() - self._started
+        self._log(self._text.format(waited=waited))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def run_on_this_thread(
+    running: asyncio.AbstractEventLoop,
+    run: Callable[[], Any],
+    api: str = "",
+    site: Frame | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Any:
     """Run ``run`` (which runs another loop) here, as if no loop were running, then restore.
 
     What a library's own loop may change and a script would never notice is put back: the
@@ -178,10 +204,20 @@ def run_on_this_thread(running: asyncio.AbstractEventLoop, run: Callable[[], Any
     signals.save()
     if task is not None:
         _aio.leave_task(running, task)  # 3.14 keeps one current task per thread
+    line = None
+    if log is not None:
+        where = f" at {site.file}:{site.line}" if site is not None else ""
+        line = _StallLine(
+            f"loopwatch: {api}(){where} has run its own event loop on this thread for "
+            "{waited:.1f}s; the running loop waits until it returns",
+            log,
+        )
     _aio.set_running_loop(None)
     try:
         return run()
     finally:
+        if line is not None:
+            line.cancel()
         _aio.set_running_loop(running)
         if task is not None and asyncio.current_task(running) is not task:
             _aio.enter_task(running, task)

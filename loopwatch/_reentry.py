@@ -305,7 +305,13 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
         counted = target is None or _policy.first_time(target)
 
         def run() -> Any:
-            return _policy.run_on_this_thread(running, lambda: call.run_elsewhere(call.awaitable))
+            return _policy.run_on_this_thread(
+                running,
+                lambda: call.run_elsewhere(call.awaitable),
+                call.api,
+                _frames.user_frame(stack),
+                _log_stall if counted else None,
+            )
     else:
         counted = True
 

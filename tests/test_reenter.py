@@ -825,3 +825,24 @@ def test_uvloop_hint_never_advises_reenter() -> None:
             loop.close()
     assert seen[0].action == "offloaded" and "reenter" in seen[0].detail["fallback"]
     assert "policy" not in seen[0].hint and "Fix: make the caller async" in seen[0].hint
+
+
+def test_a_long_nested_library_loop_says_so_while_it_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen_during: list[bool] = []
+
+    async def serve_a_while() -> None:
+        await asyncio.sleep(1.4)
+        seen_during.append(any("has run its own event loop" in r.message for r in caplog.records))
+
+    async def main() -> None:
+        own = asyncio.new_event_loop()
+        try:
+            own.run_until_complete(serve_a_while())
+        finally:
+            own.close()
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry()):
+        run_outer(main)
+    assert seen_during == [True]  # the line came while the loop was still running
