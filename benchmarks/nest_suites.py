@@ -113,7 +113,9 @@ def main() -> int:
     parser.add_argument("--setting", choices=("loop", "cell"), default="loop")
     parser.add_argument("--apply", choices=("loopwatch", "original"), default="loopwatch")
     parser.add_argument("--keep", default="", help="download and unpack here (kept)")
-    parser.add_argument("--driver", nargs=2, metavar=("TEST_FILE", "MODULE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--driver", nargs=2, metavar=("TEST_FILE", "MODULE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.driver:
         return driver(args.driver[0], args.driver[1], args.policy, args.setting, args.apply)
@@ -124,14 +126,16 @@ def main() -> int:
     version = ".".join(map(str, sys.version_info[:3]))
     for pip_name, root in roots.items():
         test_file = root / "tests" / "nest_test.py"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, PYTHONPATH=path)
         proc = subprocess.run(
             [sys.executable, __file__, "--policy", args.policy, "--setting", args.setting,
              "--apply", args.apply, "--driver", str(test_file), SUITES[pip_name]],
             env=env, capture_output=True, text=True, timeout=600,
         )
         output = proc.stdout + proc.stderr
-        ran = [line for line in output.splitlines() if line.endswith((" ... ok", " ... FAIL", " ... ERROR"))]
+        ends = (" ... ok", " ... FAIL", " ... ERROR")
+        ran = [line for line in output.splitlines() if line.endswith(ends)]
         passed = sum(line.endswith(" ... ok") for line in ran)
         how = "original apply()" if args.apply == "original" else (
             f"apply() -> loopwatch on_reentry={args.policy}"
