@@ -17,7 +17,7 @@ from ._errors import ConfigError
 
 __all__ = ["POLICIES", "Config", "load_config"]
 
-POLICIES = ("offload", "raise", "reenter")
+POLICIES = ("auto", "offload", "raise", "reenter")
 LOG_FORMATS = ("text", "json")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")

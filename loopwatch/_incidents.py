@@ -9,7 +9,9 @@ from typing import Any, Literal, get_args
 
 from ._frames import Frame
 
-__all__ = ["ACTIONS", "KINDS", "Action", "Incident", "IncidentStore", "Kind", "hint_for"]
+__all__ = [
+    "ACTIONS", "KINDS", "Action", "Incident", "IncidentStore", "Kind", "hint_for", "reentry_hint",
+]
 
 #: What happened.
 Kind = Literal[
@@ -24,15 +26,14 @@ Kind = Literal[
     "internal",
 ]
 #: What loopwatch did about it ("" for hazards it only observes).
-Action = Literal["offloaded", "marshalled", "reentered", "raised", ""]
+Action = Literal["offloaded", "marshalled", "reentered", "nested", "raised", ""]
 KINDS: tuple[str, ...] = get_args(Kind)
 ACTIONS: tuple[str, ...] = get_args(Action)
 
 _HINTS = {
     "reentry": (
-        "{api} was called while this thread's event loop was running. Make the caller async "
-        "and `await` the coroutine (or use an async variant of the library); loopwatch "
-        "{done} so the call did not fail."
+        "{api} was called while this thread's event loop was running; loopwatch {done}. Make "
+        "the caller async and `await` the coroutine (or use the library's async API)."
     ),
     "cross_thread_run": (
         "A worker thread drove a loop that runs in another thread. Use "
@@ -70,6 +71,7 @@ _HINTS = {
 _ACTION_WORDS = {
     "offloaded": "ran the coroutine on a worker thread with its own loop",
     "reentered": "ran it re-entrantly on the same loop",
+    "nested": "ran the library's own loop on this thread",
     "raised": "reported it and let the original RuntimeError through",
     "marshalled": "marshalled it to the owning loop",
 }
@@ -79,6 +81,56 @@ def hint_for(kind: str, api: str = "", action: str = "") -> str:
     """The one- or two-sentence fix for an incident kind."""
     template = _HINTS.get(kind, _HINTS["internal"])
     return template.format(api=api or "The call", done=_ACTION_WORDS.get(action, "handled it"))
+
+
+_WHERE = {
+    "reentered": "ran re-entrantly on the running loop",
+    "nested": "ran its own event loop on this thread while the running loop waited",
+    "offloaded": "ran on a worker thread with a loop of its own while this thread's loop waited",
+    "raised": "was not run",
+}
+
+
+def reentry_hint(
+    api: str, action: str, detail: dict[str, str], stack: list[Frame], loop: object
+) -> str:
+    """The hint of one nested run: what ran where, how it ended, the one fix for this call.
+
+    A library's sync wrapper gets that library's async API; advice that cannot work on this
+    loop (re-entering uvloop) is never given.
+    """
+    from ._context import current_labels
+    from ._policy import advice_for, library_of
+
+    advice = advice_for(api, library_of(stack))
+    result = detail.get("result", "returned")
+    where = _WHERE.get(action, action)
+    if result == "returned":
+        text = f"{api}() {where} and returned. To avoid the nested run: {advice}."
+        if action == "offloaded":
+            text += " What it created stays bound to the worker's loop, now closed."
+        return text
+    error = result.split(":", 1)[0]  # "failed with X"; the message is in the detail
+    if action == "raised" and "reason" not in detail:
+        return f"{api}() {where}: the policy is raise. Fix: {advice}."
+    if action not in ("offloaded", "raised"):
+        return f"{api}() {where}; the coroutine itself {error}, passed on unchanged."
+    stdlib = not type(loop).__module__.startswith("uvloop")
+    if stdlib and current_labels().framework == "jupyter":
+        fix = "`%loopwatch policy auto` runs it on the kernel's own thread and loop"
+    else:
+        fix = advice
+    if action == "raised":
+        reason = detail.get("reason", "")
+        if "Task/Future" not in reason:
+            # Nothing could run it (the same Runner or loop re-entered, nesting too deep):
+            # asyncio's own error went through.
+            return f"{api}() could not run here ({reason}); it {error}. Fix: {advice}."
+        return (
+            f"{api}() was given a Task/Future of the running loop, which only that loop can "
+            f"run; it {error} at once. Fix: {fix}."
+        )
+    return f"{api}() {where} and {error}. Fix: {fix}."
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeVar, cast
 
+from ._compat import asyncio as _aio
+
 __all__ = ["can_reenter", "run_reentrant"]
 
 T = TypeVar("T")
@@ -123,6 +125,7 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
     stop_requested = False
     future: asyncio.Future[T] | None = None
     completed = False
+    held = _Held()
 
     try:
         # The calling task is suspended in the middle of its step: step out of it, so the
@@ -154,9 +157,9 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
             # Cancelled before its first step, the wrapper never awaits the coroutine:
             # close it then, so no "never awaited" warning blames the user's code.
             future.add_done_callback(functools.partial(_close_when_done, awaitable))
-        stop_requested = _drive(drivable, future)
+        stop_requested = _drive(drivable, future, held)
         if run is not None:
-            stop_requested = _finish(loop, drivable, run) or stop_requested
+            stop_requested = _finish(loop, drivable, run, held) or stop_requested
         completed = True
     finally:
         try:
@@ -169,6 +172,7 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
             # whatever the nested code did to the running loop meanwhile.
             events._set_running_loop(loop)
             _restore(loop, drivable, entry, saved_task, saved_handle)
+            drivable._ready.extend(held.handles)  # they run once the outer step is over
             drivable._stopping = saved_stopping or stop_requested or drivable._stopping
             events._set_running_loop(saved_loop)
 
@@ -191,10 +195,53 @@ async def _nested_main(awaitable: Awaitable[T], capture: _Capture) -> T:
         capture.context = contextvars.copy_context()
 
 
-def _drive(drivable: _Drivable, future: asyncio.Future[Any]) -> bool:
+class _Held:
+    """Steps whose Context is already entered further up this thread's stack.
+
+    Tasks may share one Context (``create_task(..., context=ctx)``; ipykernel 7 runs every
+    cell in one): the outer task's step has it entered, so running another of its steps now
+    fails with "cannot enter context" and leaves that task pending forever. Such handles
+    wait, in order, until the nested run is over.
+    """
+
+    __slots__ = ("entered", "handles")
+
+    def __init__(self) -> None:
+        self.handles: list[asyncio.Handle] = []
+        self.entered: dict[int, tuple[contextvars.Context, bool]] = {}  # id -> (ctx, entered)
+
+    def take(self, ready: deque[asyncio.Handle]) -> None:
+        found = False
+        for handle in ready:
+            if self._entered(handle):
+                found = True
+                break
+        if not found:
+            return
+        keep = [h for h in ready if not self._entered(h)]
+        self.handles.extend(h for h in ready if self._entered(h))
+        ready.clear()
+        ready.extend(keep)
+
+    def _entered(self, handle: asyncio.Handle) -> bool:
+        context = _aio.handle_context(handle)
+        if context is None or handle.cancelled():
+            return False
+        known = self.entered.get(id(context))
+        if known is None:
+            # Fixed for the whole nested run: only contexts up the stack are entered between
+            # two iterations. The Context is kept in the value so its id stays unique.
+            known = (context, _aio.context_entered(context))
+            self.entered[id(context)] = known
+        return known[1]
+
+
+def _drive(drivable: _Drivable, future: asyncio.Future[Any], held: _Held | None = None) -> bool:
     """Iterate the loop until ``future`` is done; return whether ``stop()`` was called."""
     stop_requested = False
     while not future.done():
+        if held is not None:
+            held.take(drivable._ready)
         drivable._run_once()
         if drivable._stopping:
             stop_requested = True
@@ -327,14 +374,16 @@ def _pending_tasks(loop: asyncio.AbstractEventLoop, run: _Run) -> list[asyncio.F
     return found
 
 
-def _finish(loop: asyncio.AbstractEventLoop, drivable: _Drivable, run: _Run) -> bool:
+def _finish(
+    loop: asyncio.AbstractEventLoop, drivable: _Drivable, run: _Run, held: _Held
+) -> bool:
     """Cancel and await the run's leftover tasks, then close its async generators."""
     stop_requested = False
     pending = _pending_tasks(loop, run)
     if pending:
         for task in pending:
             task.cancel()
-        stop_requested = _drive(drivable, tasks.gather(*pending, return_exceptions=True))
+        stop_requested = _drive(drivable, tasks.gather(*pending, return_exceptions=True), held)
         for task in pending:
             if task.cancelled():
                 continue
@@ -350,7 +399,7 @@ def _finish(loop: asyncio.AbstractEventLoop, drivable: _Drivable, run: _Run) -> 
     agens = [agen for agen in run.agens if agen.ag_frame is not None]
     if agens:
         closing = tasks.gather(*(agen.aclose() for agen in agens), return_exceptions=True)
-        stop_requested = _drive(drivable, closing) or stop_requested
+        stop_requested = _drive(drivable, closing, held) or stop_requested
         for agen, result in zip(agens, closing.result(), strict=True):
             if isinstance(result, Exception):
                 loop.call_exception_handler(

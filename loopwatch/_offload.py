@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from . import _runtime
 from ._compat import asyncio as aio
 from ._errors import LoopwatchError
+from ._frames import Frame
 
 __all__ = ["MAX_DEPTH", "depth", "offload", "worker_threads"]
 
@@ -48,9 +49,8 @@ def depth() -> int:
 
 
 NEEDS_OUTER_LOOP = (
-    "this coroutine needs objects bound to the running loop (a Future, Task, Event or Lock of "
-    "that loop), which cannot work on a worker thread's loop; await it instead, or use "
-    "on_reentry='reenter' in a notebook (%loopwatch policy reenter)"
+    "it needs objects bound to the running loop (a Future, Task, Event, Lock or client of that "
+    "loop), which only that loop can complete; await it instead, from async code"
 )
 
 
@@ -188,13 +188,20 @@ def offload(
     running: asyncio.AbstractEventLoop,
     timeout: float,
     detail: dict[str, str],
+    site: Frame | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> T:
     """Run ``awaitable`` through ``run_elsewhere`` on a worker thread and wait for it.
 
-    ``detail`` receives what went wrong (``timeout``, ``error``) for the caller's report.
-    Raises the coroutine's own exception unchanged, or :class:`LoopwatchError` when the
-    call timed out or needed the running loop.
+    While it waits, a line is logged once the caller has stalled a second, and the wait
+    ends early when the worker's loop provably waits for something only the stalled loop
+    could do (:func:`._policy.wait_offloaded`). ``detail`` receives what went wrong
+    (``timeout``, ``stalled``, ``error``) for the caller's report. Raises the coroutine's
+    own exception unchanged, or :class:`LoopwatchError` when the call timed out, was
+    stopped early, or needed the running loop.
     """
+    from . import _policy  # a sibling that imports nothing of this module
+
     job = _Job()
     tracked = _tracked(awaitable, job) if _awaitable(awaitable) else awaitable
     context = contextvars.copy_context()
@@ -202,7 +209,18 @@ def offload(
     me = threading.get_ident()
     _runtime.stalled[me] = api
     try:
-        done, _ = concurrent.futures.wait((future,), timeout)
+        try:
+            done = _policy.wait_offloaded(future, timeout, api, site, job, log)
+        except _policy.Stuck as stuck:
+            detail["stalled"] = (
+                f"{stuck.after:.1f}s, stopped early: it waits for {stuck.waiting_for}"
+            )
+            _cancel(job, future)
+            raise LoopwatchError(
+                f"{api}() offloaded to a worker thread waits for {stuck.waiting_for}, which "
+                "nothing on that thread can complete (only this thread's stalled loop could); "
+                f"{NEEDS_OUTER_LOOP}."
+            ) from None
         if not done:
             detail["timeout"] = f"{timeout:g}s"
             _cancel(job, future)

@@ -11,6 +11,11 @@ Policies for H1 (``on_reentry``):
 * ``raise`` — report, close the rejected coroutine, raise the original ``RuntimeError``.
 * ``reenter`` — drive the running loop re-entrantly (:mod:`._nested`); falls back to
   ``offload`` where the loop cannot be driven that way (uvloop).
+* ``auto`` — re-enter in a notebook (stdlib loop), offload in a service.
+
+Under ``auto`` and ``reenter`` a library's own, idle loop run from inside the running one
+runs nested on this thread (:func:`._policy.run_on_this_thread`). :mod:`._policy` holds
+the routing table and what the notes say.
 
 H2 always marshals the coroutine to the loop's own thread.
 
@@ -32,7 +37,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _frames, _nested, _offload, _runtime
+from . import _context, _frames, _incidents, _nested, _offload, _policy, _runtime
 from ._compat import asyncio as aio
 from ._compat import nest_asyncio as nest
 from ._compat import uvloop as uvl
@@ -115,57 +120,93 @@ def _refuse(
 
 
 def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
-    """H1: a loop already runs in this thread."""
+    """H1: a loop already runs in this thread; where the call runs is ``_policy.route``'s."""
     monitor = _runtime.active()
     if monitor is None:
         return call.raise_original()
     stack = _frames.capture_stack(2)
     policy = monitor.config.on_reentry
-    detail: dict[str, str] = {}
-    if policy == "raise":
-        try:
-            return call.raise_original()
-        except RuntimeError:
-            _close(call.awaitable)
-            _report(monitor, "reentry", call.api, "raised", None, running, stack=stack)
-            raise
-    if _offload.depth() >= _offload.MAX_DEPTH:
+    if policy != "raise" and _offload.depth() >= _offload.MAX_DEPTH:
         return _refuse(
             monitor, call, running,
             f"nested more than {_offload.MAX_DEPTH} levels deep (a coroutine re-entering itself?)",
             stack,
         )
-    if asyncio.isfuture(call.awaitable) and call.awaitable.get_loop() is running:
-        if policy == "reenter" and call.target is running:
-            pass  # the re-entrant path can wait for it on its own loop
-        else:
-            _report(
-                monitor, "reentry", call.api, "raised", None, running,
-                {"reason": "future of the running loop"}, stack,
+    route, fallback = _policy.route(
+        policy,
+        awaitable=call.awaitable,
+        target=call.target,
+        running=running,
+        can_reenter=_nested.can_reenter(running),
+        in_kernel=_policy.in_kernel(_context.current_labels().framework),
+    )
+    detail: dict[str, str] = {"fallback": fallback} if fallback else {}
+    if route == _policy.Route.RAISE:
+        try:
+            return call.raise_original()
+        except RuntimeError as exc:
+            _close(call.awaitable)
+            detail["result"] = _policy.describe_outcome(exc)
+            hint = _incidents.reentry_hint(call.api, "raised", detail, stack, running)
+            _report(monitor, "reentry", call.api, "raised", None, running, detail, stack, hint)
+            raise
+    if route == _policy.Route.REJECT:
+        error = LoopwatchError(
+            f"{call.api}() was given {call.awaitable!r}, a Task/Future of the loop that is already "
+            f"running here; {_offload.NEEDS_OUTER_LOOP}."
+        )
+        detail["reason"] = "a Task/Future of the running loop"
+        detail["result"] = _policy.describe_outcome(error)
+        hint = _incidents.reentry_hint(call.api, "raised", detail, stack, running)
+        _report(monitor, "reentry", call.api, "raised", None, running, detail, stack, hint)
+        raise error
+    if route == _policy.Route.OFFLOAD:
+        return _offload_call(monitor, call, running, detail, stack)
+    action = route
+    if route == _policy.Route.NESTED:
+        target = call.target
+        counted = target is None or _policy.first_time(target)
+
+        def run() -> Any:
+            return _policy.run_on_this_thread(
+                running,
+                lambda: call.run_elsewhere(call.awaitable),
+                call.api,
+                _frames.user_frame(stack),
+                _log_stall if counted else None,
             )
-            raise LoopwatchError(
-                f"{call.api}() was given a Future/Task of the loop that is already running; "
-                f"{_offload.NEEDS_OUTER_LOOP}."
+    else:
+        counted = True
+
+        def run() -> Any:
+            return _nested.run_reentrant(
+                running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
             )
-    if policy == "reenter":
-        if call.target is None or call.target is running:
-            if _nested.can_reenter(running):
-                started = time.perf_counter()
-                try:
-                    return _nested.run_reentrant(
-                        running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
-                    )
-                finally:
-                    _report(
-                        monitor, "reentry", call.api, "reentered", started, running, stack=stack
-                    )
-            detail["fallback"] = (
-                f"reenter is not possible on {type(running).__module__}.{type(running).__name__}; "
-                "offloaded instead"
-            )
-        else:
-            detail["fallback"] = "the target loop is not the running loop; offloaded instead"
-    return _offload_call(monitor, call, running, detail, stack)
+
+    if not counted:
+        return run()  # a later run of a library loop already reported for this user call
+    started = time.perf_counter()
+    failure: BaseException | None = None
+    me = threading.get_ident()
+    _runtime.stalled[me] = call.api  # the running loop waits: a stall, not a block
+    try:
+        return run()
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        _runtime.stalled.pop(me, None)
+        detail["result"] = _policy.describe_outcome(failure)
+        hint = _incidents.reentry_hint(call.api, action, detail, stack, running)
+        _report(monitor, "reentry", call.api, action, started, running, detail, stack, hint)
+        del failure
+
+
+def _reenters(policy: str) -> bool:
+    """Whether ``policy`` re-enters the running loop for a call made here and now."""
+    return policy == "reenter" or (
+        policy == "auto" and _policy.in_kernel(_context.current_labels().framework)
+    )
 
 
 def _offload_call(
@@ -176,20 +217,26 @@ def _offload_call(
     stack: list[Any],
 ) -> Any:
     started = time.perf_counter()
+    failure: BaseException | None = None
     try:
         return _offload.offload(
             call.api, call.awaitable, call.run_elsewhere, running,
-            monitor.config.offload_timeout, detail,
+            monitor.config.offload_timeout, detail, _frames.user_frame(stack), _log_stall,
         )
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        hint = None
-        if "error" in detail or "timeout" in detail:
-            hint = (
-                f"{call.api} could not complete on a worker thread: the coroutine needs objects "
-                "of the running loop. Await it instead, or use on_reentry='reenter' (in a "
-                "notebook: %loopwatch policy reenter)."
-            )
+        detail["result"] = _policy.describe_outcome(failure)
+        hint = _incidents.reentry_hint(call.api, "offloaded", detail, stack, running)
         _report(monitor, "reentry", call.api, "offloaded", started, running, detail, stack, hint)
+        del failure
+
+
+def _log_stall(line: str) -> None:
+    from ._logging import logger
+
+    logger.warning(line)
 
 
 def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> Any:
@@ -278,7 +325,7 @@ def _make_runner_run(original: Callable[..., Any]) -> Callable[..., Any]:
         if (
             aio.runner_loop(self) is running
             and monitor is not None
-            and not (monitor.config.on_reentry == "reenter" and _nested.can_reenter(running))
+            and not (_reenters(monitor.config.on_reentry) and _nested.can_reenter(running))
         ):
             # The runner's own loop runs this very call: a worker could only drive that
             # loop from another thread, which waits for this one. Fail as asyncio does.

@@ -224,15 +224,57 @@ def test_interrupt_during_a_nested_run_leaves_the_kernel_working(kernel: KernelH
     assert ok(kernel.execute(RUN)).result_text == "'payload'"
 
 
-def test_offload_failure_names_the_reenter_policy(kernel: KernelHarness) -> None:
-    ok(kernel.execute("%load_ext loopwatch"))
-    ok(kernel.execute("earlier = asyncio.ensure_future(fetch('earlier'))"))
+def test_offload_failure_says_so_and_names_the_policy_that_works(kernel: KernelHarness) -> None:
+    ok(kernel.execute("%load_ext loopwatch\n%loopwatch policy offload"))
+    # still pending when the next cell runs: only the kernel's loop can finish it
+    ok(kernel.execute("earlier = asyncio.ensure_future(fetch('earlier', delay=5))"))
     cell = kernel.execute(
         "async def uses_earlier():\n    return await earlier\nasyncio.run(uses_earlier())"
     )
     assert cell.error is not None and cell.error.ename == "LoopwatchError", cell.describe()
-    assert "%loopwatch policy reenter" in cell.error.evalue
-    assert_note(cell, "worker thread", "fix: `%loopwatch policy reenter`")
+    assert "await it instead" in cell.error.evalue
+    assert_note(
+        cell, "worker thread", "result: failed with LoopwatchError", "%loopwatch policy auto"
+    )
+    assert "did not fail" not in notes(cell)[0]
+
+
+def test_default_in_a_kernel_runs_a_task_of_an_earlier_cell_and_a_library_loop(
+    kernel: KernelHarness,
+) -> None:
+    ok(kernel.execute("%load_ext loopwatch"))
+    cell = ok(kernel.execute("%loopwatch policy"))
+    assert cell.stdout == "loopwatch: on_reentry=auto\n"
+    ok(kernel.execute("earlier = asyncio.ensure_future(fetch('earlier'))"))
+    cell = ok(
+        kernel.execute(
+            "async def uses_earlier():\n    return await earlier\nasyncio.run(uses_earlier())"
+        )
+    )
+    assert cell.result_text == "'earlier'"
+    assert_note(cell, "re-entrantly", "result: returned")
+    # A library's own loop runs on the kernel's (main) thread; the kernel's loop comes back.
+    code = textwrap.dedent(
+        """
+        import signal, threading
+        kernel_loop, cell_task = asyncio.get_running_loop(), asyncio.current_task()
+        sigint = signal.getsignal(signal.SIGINT)
+        own = asyncio.new_event_loop()
+        own.add_signal_handler(signal.SIGTERM, lambda: None)  # main thread only
+        main = threading.current_thread() is threading.main_thread()
+        on_main = own.run_until_complete(fetch(main))
+        own.run_until_complete(own.shutdown_asyncgens())
+        own.close()
+        print(on_main, asyncio.get_running_loop() is kernel_loop,
+              asyncio.current_task() is cell_task, signal.getsignal(signal.SIGINT) is sigint)
+        """
+    )
+    cell = ok(kernel.execute(code))
+    assert cell.stdout == "True True True True\n", cell.describe()
+    texts = notes(cell)
+    assert len(texts) == 1 and "×" not in texts[0], cell.describe()  # two runs, one user call
+    assert "library's own loop on the kernel's thread" in texts[0]
+    assert "result: returned" in texts[0]
 
 
 def test_uvloop_falls_back_to_offload_and_the_note_says_so(kernel: KernelHarness) -> None:
@@ -269,14 +311,14 @@ def test_magic_lists_incidents_and_switches_policy(kernel: KernelHarness) -> Non
     assert cell.stdout == "{'reentry'}\n", cell.describe()
     cell = ok(kernel.execute("%loopwatch"))
     listing = [text for text in cell.texts() if text.startswith("loopwatch: on_reentry=")]
-    assert len(listing) == 1 and listing[0].startswith("loopwatch: on_reentry=offload"), (
+    assert len(listing) == 1 and listing[0].startswith("loopwatch: on_reentry=auto"), (
         cell.describe()
     )
     assert "reentry: asyncio.run()" in listing[0]
 
     bad = kernel.execute("%loopwatch policy sometimes")  # IPython prints UsageError on stderr
     assert bad.status == "error" and "UsageError" in bad.stderr, bad.describe()
-    assert "offload, raise, reenter" in bad.stderr
+    assert "auto, offload, raise, reenter" in bad.stderr
 
     ok(kernel.execute("%loopwatch policy raise"))
     cell = kernel.execute(RUN)
@@ -333,9 +375,10 @@ def test_example_notebook_runs_every_cell_without_error() -> None:
             assert cell.error is None and cell.status == "ok", f"{code}\n{cell.describe()}"
             assert cell.stderr == "", f"{code}\n{cell.describe()}"
             shown.extend(notes(cell))
-    # cases 1 and 2 run on a worker thread, case 3 re-entrantly; each said so in its cell
-    assert sum("worker thread" in note for note in shown) == 2, shown
-    assert sum("re-entrantly" in note for note in shown) == 1, shown
+    # the default in a kernel runs all three cases on the kernel's loop; each cell said so
+    assert sum("worker thread" in note for note in shown) == 0, shown
+    assert sum("re-entrantly" in note for note in shown) == 3, shown
+    assert all("result: returned" in note for note in shown), shown
 
 
 def test_example_notebook_is_valid_nbformat() -> None:

@@ -636,7 +636,7 @@ def test_public_uvloop_falls_back_to_offload_and_says_so() -> None:
     assert "uvloop" in incident.detail["fallback"]
 
 
-def test_offload_names_the_reenter_policy_when_the_loop_is_needed() -> None:
+def test_offload_failure_says_what_failed_and_the_fix_for_a_service() -> None:
     async def main() -> None:
         earlier = asyncio.ensure_future(double(1))
 
@@ -644,9 +644,12 @@ def test_offload_names_the_reenter_policy_when_the_loop_is_needed() -> None:
             return await earlier
 
         with capture_incidents() as seen:
-            with pytest.raises(loopwatch.LoopwatchError, match="%loopwatch policy reenter"):
+            with pytest.raises(loopwatch.LoopwatchError, match="await it instead"):
                 asyncio.run(needs_earlier())
-        assert "could not complete" in seen[0].hint
+        assert seen[0].detail["result"].startswith("failed with LoopwatchError")
+        assert "ran on a worker thread" in seen[0].hint
+        assert "Fix: make the caller async" in seen[0].hint
+        assert "policy" not in seen[0].hint  # outside a notebook no magic is advised
         # The failed foreign await left the task flagged as awaited (CPython does not reset
         # it); loopwatch clears the flag, so the correct ``await`` works afterwards.
         assert await earlier == 2
@@ -683,3 +686,163 @@ def test_uninstall_after_reentrant_use_restores_the_identical_attributes() -> No
         assert loop.run_until_complete(double(5)) == 10
     finally:
         loop.close()
+
+
+# -- issue: tasks sharing the outer task's Context, and the ``auto`` policy -----------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="create_task(context=) is new in 3.11")
+def test_a_task_sharing_the_outer_context_runs_after_the_nested_run() -> None:
+    # ipykernel 7 runs every cell in one Context: a step of another task in that Context
+    # cannot run while the outer step has it entered. It waits, and runs afterwards.
+    async def main() -> int:
+        context = contextvars.copy_context()
+
+        async def inner() -> int:
+            return 42
+
+        async def outer() -> asyncio.Task[int]:
+            task = asyncio.get_running_loop().create_task(inner(), context=context)
+            assert nested(double(1)) == 2
+            return task
+
+        task = await asyncio.get_running_loop().create_task(outer(), context=context)
+        assert nested(double(2)) == 4
+        return await task
+
+    assert run_outer(main) == 42
+
+
+def kernel_labels() -> Any:
+    """Label the work as a notebook cell's, as the IPython extension does."""
+    return loopwatch.handler_context("jupyter", "cell")
+
+
+def test_auto_in_a_kernel_reenters_and_runs_a_library_loop_on_this_thread() -> None:
+    import signal
+
+    async def main() -> None:
+        outer = asyncio.current_task()
+        running = asyncio.get_running_loop()
+        earlier = asyncio.ensure_future(double(5))
+        handler = signal.getsignal(signal.SIGUSR1)
+        with kernel_labels():
+            # a Task of the running loop (pydantic-ai's run_sync does this)
+            assert running.run_until_complete(earlier) == 10
+            # a library's own loop, with a signal handler as servers install
+            own = asyncio.new_event_loop()
+            try:
+                own.add_signal_handler(signal.SIGUSR1, lambda: None)
+                thread = own.run_until_complete(asyncio.to_thread(threading.get_ident))
+                assert own.run_until_complete(double(3)) == 6
+            finally:
+                own.close()
+        assert thread != threading.get_ident()
+        assert asyncio.current_task() is outer and asyncio.get_running_loop() is running
+        assert signal.getsignal(signal.SIGUSR1) is handler
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry()) as seen:
+        run_outer(main)
+    actions = [(i.api, i.action, i.count, i.detail["result"]) for i in seen]
+    # The library's loop ran twice in one user call: counted once.
+    assert actions == [
+        ("loop.run_until_complete", "reentered", 1, "returned"),
+        ("loop.run_until_complete", "nested", 1, "returned"),
+    ], actions
+
+
+def test_auto_in_a_service_fails_at_once_naming_a_task_of_the_running_loop() -> None:
+    async def main() -> None:
+        earlier = asyncio.ensure_future(double(1), loop=asyncio.get_running_loop())
+        earlier.set_name("the-earlier-task")
+        with pytest.raises(loopwatch.LoopwatchError, match="the-earlier-task"):
+            asyncio.get_running_loop().run_until_complete(earlier)
+        assert await earlier == 2
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry()) as seen:
+        run_outer(main)
+    assert [i.action for i in seen] == ["raised"]
+    assert seen[0].detail["result"].startswith("failed with LoopwatchError")
+    assert seen[0].duration is None  # no stall: it failed before running anything
+
+
+def test_offload_stops_early_when_the_coroutine_waits_for_the_stalled_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+
+        async def producer() -> None:
+            await asyncio.sleep(0.05)
+            queue.put_nowait(7)
+
+        task = asyncio.ensure_future(producer())
+        with pytest.raises(loopwatch.LoopwatchError, match="waits for <Future pending"):
+            asyncio.run(queue.get())
+        await task
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry(), offload_timeout=60):
+        run_outer(main)
+    lines = [r.getMessage() for r in caplog.records if "has run on a worker thread" in r.message]
+    assert len(lines) == 1, caplog.records
+    stalls = [r for r in caplog.records if getattr(r, "loopwatch", {}).get("action") == "offloaded"]
+    assert stalls and stalls[0].loopwatch["duration"] < 60  # well short of the timeout
+
+
+def test_offload_of_a_slow_thread_call_is_not_cut_short() -> None:
+    import time
+
+    async def slow() -> str:
+        return await asyncio.to_thread(lambda: time.sleep(1.5) or "slow")
+
+    async def main() -> None:
+        assert asyncio.run(slow()) == "slow"
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry()) as seen:
+        run_outer(main)
+    assert seen[0].detail["result"] == "returned"
+
+
+def test_uvloop_hint_never_advises_reenter() -> None:
+    if uvloop is None:
+        pytest.skip("uvloop is not installed")
+    earlier: list[asyncio.Task[int]] = []
+
+    async def needs_earlier() -> int:
+        return await earlier[0]
+
+    async def main() -> None:
+        earlier.append(asyncio.ensure_future(double(1)))
+        with kernel_labels(), pytest.raises(loopwatch.LoopwatchError):
+            asyncio.run(needs_earlier())
+        await earlier[0]
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry()) as seen:
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert seen[0].action == "offloaded" and "reenter" in seen[0].detail["fallback"]
+    assert "policy" not in seen[0].hint and "Fix: make the caller async" in seen[0].hint
+
+
+def test_a_long_nested_library_loop_says_so_while_it_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen_during: list[bool] = []
+
+    async def serve_a_while() -> None:
+        await asyncio.sleep(1.4)
+        seen_during.append(any("has run its own event loop" in r.message for r in caplog.records))
+
+    async def main() -> None:
+        own = asyncio.new_event_loop()
+        try:
+            own.run_until_complete(serve_a_while())
+        finally:
+            own.close()
+
+    with capture_incidents(on_reentry="auto", registry=fresh_registry()):
+        run_outer(main)
+    assert seen_during == [True]  # the line came while the loop was still running

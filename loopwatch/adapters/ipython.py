@@ -7,11 +7,14 @@ Repeats within one cell update that cell's note rather than adding more. The blo
 watchdog stays off (every long cell blocks the kernel's loop by design), unless loopwatch
 was installed with it before the extension loaded.
 
-``%loopwatch`` shows the recent incidents and the policy; ``%loopwatch policy reenter``
-(or ``offload``, ``raise``) switches the policy. ``reenter`` is the one to use when a cell
-calls ``asyncio.run()`` on a coroutine that needs objects of the kernel's loop (a task
-from an earlier cell, a lock): it runs it on that loop, re-entrantly. ``%unload_ext
-loopwatch`` undoes everything the extension did.
+The policy is ``auto`` unless ``LOOPWATCH_ON_REENTRY`` says otherwise: a nested
+``asyncio.run()`` / ``run_until_complete`` runs on the kernel's loop, re-entrantly (so it can
+use a client, task or lock of an earlier cell), and a loop a library creates and runs itself
+(a server's ``run()``) runs on the kernel's thread, its signal handlers working as in a
+script; on a uvloop kernel the call runs on a worker thread instead, and the note says so.
+``%loopwatch`` shows the recent incidents and the policy; ``%loopwatch policy offload`` (or
+``auto``, ``reenter``, ``raise``) switches it. ``%unload_ext loopwatch`` undoes everything
+the extension did.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import collections
 import contextlib
 import html
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +52,7 @@ _RECENT = 10  # incidents listed by ``%loopwatch``
 _PENDING = 100  # incidents kept for the next cell's output
 _ACTIONS = {
     "reentered": "ran it on the kernel's loop, re-entrantly",
+    "nested": "ran the library's own loop on the kernel's thread",
     "offloaded": "ran it on a worker thread",
     "raised": "let the error through",
     "marshalled": "ran it on the loop's own thread",
@@ -75,20 +80,17 @@ class IncidentNote:
         if self.where:
             line += f" at {self.where}"
         done = _ACTIONS.get(inc.action, inc.action)
+        if inc.action == "raised" and "reason" in inc.detail:
+            done = "failed at once"
         if done:
             line += f" — {done}"
         return line
 
     def _lines(self) -> list[tuple[str, str]]:
         inc = self.incident
+        # The hint already carries the one fix that applies to this call.
         lines = [(key, _shorten(value)) for key, value in inc.detail.items()]
-        if inc.action == "offloaded" and ("error" in inc.detail or "timeout" in inc.detail):
-            lines.append(("fix", "`%loopwatch policy reenter` runs it on the kernel's loop"))
         lines.append(("hint", inc.hint))
-        if inc.kind == "reentry" and self.where and self.where.startswith("In["):
-            lines.append(
-                ("tip", "in a cell, `await` the coroutine directly: top-level await works")
-            )
         return lines
 
     def __repr__(self) -> str:
@@ -186,7 +188,10 @@ class _Extension:
         else:
             # Cells run on the kernel loop's thread, so every slow cell would read as a
             # blocked loop: leave the watchdog off here unless it was installed before.
-            self.monitor = loopwatch.install(default_framework="jupyter", watchdog=False)
+            # In a kernel nested runs go on the kernel's own thread (``auto``), unless the
+            # environment chose a policy.
+            policy = {} if "LOOPWATCH_ON_REENTRY" in os.environ else {"on_reentry": "auto"}
+            self.monitor = loopwatch.install(default_framework="jupyter", watchdog=False, **policy)
         self.previous_policy = self.monitor.config.on_reentry
         self.monitor.add_listener(self.on_incident)
         logger.addFilter(self.filter)
@@ -276,7 +281,7 @@ class _Extension:
 
             %loopwatch                   # policy and recent incidents
             %loopwatch policy            # the policy
-            %loopwatch policy reenter    # or offload, raise
+            %loopwatch policy reenter    # or auto, offload, raise
         """
         words = line.split()
         if not words:

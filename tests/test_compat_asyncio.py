@@ -1,0 +1,74 @@
+"""Canaries for the nested-run policies' asyncio internals in ``loopwatch._compat.asyncio``.
+
+Each fails loudly when a Python upgrade removes or changes what the nested-run policies
+rely on, instead of letting them silently stop working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from asyncio import events, tasks
+
+from loopwatch._compat import asyncio as compat
+
+
+def test_running_loop_and_current_task_functions_exist() -> None:
+    assert compat.get_running_loop is events._get_running_loop
+    assert compat.set_running_loop is events._set_running_loop
+    # enter_task/leave_task wrap these (their behaviour: tests/test_compat.py).
+    assert callable(tasks._enter_task)
+    assert callable(tasks._leave_task)
+
+
+def test_handle_context_is_the_context_the_callback_runs_in() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        context = contextvars.copy_context()
+        handle = loop.call_soon(lambda: None, context=context)
+        assert compat.handle_context(handle) is context
+        handle.cancel()
+    finally:
+        loop.close()
+
+
+def test_context_entered_tells_an_entered_context() -> None:
+    context = contextvars.copy_context()
+    assert compat.context_entered(context) is False
+    assert context.run(compat.context_entered, context) is True
+
+
+def test_policy_loop_reads_and_restores_the_thread_loop() -> None:
+    known, before = compat.policy_loop()
+    assert known, "the default policy no longer keeps the thread's loop in _local._loop"
+    loop = asyncio.new_event_loop()
+    try:
+        compat.set_policy_loop(loop)
+        assert compat.policy_loop() == (True, loop)
+    finally:
+        compat.set_policy_loop(before)
+        loop.close()
+
+
+def test_waited_future_and_idle_loop_detection() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        waiter = loop.create_future()
+
+        async def waits() -> object:
+            return await waiter
+
+        task = loop.create_task(waits())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert compat.waited_future(task) is waiter
+        assert compat.loop_waits_for_nothing(loop, task) == repr(waiter)
+        # a future completed by a thread (to_thread / run_in_executor) is not "nothing"
+        threaded = loop.create_task(asyncio.to_thread(time.sleep, 0.3))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert compat.loop_waits_for_nothing(loop, threaded) == ""
+        loop.run_until_complete(threaded)
+        waiter.set_result(1)
+        loop.run_until_complete(task)
+    finally:
+        loop.close()
