@@ -34,27 +34,13 @@ import weakref
 from asyncio import events, tasks
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar
 
-from ._compat import asyncio as _aio
+from ._compat import asyncio as aio
 
 __all__ = ["can_reenter", "run_reentrant"]
 
 T = TypeVar("T")
-
-_BASE_RUN_ONCE: Callable[..., Any] | None = getattr(asyncio.BaseEventLoop, "_run_once", None)
-
-
-class _Drivable(Protocol):
-    """The private state of ``asyncio.BaseEventLoop`` that the nested run touches."""
-
-    _ready: deque[asyncio.Handle]
-    _stopping: bool
-    _current_handle: asyncio.Handle | None
-    _thread_id: int | None
-
-    def _run_once(self) -> None: ...
-
 
 class _Run:
     """One nested run that cleans up like ``asyncio.run``: what it created, to finish it."""
@@ -81,13 +67,7 @@ def can_reenter(loop: asyncio.AbstractEventLoop) -> bool:
     False for uvloop (not a ``BaseEventLoop``) and for loops whose iteration was replaced
     (a subclass override, or nest_asyncio's class patch): their internals are unknown here.
     """
-    if _BASE_RUN_ONCE is None or not isinstance(loop, asyncio.BaseEventLoop):
-        return False
-    if getattr(type(loop), "_run_once", None) is not _BASE_RUN_ONCE:
-        return False
-    if "_run_once" in getattr(loop, "__dict__", {}):
-        return False
-    return isinstance(getattr(loop, "_ready", None), deque) and hasattr(loop, "_stopping")
+    return aio.can_drive(loop)
 
 
 def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, cleanup: bool) -> T:
@@ -102,23 +82,23 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
     """
     if not can_reenter(loop):
         raise RuntimeError(f"cannot drive {type(loop).__name__} re-entrantly")
-    drivable = cast(_Drivable, loop)
-    if not loop.is_running() or drivable._thread_id != threading.get_ident():
+    drivable = loop
+    if not loop.is_running() or aio.loop_thread_id(loop) != threading.get_ident():
         raise RuntimeError("run_reentrant() must be called from the thread running the loop")
 
-    saved_loop = events._get_running_loop()
+    saved_loop = aio.get_running_loop()
     # Before 3.14 the current task is looked up by loop; from 3.14 on, only for the running
     # loop of the thread: make sure it is ``loop`` before reading or changing it.
-    events._set_running_loop(loop)
+    aio.set_running_loop(loop)
     saved_task = tasks.current_task(loop)
     if saved_task is not None and awaitable is saved_task:
-        events._set_running_loop(saved_loop)
+        aio.set_running_loop(saved_loop)
         raise RuntimeError(
             f"{saved_task!r} cannot wait for itself in a nested run: it would never finish"
         )
-    saved_handle = drivable._current_handle
-    saved_stopping = drivable._stopping
-    entry = list(drivable._ready)
+    saved_handle = aio.current_handle(loop)
+    saved_stopping = aio.is_stopping(loop)
+    entry = list(aio.ready_queue(loop))
     run = _Run() if cleanup else None
     restore_hooks: Callable[[], None] | None = None
     capture: _Capture | None = None
@@ -131,8 +111,8 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
         # The calling task is suspended in the middle of its step: step out of it, so the
         # loop can run other tasks' steps, and step back in when the nested run is over.
         if saved_task is not None:
-            tasks._leave_task(loop, saved_task)
-        drivable._stopping = False
+            aio.leave_task(loop, saved_task)
+        aio.set_stopping(loop, False)
         if run is not None:
             restore_hooks = _track(loop, run)
         if asyncio.isfuture(awaitable):
@@ -170,11 +150,11 @@ def run_reentrant(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], *, c
         finally:
             # The task must be entered while ``loop`` is the running loop (3.14 checks it),
             # whatever the nested code did to the running loop meanwhile.
-            events._set_running_loop(loop)
+            aio.set_running_loop(loop)
             _restore(loop, drivable, entry, saved_task, saved_handle)
-            drivable._ready.extend(held.handles)  # they run once the outer step is over
-            drivable._stopping = saved_stopping or stop_requested or drivable._stopping
-            events._set_running_loop(saved_loop)
+            aio.ready_queue(loop).extend(held.handles)  # they run once the outer step is over
+            aio.set_stopping(loop, saved_stopping or stop_requested or aio.is_stopping(loop))
+            aio.set_running_loop(saved_loop)
 
     if capture is not None and capture.context is not None:
         _copy_back(capture.context)
@@ -224,39 +204,39 @@ class _Held:
         ready.extend(keep)
 
     def _entered(self, handle: asyncio.Handle) -> bool:
-        context = _aio.handle_context(handle)
+        context = aio.handle_context(handle)
         if context is None or handle.cancelled():
             return False
         known = self.entered.get(id(context))
         if known is None:
             # Fixed for the whole nested run: only contexts up the stack are entered between
             # two iterations. The Context is kept in the value so its id stays unique.
-            known = (context, _aio.context_entered(context))
+            known = (context, aio.context_entered(context))
             self.entered[id(context)] = known
         return known[1]
 
 
-def _drive(drivable: _Drivable, future: asyncio.Future[Any], held: _Held | None = None) -> bool:
+def _drive(drivable: Any, future: asyncio.Future[Any], held: _Held | None = None) -> bool:
     """Iterate the loop until ``future`` is done; return whether ``stop()`` was called."""
     stop_requested = False
     while not future.done():
         if held is not None:
-            held.take(drivable._ready)
-        drivable._run_once()
-        if drivable._stopping:
+            held.take(aio.ready_queue(drivable))
+        aio.run_once(drivable)
+        if aio.is_stopping(drivable):
             stop_requested = True
-            drivable._stopping = False
+            aio.set_stopping(drivable, False)
     return stop_requested
 
 
 def _restore(
     loop: asyncio.AbstractEventLoop,
-    drivable: _Drivable,
+    drivable: Any,
     entry: list[asyncio.Handle],
     saved_task: asyncio.Task[Any] | None,
     saved_handle: asyncio.Handle | None,
 ) -> None:
-    ready = drivable._ready
+    ready = aio.ready_queue(drivable)
     # Entry handles not consumed are still at the front, in order (the list keeps them
     # alive, so their ids are unique). Replace each consumed one with a skipped placeholder.
     alive = {id(handle) for handle in entry}
@@ -270,13 +250,13 @@ def _restore(
         placeholder = events.Handle(_nothing, (), loop)
         placeholder.cancel()
         ready.extendleft(itertools.repeat(placeholder, consumed))
-    drivable._current_handle = saved_handle
+    aio.set_current_handle(drivable, saved_handle)
     current = tasks.current_task(loop)
     if current is not saved_task:
         if current is not None:
-            tasks._leave_task(loop, current)
+            aio.leave_task(loop, current)
         if saved_task is not None:
-            tasks._enter_task(loop, saved_task)
+            aio.enter_task(loop, saved_task)
 
 
 def _close(awaitable: object) -> None:
@@ -375,7 +355,7 @@ def _pending_tasks(loop: asyncio.AbstractEventLoop, run: _Run) -> list[asyncio.F
 
 
 def _finish(
-    loop: asyncio.AbstractEventLoop, drivable: _Drivable, run: _Run, held: _Held
+    loop: asyncio.AbstractEventLoop, drivable: Any, run: _Run, held: _Held
 ) -> bool:
     """Cancel and await the run's leftover tasks, then close its async generators."""
     stop_requested = False
