@@ -182,9 +182,14 @@ def test_demo_json_incidents(loop: str) -> None:
         assert incident["site"]["file"].endswith("demo_app.py"), incident
         assert incident["count"] >= 1
         assert len(incident["hint"].split()) > 5
-        if route.hazard in ("H1", "H2"):
+        if route.hazard == "H2":
             assert incident["hint"] == hint_for(incident["kind"], incident["api"],
                                                 incident["action"])
+        if route.hazard == "H1":
+            # The note says what ran where and how it ended, then the one fix.
+            assert incident["hint"].startswith("asyncio.run() ran on a worker thread"), incident
+            assert "and returned" in incident["hint"]
+            assert "`await` the coroutine" in incident["hint"]
         if route.hazard in EXACT_LINE:
             line, function = MARKED[route.hazard]
             assert (incident["site"]["line"], incident["site"]["function"]) == (line, function)
@@ -330,7 +335,7 @@ def test_run_passes_the_exit_status_through() -> None:
     ("flag", "value", "message"),
     [
         ("--on-reentry", "bogus",
-         "--on-reentry='bogus' is not accepted; use one of: offload, raise, reenter"),
+         "--on-reentry='bogus' is not accepted; use one of: auto, offload, raise, reenter"),
         ("--block-threshold", "soon", "--block-threshold='soon' is not a number of seconds"),
         ("--block-threshold", "-1", "--block-threshold='-1' is not accepted"),
         ("--log-format", "xml", "--log-format='xml' is not accepted; use one of: text, json"),
@@ -544,7 +549,7 @@ def test_doctor_names_a_bad_variable(
     assert cli.main(["doctor"]) == 1
     captured = capsys.readouterr()
     assert ("loopwatch doctor: ConfigError: LOOPWATCH_ON_REENTRY='bogus' is not accepted; "
-            "use one of: offload, raise, reenter") in captured.err
+            "use one of: auto, offload, raise, reenter") in captured.err
     assert "config        INVALID:" in captured.out
 
 
