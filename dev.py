@@ -44,6 +44,10 @@ MONITOR_TESTS = ("tests/test_watchdog.py", "tests/test_tasks.py")
 # The notebook case (%load_ext, the reenter policy in a real ipykernel) on every Python too:
 # the running-loop and current-task state it restores differs by version.
 KERNEL_TESTS = ("tests/test_notebook.py",)
+# Real libraries nested in real kernels: on the newest supported Python too (their loops and
+# signal handling differ by version); on the others the notebook tests stand for them.
+NESTED_TESTS = ("tests/test_real_libraries.py",)
+NESTED_ON = ("3.13",)
 # The route labels on the oldest Starlette/FastAPI supported (Starlette 0.27 sets no
 # scope["route"], FastAPI 0.100 has no included-router contexts): a code path of its own.
 OLDEST_WEB = ("starlette==0.27.*", "fastapi==0.100.*", "pydantic==2.1.*")
@@ -142,7 +146,8 @@ def test(args: list[str]) -> int:
             else:
                 say(f"no Python {version} found: not tested there")
             continue
-        other = ensure_env(ROOT / f".venv-{version}", python, "uvloop,testcore,testkernel")
+        extras = "uvloop,testcore,testkernel" + (",testnested" if version in NESTED_ON else "")
+        other = ensure_env(ROOT / f".venv-{version}", python, extras)
         run(
             bin_of(other, "python"),
             "-m",
@@ -164,6 +169,8 @@ def test(args: list[str]) -> int:
             *MONITOR_TESTS,
         )
         run(bin_of(other, "python"), "-m", "pytest", "-p", "no:cacheprovider", *KERNEL_TESTS)
+        if version in NESTED_ON:
+            run(bin_of(other, "python"), "-m", "pytest", "-p", "no:cacheprovider", *NESTED_TESTS)
     oldest = ensure_env(ROOT / ".venv-oldest-web", sys.executable, "test", OLDEST_WEB)
     run(bin_of(oldest, "python"), "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
         *ROUTE_TESTS)
