@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import json
 import os
 import re
@@ -390,14 +391,22 @@ def differences(bare: Run, watched: Run) -> dict[str, str]:
 
 @dataclass
 class Allowed:
-    entries: dict[str, tuple[set[str], str]]  # id -> (versions or empty = all, reason)
+    """The allowed list: id or ``fnmatch`` pattern -> (versions, empty = all; reason)."""
 
-    def reason(self, key: str, version: str) -> str | None:
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        versions, why = entry
-        return why if not versions or version in versions else None
+    entries: dict[str, tuple[set[str], str]]
+
+    def match(self, key: str, version: str) -> str | None:
+        """The entry that allows ``key`` on ``version``, or None."""
+        for pattern, (versions, _) in self.entries.items():
+            if versions and version not in versions:
+                continue
+            if pattern == key or ("*" in pattern and fnmatch.fnmatchcase(key, pattern)):
+                return pattern
+        return None
+
+    def for_version(self, version: str) -> set[str]:
+        return {k for k, (versions, _) in self.entries.items()
+                if not versions or version in versions}
 
 
 def read_allowed(path: Path) -> Allowed:
@@ -434,7 +443,7 @@ def counts(run: Run) -> str:
 def compare(version: str, bare: Run, watched: Run, allowed: Allowed,
             out: Path) -> tuple[dict[str, str], dict[str, str]]:
     diff = differences(bare, watched)
-    ok = {k: v for k, v in diff.items() if allowed.reason(k, version)}
+    ok = {k: v for k, v in diff.items() if allowed.match(k, version)}
     not_ok = {k: v for k, v in diff.items() if k not in ok}
     report = [f"Python {version}: bare {counts(bare)}; loopwatch {counts(watched)}"]
     for title, run in (("bare", bare), ("loopwatch", watched)):
@@ -521,9 +530,8 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
         again = differences(bare2, watched2)
         flaky = {k: v for k, v in not_ok.items() if k not in again}
         not_ok = {k: v for k, v in not_ok.items() if k in again}
-    seen = {k for k, (versions, _) in allowed.entries.items()
-            if not versions or version in versions}
-    stale = sorted(seen - set(ok) - set(not_ok) - set(flaky))
+    used = {allowed.match(k, version) for k in ok}
+    stale = sorted(allowed.for_version(version) - used)
     print(f"\n==== Python {version} ({python})")
     print((here / f"{version}-diff.txt").read_text(), end="")
     for key, what in flaky.items():
