@@ -108,6 +108,7 @@ ENV_WARNING = re.compile(
     r"^Warning -- (?:.* was modified by (test_asyncio\.[\w.]+)"
     r"|threading_cleanup\(\)|Dangling thread|.*dangling)"
 )
+TIMEOUT_DUMP = re.compile(r"^Timeout \(\d+:\d\d:\d\d\)!$")
 SUMMARY_HEADER = re.compile(r"^(?:All )?\d+ (?:re-run )?tests? (.*):$")
 
 
@@ -321,6 +322,10 @@ def read_verdicts(text: str, run: Run) -> None:
         # regrtest prints a failed file's warnings (dangling threads, a changed event loop
         # policy) but calls it "failed", not "env changed": the warnings count on their own.
         # A worker's output follows its progress line.
+        if current and TIMEOUT_DUMP.match(line):
+            # regrtest's own --timeout fired inside the worker, which then exits with 1.
+            run.files[current] = "timed-out"
+            continue
         warning = ENV_WARNING.match(line)
         if warning and (warning.group(1) or current):
             name = warning.group(1) or current
