@@ -482,6 +482,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rerun-limit", type=int, default=6,
                         help="re-run up to this many files with unlisted differences once, "
                              "bare and watched, to set flaky results apart (default 6)")
+    parser.add_argument("--bare-only", action="store_true",
+                        help="only the bare run (timing, or results for --reuse-bare later)")
     parser.add_argument("--allowed", type=Path, default=ALLOWED_FILE)
     args = parser.parse_args(argv)
     try:
@@ -519,6 +521,8 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
         say(f"{version}: bare results reused from {args.reuse_bare}")
     else:
         bare = run_regrtest(python, "bare", tests, here / "bare", args.jobs, args.timeout, {})
+    if args.bare_only:
+        return f"{version}: bare {counts(bare)} ({bare.seconds:.0f} s)", True
     watched = run_regrtest(python, "loopwatch", tests, here / "loopwatch", args.jobs,
                            args.timeout, extra_env)
     ok, not_ok = compare(version, bare, watched, allowed, here)
