@@ -212,7 +212,7 @@ def asyncio_test_files(python: str, only: list[str]) -> list[str]:
 
 def run_regrtest(
     python: str, mode: str, tests: list[str], out: Path, jobs: int, timeout: float,
-    extra_env: dict[str, str],
+    extra_env: dict[str, str], skip: list[str],
 ) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     probe_dir = out / "probe"
@@ -227,8 +227,9 @@ def run_regrtest(
     env[MARKER_VARIABLE] = str(markers)
     junit = out / "junit.xml"
     junit.unlink(missing_ok=True)
+    ignore = [arg for case in skip for arg in ("--ignore", f"test.{case}")]
     command = [python, "-m", "test", f"-j{jobs}", "--junit-xml", str(junit),
-               f"--timeout={timeout:g}", *tests]
+               f"--timeout={timeout:g}", *ignore, *tests]
     if mode != "bare":
         env.update(extra_env)
         command = [python, "-m", "loopwatch", "run", "--", *command]
@@ -403,7 +404,7 @@ class Allowed:
     def match(self, key: str, version: str) -> str | None:
         """The entry that allows ``key`` on ``version``, or None."""
         for pattern, (versions, _) in self.entries.items():
-            if versions and version not in versions:
+            if (versions and version not in versions) or pattern.startswith("skip:"):
                 continue
             if pattern == key or ("*" in pattern and fnmatch.fnmatchcase(key, pattern)):
                 return pattern
@@ -411,7 +412,12 @@ class Allowed:
 
     def for_version(self, version: str) -> set[str]:
         return {k for k, (versions, _) in self.entries.items()
-                if not versions or version in versions}
+                if (not versions or version in versions) and not k.startswith("skip:")}
+
+    def skipped(self, version: str) -> list[str]:
+        """Test cases not run at all on ``version``: flaky bare, they would cost the timeout."""
+        return sorted(k.removeprefix("skip:") for k, (versions, _) in self.entries.items()
+                      if k.startswith("skip:") and (not versions or version in versions))
 
 
 def read_allowed(path: Path) -> Allowed:
@@ -516,15 +522,17 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
     if not tests:
         raise JobError(f"no test_asyncio files selected for {python}")
     here = out / version
+    skip = allowed.skipped(version)
     if args.reuse_bare:
         bare = load(args.reuse_bare.resolve() / version / "bare")
         say(f"{version}: bare results reused from {args.reuse_bare}")
     else:
-        bare = run_regrtest(python, "bare", tests, here / "bare", args.jobs, args.timeout, {})
+        bare = run_regrtest(python, "bare", tests, here / "bare", args.jobs, args.timeout, {},
+                            skip)
     if args.bare_only:
         return f"{version}: bare {counts(bare)} ({bare.seconds:.0f} s)", True
     watched = run_regrtest(python, "loopwatch", tests, here / "loopwatch", args.jobs,
-                           args.timeout, extra_env)
+                           args.timeout, extra_env, skip)
     ok, not_ok = compare(version, bare, watched, allowed, here)
     flaky: dict[str, str] = {}
     # Crashes and timeouts are not re-run: they would cost the timeout again.
@@ -533,9 +541,9 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
     if not_ok and len(files) <= args.rerun_limit:
         say(f"{version}: re-running {', '.join(files)} once, bare and watched")
         bare2 = run_regrtest(python, "bare", files, here / "bare-rerun", args.jobs,
-                             args.timeout, {})
+                             args.timeout, {}, skip)
         watched2 = run_regrtest(python, "loopwatch", files, here / "loopwatch-rerun",
-                                args.jobs, args.timeout, extra_env)
+                                args.jobs, args.timeout, extra_env, skip)
         again = differences(bare2, watched2)
         flaky = {k: v for k, v in not_ok.items() if k not in again}
         not_ok = {k: v for k, v in not_ok.items() if k in again}
@@ -552,7 +560,7 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
         print(f"   still not allowed after the re-run: {len(not_ok)}")
     line = (f"{version}: bare {counts(bare)} ({bare.seconds:.0f} s); loopwatch "
             f"{counts(watched)} ({watched.seconds:.0f} s); allowed differences {len(ok)}; "
-            f"not allowed {len(not_ok)}")
+            f"not allowed {len(not_ok)}; skipped as flaky bare {len(skip)}")
     return line, not not_ok
 
 
