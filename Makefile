@@ -1,5 +1,5 @@
 # Conveniences over dev.py, which needs nothing but Python.
-.PHONY: demo test bench
+.PHONY: demo test bench transparency
 
 demo:
 	python3 dev.py demo
@@ -9,3 +9,8 @@ test:
 
 bench:
 	.venv/bin/python benchmarks/reentry_fastpath.py
+
+# CPython's test_asyncio bare vs under `loopwatch run`, on every Python with a venv (see
+# docs/transparency.md); `make test` builds the venvs.
+transparency:
+	python3 .ci/transparency.py
