@@ -5,6 +5,9 @@ calls made inside a running event loop, keeps them from crashing, reports each o
 the user's line and the route / event / command it belongs to, and exports Prometheus
 metrics. Framework adapters live in :mod:`loopwatch.adapters` and are imported only when
 you import them.
+
+PYTEST_DONT_REWRITE: ``loopwatch run`` imports the package before pytest starts, and the
+package ships a pytest plugin; pytest must not warn that it cannot rewrite it.
 """
 
 from __future__ import annotations

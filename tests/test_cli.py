@@ -396,6 +396,30 @@ def test_sitecustomize_chains_to_the_one_it_shadows(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == ["other sitecustomize ran", "True", str(other)]
 
 
+def test_sitecustomize_and_another_that_chains_the_same_way_run_once_each(
+    tmp_path: Path,
+) -> None:
+    # A second sitecustomize that, like loopwatch's, runs "the next sitecustomize on the
+    # path but itself" would find loopwatch's again: each must still run exactly once.
+    other = tmp_path / "sitecustomize.py"
+    other.write_text(textwrap.dedent("""
+        import importlib.machinery, importlib.util, os, sys
+        sys.stdout.write("other ran\\n")
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+        spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+        if spec is not None:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([cli.HOOK_DIR, str(tmp_path)])}
+    code = "import loopwatch._monitor as m; print(m.current() is not None)"
+    result = run([PY, "-c", code], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["other ran", "True"]
+    assert "RecursionError" not in result.stderr
+
+
 def test_sitecustomize_never_breaks_the_host(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": cli.HOOK_DIR, "LOOPWATCH_ON_REENTRY": "bogus"}
     result = run([PY, "-c", "print('still running')"], env=env)

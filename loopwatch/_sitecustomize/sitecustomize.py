@@ -108,7 +108,12 @@ def _count(exc: BaseException) -> None:
 
 def _chain() -> None:
     """Run the ``sitecustomize`` this one shadows, if there is one."""
-    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+    # Only the entries after this directory: a sitecustomize before it already ran (it is
+    # the one that imported us, or it shadows us), and one that chains the same way would
+    # otherwise call us back, forever.
+    here = [i for i, p in enumerate(sys.path) if os.path.abspath(p or os.curdir) == _HERE]
+    path = sys.path[here[0] + 1:] if here else list(sys.path)
+    path = [p for p in path if os.path.abspath(p or os.curdir) != _HERE]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
     if spec is None or spec.loader is None:
         return
@@ -117,12 +122,20 @@ def _chain() -> None:
     spec.loader.exec_module(module)
 
 
+# Another sitecustomize that chains to "the next one" may run this file a second time in the
+# same process: the first run did everything.
+_ONCE = "_loopwatch_sitecustomize_ran"
+_again = _ONCE in sys.modules
+sys.modules.setdefault(_ONCE, sys.modules[__name__])
+
 try:
-    _install()
+    if not _again:
+        _install()
 except BaseException as exc:  # whatever happens, the program must start
     if isinstance(exc, KeyboardInterrupt):
         raise
     _say(f"not installed in this process: {exc!r}")
 # Outside the guard on purpose: an error in the other sitecustomize is reported by `site`
 # exactly as it would be without loopwatch.
-_chain()
+if not _again:
+    _chain()
