@@ -201,11 +201,6 @@ def test_thread_stacks_and_frames() -> None:
     assert cpython.getframe(0).f_code.co_name == "test_thread_stacks_and_frames"
 
 
-def test_main_interpreter() -> None:
-    assert cpython.in_main_interpreter()
-    assert cpython.daemon_threads_allowed()
-
-
 # -- uvloop --------------------------------------------------------------------------------
 
 
