@@ -314,17 +314,22 @@ def test_nested_offload_inside_offload(
     assert sample(registry, "asyncio.run", "offloaded") == 2
 
 
-def test_workers_are_reused(loop_factory: LoopFactory) -> None:
+def test_no_worker_outlives_its_call(loop_factory: LoopFactory) -> None:
+    # Each offloaded call has a thread of its own, joined before the call returns: a
+    # program (or a test suite) that counts its threads after the call sees none of ours.
     from loopwatch import _reentry
 
     loopwatch.install(registry=CollectorRegistry())
+    before = {t.name for t in threading.enumerate()}
 
-    async def main() -> None:
+    async def main() -> set[str]:
         for i in range(20):
             sync_helper_run(i)
+        return {t.name for t in threading.enumerate()}
 
-    run_on(loop_factory, main())
-    assert _reentry.worker_threads() == 1
+    after = run_on(loop_factory, main())
+    assert _reentry.worker_threads() == 0
+    assert {name for name in after - before if name.startswith("loopwatch-offload")} == set()
 
 
 def test_reenter_without_runner_falls_back(registry: CollectorRegistry) -> None:
