@@ -5,10 +5,10 @@ How it stays correct without replacing ``asyncio.Task`` or any loop method:
 
 * The nested awaitable runs in an ordinary task of the loop (``loop.create_task``), so the
   C Task, task factories and eager tasks behave as usual.
-* The task that made the call is *left* (``asyncio.tasks._leave_task``) for the duration
+* The task that made the call is *left* (asyncio's own leave-task function) for the duration
   and entered again afterwards, through the same C functions the Task uses itself. On
   3.14 these read and write the thread state's current task (``ts->asyncio_running_task``)
-  rather than a dict, which is why mutating ``asyncio.tasks._current_tasks`` by hand (what
+  rather than a dict, which is why mutating asyncio's per-loop current-task dict by hand (what
   nest_asyncio does) breaks there and this does not.
 * The loop is driven by calling the stdlib ``BaseEventLoop._run_once`` until the future is
   done. The outer ``_run_once`` that is running the current callback has already counted

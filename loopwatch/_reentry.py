@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _context, _frames, _incidents, _nested, _offload, _policy, _runtime
 from ._compat import asyncio as aio
-from ._compat import nest_asyncio as nest
+from ._compat import nest
 from ._compat import uvloop as uvl
 from ._errors import LoopwatchError
 from ._patching import ImportHook, Patches

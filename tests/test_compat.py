@@ -254,7 +254,7 @@ def test_nest_asyncio_marks_what_it_patched() -> None:
     pytest.importorskip("nest_asyncio")
     code = (
         "import asyncio, nest_asyncio\n"
-        "from loopwatch._compat import nest_asyncio as nest\n"
+        "from loopwatch._compat import nest\n"
         "assert not nest.patched(asyncio)\n"
         "loop = asyncio.new_event_loop()\n"
         "nest_asyncio.apply(loop)\n"

@@ -39,7 +39,7 @@ The gateway latency is ``loopwatch_discord_latency_seconds{shard}``, absent whil
 reports NaN/inf.
 
 Hook points. Per client, on the instance (other clients in the process are untouched):
-``Client._run_event`` (every event handler, and the client's ``on_error``), ``bot.invoke``
+the client's event runner (every event handler, and the client's ``on_error``), ``bot.invoke``
 (every prefix command), ``CommandTree._call`` (every application command). Process-wide,
 on discord.py's classes, pass-through for clients loopwatch does not watch: the view runner
 (items, with ``interaction_check`` and ``View.on_error``), the modal runner, the dynamic-item
@@ -530,7 +530,7 @@ class Instrumentation:
     # -- the hooks -------------------------------------------------------------------------
 
     def _wrap_run_event(self, original: CoroFunc) -> CoroFunc:
-        async def _run_event(
+        async def run_event(
             coro: CoroFunc, event_name: str, /, *args: Any, **kwargs: Any
         ) -> None:
             if not self.active:
@@ -542,13 +542,13 @@ class Instrumentation:
             token = set_labels(FRAMEWORK, handler)
             try:
                 # The label also covers the client's on_error, which discord.py calls from
-                # inside _run_event; the timing covers the handler alone.
+                # inside its event runner; the timing covers the handler alone.
                 await original(self._timed(coro, handler), event_name, *args, **kwargs)
             finally:
                 reset_labels(token)
             return None
 
-        return _run_event
+        return run_event
 
     async def _labelled(
         self, handler: str, call: Callable[[], Awaitable[Any]], failed: Callable[[], bool],
