@@ -114,8 +114,10 @@ def _refuse(
     """
     try:
         return call.raise_original()
-    except RuntimeError:
-        _report(monitor, "reentry", call.api, "raised", None, running, {"reason": reason}, stack)
+    except RuntimeError as exc:
+        detail = {"reason": reason, "result": _policy.describe_outcome(exc)}
+        hint = _incidents.reentry_hint(call.api, "raised", detail, stack, running)
+        _report(monitor, "reentry", call.api, "raised", None, running, detail, stack, hint)
         raise
 
 
