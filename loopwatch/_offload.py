@@ -166,11 +166,11 @@ def offload(
     job = _Job()
     tracked = _tracked(awaitable, job) if _awaitable(awaitable) else awaitable
     context = contextvars.copy_context()
+    me = threading.get_ident()
+    _runtime.stalled[me] = api  # from the worker's start to its join: all of it is the stall
     future, worker = workers.submit(
         functools.partial(context.run, _in_worker, run_elsewhere, tracked)
     )
-    me = threading.get_ident()
-    _runtime.stalled[me] = api
     try:
         try:
             done = _policy.wait_offloaded(future, timeout, api, site, job, log)

@@ -118,14 +118,16 @@ class _Block:
         return self.samples + ([self.last] if self.last is not None else [])
 
     def reentry(self) -> str:
-        """The offloaded call this whole block waited for ("" if any of it was something else).
+        """The nested call this block mostly waited for ("" when it was mostly something else).
 
-        The latest sample is left out when earlier ones exist: it may be taken just after
-        the call returned, while the loop thread reports it.
+        A loop held by nested calls one after another shows, between them, the code that
+        makes them: the block is still theirs when most samples show the loop waiting for
+        one (the re-entry incidents report it, with their stalls).
         """
-        busy = [s for s in (self.samples or self.all_samples()) if s.cause != "idle"]
-        if busy and all(s.reentry for s in busy):
-            return busy[0].reentry
+        busy = [s for s in self.all_samples() if s.cause != "idle"]
+        waiting = [s for s in busy if s.reentry]
+        if busy and 2 * len(waiting) > len(busy):
+            return waiting[0].reentry
         return ""
 
 
