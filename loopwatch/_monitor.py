@@ -83,7 +83,11 @@ class Monitor:
         self._undo["reentry"] = _reentry.install(self)
 
         def loop_started(loop: object) -> None:
-            # The service's loop, not the fresh loops of loopwatch's own offload workers.
+            # The service's loop, not the fresh loops of loopwatch's own offload workers; a
+            # loop of the kind already named changes nothing (a program may start thousands).
+            known = self._info_labels
+            if known is not None and known[2] == loop_name(loop):
+                return
             if not _runtime.current_thread_is_ours():
                 self._set_info(loop)
 

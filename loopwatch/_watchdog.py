@@ -131,6 +131,14 @@ class _Block:
         return ""
 
 
+def _alive(probe: Probe) -> bool:
+    loop = probe.loop()
+    if loop is not None and not loop.is_closed():
+        return True
+    probe.stop()
+    return False
+
+
 class Watchdog:
     """One thread for every probed loop of one install."""
 
@@ -162,7 +170,10 @@ class Watchdog:
                 if probe is None:
                     probe = Probe(self, loop)
                     self._probes[loop] = probe
-                    self._active = (*self._active, probe)
+                    # Drop the probes of loops closed meanwhile here too, so a program that
+                    # makes a loop per call keeps this tuple short between two looks.
+                    kept = tuple(p for p in self._active if _alive(p))
+                    self._active = (*kept, probe)
             self._wake.set()
         probe.start(loop)
 
