@@ -72,6 +72,7 @@ class Probe:
         "ping",
         "ping_lead",
         "selector",
+        "started_at",
         "thread_id",
         "thread_name",
         "waiting",
@@ -94,6 +95,7 @@ class Probe:
         self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
         self.block: Any = None  # the watchdog's record of a block in progress
         self.selector = 0  # id of the selector the probe is registered for
+        self.started_at = 0.0  # monotonic time of the last start
 
     # -- the loop's thread -----------------------------------------------------------------
 
@@ -102,7 +104,7 @@ class Probe:
         current = threading.current_thread()
         self.thread_id = current.ident or threading.get_ident()
         self.thread_name = current.name
-        self.busy_since = _monotonic()
+        self.busy_since = self.started_at = _monotonic()
         self.waiting = False
         self.ping = 0.0
         self.idle_seen = self.busy_since

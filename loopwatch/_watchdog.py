@@ -174,8 +174,9 @@ class Watchdog:
                     # makes a loop per call keeps this tuple short between two looks.
                     kept = tuple(p for p in self._active if _alive(p))
                     self._active = (*kept, probe)
-            self._wake.set()
         probe.start(loop)
+        # The thread may sleep until woken (no loop was running when it last looked).
+        self._wake.set()
 
     def observe_lag(self, seconds: float) -> None:
         """One lag sample (the only metric written outside the metrics sink: hot path)."""
@@ -309,6 +310,8 @@ class Watchdog:
                 block, probe.block = probe.block, None
             if block is not None:  # stopped while blocked: over now
                 self._finish(probe, block, loop, now - block.since, None, None)
+            if now - probe.started_at < 1.0:
+                return 0.01  # started a moment ago (the hook runs just before the loop does)
             return None  # a restart wakes the thread
         lead = 0.0
         if probe.c_loop:
