@@ -338,7 +338,9 @@ class Watchdog:
                 probe.ping_lead = min(max(now - probe.idle_seen, 0.0), poll) / 2
                 if not probe.send_ping(loop, now):
                     return poll
-                return threshold - probe.ping_lead
+                # Look again within the poll: a ping answered by then lets the next one go
+                # out a tick later (a busy loop is sampled at up to 1 / poll per second).
+                return min(threshold - probe.ping_lead, poll)
         else:
             if not probe.selector:
                 return None  # a selector loopwatch has not hooked: nothing to read
