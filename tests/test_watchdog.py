@@ -154,7 +154,9 @@ def test_probe_starts_on_the_loop_running_at_install(
             await asyncio.sleep(0)
         return lag(registry, "count")
 
-    assert run_on(loop_factory, main()) >= 2
+    # Samples prove the probe runs; uvloop's come from the watchdog thread, which needs the
+    # GIL of the spinning loop (one at least, in 200 ms, on a loaded machine).
+    assert run_on(loop_factory, main()) >= (2 if loop_factory is asyncio.new_event_loop else 1)
 
 
 def test_probe_restarts_with_each_run_of_a_loop(
