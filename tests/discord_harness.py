@@ -58,6 +58,24 @@ _snowflakes = itertools.count(910_000_000_000_000_000)
 T = TypeVar("T")
 
 
+def reentries(registry: Any, handler: str, api: str = "asyncio.run") -> float:
+    """``loopwatch_reentry_total`` of an offloaded call made in a discord handler."""
+    value = registry.get_sample_value(
+        "loopwatch_reentry_total",
+        {"api": api, "action": "offloaded", "framework": "discord", "handler": handler},
+    )
+    return float(value or 0.0)
+
+
+def handled(registry: Any, handler: str, outcome: str = "ok") -> float:
+    """How many runs of a discord handler ``loopwatch_handler_duration_seconds`` counted."""
+    value = registry.get_sample_value(
+        "loopwatch_handler_duration_seconds_count",
+        {"framework": "discord", "handler": handler, "outcome": outcome},
+    )
+    return float(value or 0.0)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on a fresh loop (the tests are plain functions)."""
     return asyncio.run(coro)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 from discord.ext import tasks
-from discord_harness import BotHarness, commands, discord, make_bot, run
+from discord_harness import BotHarness, commands, discord, handled, make_bot, reentries, run
 from helpers import run_on
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -31,22 +31,6 @@ def line_of(marker: str) -> int:
             if text.rstrip().endswith(f"# LINE: {marker}"):
                 return number
     raise LookupError(marker)
-
-
-def reentries(registry: CollectorRegistry, handler: str, api: str = "asyncio.run") -> float:
-    value = registry.get_sample_value(
-        "loopwatch_reentry_total",
-        {"api": api, "action": "offloaded", "framework": "discord", "handler": handler},
-    )
-    return value or 0.0
-
-
-def handled(registry: CollectorRegistry, handler: str, outcome: str = "ok") -> float:
-    value = registry.get_sample_value(
-        "loopwatch_handler_duration_seconds_count",
-        {"framework": "discord", "handler": handler, "outcome": outcome},
-    )
-    return value or 0.0
 
 
 def blocks(registry: CollectorRegistry, handler: str) -> float:
