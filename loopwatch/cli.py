@@ -1,4 +1,4 @@
-"""The ``loopwatch`` command: ``demo``, ``run`` and ``doctor``.
+"""The ``loopwatch`` command: ``demo``, ``run``, ``doctor`` and ``integrations export``.
 
 * ``loopwatch demo`` runs an instrumented FastAPI service that hits every hazard, sends it
   traffic and shows what loopwatch caught (see :mod:`loopwatch.demo`).
@@ -8,6 +8,8 @@
   ``opentelemetry-instrument`` works. No code change in the app.
 * ``loopwatch doctor`` prints what loopwatch sees here: Python, the loop implementation,
   frameworks, nest_asyncio, the monitors of this build and the effective configuration.
+* ``loopwatch integrations export DIR`` writes the operator files shipped in the package
+  (Grafana dashboard, Prometheus alert rules and scrape config, gunicorn config).
 """
 
 from __future__ import annotations
@@ -125,6 +127,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
     doctor.set_defaults(func=_doctor)
+
+    integrations = sub.add_parser(
+        "integrations", help="the operator files: Grafana dashboard, alert rules, configs",
+        description="Work with the operator files shipped in the package: the Grafana "
+        "dashboard, the Prometheus alert rules and scrape config, the gunicorn config.",
+    )
+    actions = integrations.add_subparsers(dest="action", metavar="ACTION", required=True)
+    export = actions.add_parser(
+        "export", help="write the operator files into a directory",
+        description="Write grafana/loopwatch.json, prometheus/alerts.yml, "
+        "prometheus/scrape.yml, gunicorn/gunicorn.conf.py and a README into DIR, ready for "
+        "`promtool check rules` and Grafana's dashboard import.",
+    )
+    export.add_argument("dir", metavar="DIR", help="directory to write into (created if needed)")
+    export.add_argument("--force", action="store_true", help="overwrite files already there")
+    export.set_defaults(func=_integrations_export)
     return parser
 
 
@@ -149,6 +167,22 @@ def _at_least(minimum: int) -> Any:
         return value
 
     return parse
+
+
+# -- integrations --------------------------------------------------------------------------
+
+
+def _integrations_export(args: argparse.Namespace) -> int:
+    from ._integrations import export
+
+    try:
+        written = export(args.dir, force=args.force)
+    except (FileExistsError, FileNotFoundError, OSError) as exc:
+        print(f"loopwatch integrations export: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
 
 
 # -- demo ----------------------------------------------------------------------------------
