@@ -20,7 +20,9 @@ from loopwatch.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_export_writes_every_operator_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_writes_every_operator_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["integrations", "export", str(tmp_path / "ops")]) == 0
     printed = capsys.readouterr().out.split()
     for name in _integrations.FILES:
