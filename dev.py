@@ -2,9 +2,10 @@
 """Developer entry point: needs only Python 3.10+ on the machine.
 
     python3 dev.py demo          set up .venv and run `loopwatch demo`
-    python3 dev.py test          set up .venv, run ruff, mypy and the whole test suite, then the
-                                 core, loop-health and notebook tests on every other supported
-                                 Python found (3.10-3.13, and 3.14 when one is on PATH)
+    python3 dev.py test          set up .venv, run ruff, mypy and the whole test suite, then
+                                 CPython's test_asyncio bare vs watched; beside them, the core,
+                                 loop-health and notebook tests on every other supported Python
+                                 found (3.10-3.13, and 3.14 when one is on PATH)
     python3 dev.py test --fast   the inner loop: ruff, mypy and the tests not marked slow, on
                                  this Python only (extra arguments go to pytest)
 
@@ -18,10 +19,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import venv
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# Each stage of the full run logs here; a failed stage's log is printed whole.
+LOGS = ROOT / ".dev-logs"
+_print_lock = threading.Lock()
 SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 # Tried when an interpreter is found, never required: none can be installed on CI machines yet.
 OPTIONAL = ("3.14",)
@@ -123,65 +132,131 @@ def demo(args: list[str]) -> int:
     return subprocess.call([str(bin_of(env, "loopwatch")), "demo", *args], cwd=ROOT)
 
 
+class Stage:
+    """One command of the full run, its log and how long it took."""
+
+    def __init__(self, name: str, *cmd: str | Path) -> None:
+        self.name = name
+        self.cmd = [str(c) for c in cmd]
+        self.log = LOGS / (name.replace(" ", "-").replace("/", "-") + ".log")
+        self.seconds = 0.0
+        self.status: int | None = None
+
+    def run(self) -> bool:
+        LOGS.mkdir(exist_ok=True)
+        started = time.monotonic()
+        with self.log.open("w") as sink:
+            sink.write("$ " + " ".join(self.cmd) + "\n")
+            sink.flush()
+            self.status = subprocess.call(self.cmd, cwd=ROOT, stdout=sink,
+                                          stderr=subprocess.STDOUT)
+        self.seconds = time.monotonic() - started
+        text = self.log.read_text(errors="replace").rstrip().splitlines()
+        with _print_lock:
+            if self.status == 0:
+                say(f"{self.name}: passed in {self.seconds:.0f}s; {' / '.join(text[-1:])}")
+            else:
+                # The whole log of a failed stage: CI keeps nothing else.
+                say(f"{self.name}: FAILED ({self.status}) in {self.seconds:.0f}s; log follows")
+                print("\n".join(text), flush=True)
+                say(f"{self.name}: FAILED, end of log")
+        return self.status == 0
+
+
+def run_lanes(lanes: list[list[Stage]]) -> bool:
+    """Run each lane's stages in order, the lanes side by side; True when all passed."""
+    results: list[bool] = []
+
+    def lane(stages: list[Stage]) -> None:
+        for stage in stages:
+            results.append(stage.run())
+
+    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+        list(pool.map(lane, lanes))
+    return all(results)
+
+
 def test(args: list[str]) -> int:
     fast = "--fast" in args
     args = [a for a in args if a != "--fast"]
-    env = main_env()
-    py = bin_of(env, "python")
-    run(py, "-m", "ruff", "check", "loopwatch", "tests", "examples", "benchmarks", "integrations")
-    run(py, "-m", "mypy", "--strict", "loopwatch")
+    total = time.monotonic()
     if fast:
+        env = main_env()
+        py = bin_of(env, "python")
+        run(py, "-m", "ruff", "check", "loopwatch", "tests", "examples", "benchmarks",
+            "integrations")
+        run(py, "-m", "mypy", "--strict", "loopwatch")
         run(py, "-m", "pytest", "-m", "not slow", *args)
         return 0
-    run(py, "-m", "pytest", *args)
     this = f"{sys.version_info.major}.{sys.version_info.minor}"
+    others: dict[str, str] = {}
     missing = []
     for version in SUPPORTED + OPTIONAL:
         if version == this:
             continue
         python = find_python(version)
-        if python is None:
-            if version in SUPPORTED:
-                missing.append(version)
-            else:
-                say(f"no Python {version} found: not tested there")
-            continue
+        if python is not None:
+            others[version] = python
+        elif version in SUPPORTED:
+            missing.append(version)
+        else:
+            say(f"no Python {version} found: not tested there")
+
+    # Environments are built side by side: pip mostly waits for downloads.
+    started = time.monotonic()
+    builds: dict[str, Callable[[], Path]] = {"main": main_env}
+    for version, python in others.items():
         extras = "uvloop,testcore,testkernel" + (",testnested" if version in NESTED_ON else "")
-        other = ensure_env(ROOT / f".venv-{version}", python, extras)
-        run(
-            bin_of(other, "python"),
-            "-m",
-            "pytest",
-            "-m",
-            "core",
-            "-p",
-            "no:cacheprovider",
-            *CORE_TESTS,
-        )
-        run(
-            bin_of(other, "python"),
-            "-m",
-            "pytest",
-            "-m",
-            "not slow",
-            "-p",
-            "no:cacheprovider",
-            *MONITOR_TESTS,
-        )
-        run(bin_of(other, "python"), "-m", "pytest", "-p", "no:cacheprovider", *KERNEL_TESTS)
-        if version in NESTED_ON:
-            run(bin_of(other, "python"), "-m", "pytest", "-p", "no:cacheprovider", *NESTED_TESTS)
+        builds[version] = partial(ensure_env, ROOT / f".venv-{version}", python, extras)
     # Not the whole test extra: the nested-run libraries there need a newer pydantic.
-    oldest = ensure_env(
-        ROOT / ".venv-oldest-web", sys.executable, "uvloop,fastapi,testcore", OLDEST_WEB
+    builds["oldest-web"] = partial(
+        ensure_env, ROOT / ".venv-oldest-web", sys.executable, "uvloop,fastapi,testcore",
+        OLDEST_WEB,
     )
-    run(bin_of(oldest, "python"), "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
-        *ROUTE_TESTS)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        envs = dict(zip(builds, pool.map(lambda build: build(), builds.values()), strict=True))
+    say(f"environments ready in {time.monotonic() - started:.0f}s")
+
+    py = bin_of(envs["main"], "python")
+    run(py, "-m", "ruff", "check", "loopwatch", "tests", "examples", "benchmarks", "integrations")
+    run(py, "-m", "mypy", "--strict", "loopwatch")
+
+    # Two lanes for two cores: the main suite, then CPython's test_asyncio bare vs watched;
+    # beside them, every other Python and the oldest supported Starlette/FastAPI.
+    main_lane = [Stage(f"{this} whole suite", py, "-m", "pytest", "-p", "no:cacheprovider",
+                       *args)]
+    if not args:
+        main_lane.append(Stage(
+            "test_asyncio transparency", sys.executable, ROOT / ".ci" / "transparency.py",
+            *(v for v in SUPPORTED if v == this or v in others),
+        ))
+    other_lane: list[Stage] = []
+    for version in others:
+        other_py = bin_of(envs[version], "python")
+        quiet = ("-p", "no:cacheprovider")
+        other_lane += [
+            Stage(f"{version} core", other_py, "-m", "pytest", "-m", "core", *quiet,
+                  *CORE_TESTS),
+            Stage(f"{version} loop health", other_py, "-m", "pytest", "-m", "not slow", *quiet,
+                  *MONITOR_TESTS),
+            Stage(f"{version} notebook", other_py, "-m", "pytest", *quiet, *KERNEL_TESTS),
+        ]
+        if version in NESTED_ON:
+            other_lane.append(Stage(f"{version} real libraries", other_py, "-m", "pytest",
+                                    *quiet, *NESTED_TESTS))
+    other_lane.append(Stage(
+        "oldest starlette-fastapi", bin_of(envs["oldest-web"], "python"), "-m", "pytest",
+        "-m", "not slow", "-p", "no:cacheprovider", *ROUTE_TESTS,
+    ))
+    passed = run_lanes([main_lane, other_lane])
+    stages = main_lane + other_lane
+    say("stage times: " + ", ".join(f"{s.name} {s.seconds:.0f}s" for s in stages))
+    say(f"total {time.monotonic() - total:.0f}s")
     if missing:
         say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")
         if IN_CI:
             return 1
-    return 0
+    return 0 if passed else 1
 
 
 def main(argv: list[str]) -> int:
