@@ -71,6 +71,7 @@ class Probe:
         "next_sample",
         "ping",
         "ping_lead",
+        "ponged",
         "selector",
         "started_at",
         "thread_id",
@@ -93,6 +94,7 @@ class Probe:
         self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
         self.idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
         self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
+        self.ponged = False  # a ping was answered since the watchdog's last look (uvloop)
         self.block: Any = None  # the watchdog's record of a block in progress
         self.selector = 0  # id of the selector the probe is registered for
         self.started_at = 0.0  # monotonic time of the last start
@@ -149,6 +151,7 @@ class Probe:
         late = _monotonic() - sent
         self.ping = 0.0
         self.cpu_seen = time.thread_time()  # the pong's own CPU is not the loop's activity
+        self.ponged = True
         watchdog = self.watchdog
         if late >= watchdog.threshold:
             watchdog.block_ended(self, sent, late + self.ping_lead)
