@@ -68,6 +68,7 @@ class Probe:
         "idle_code",
         "idle_seen",
         "loop",
+        "native_id",
         "next_sample",
         "ping",
         "ping_lead",
@@ -85,6 +86,7 @@ class Probe:
         self.loop = weakref.ref(loop)
         self.thread_id = 0
         self.thread_name = ""
+        self.native_id = 0  # the kernel's id of the loop thread (0: unknown)
         self.waiting = False  # in select (stdlib loops)
         self.busy_since = _monotonic()  # when the current iteration left its wait
         self.next_sample = 0.0
@@ -106,6 +108,7 @@ class Probe:
         current = threading.current_thread()
         self.thread_id = current.ident or threading.get_ident()
         self.thread_name = current.name
+        self.native_id = getattr(current, "native_id", None) or 0
         self.busy_since = self.started_at = _monotonic()
         self.waiting = False
         self.ping = 0.0

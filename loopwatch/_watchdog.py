@@ -75,6 +75,25 @@ def _thread_cpu(thread_id: int) -> float | None:
         return None
 
 
+def _waits_for_io(native_id: int) -> bool | None:
+    """Whether a thread sleeps in epoll (Linux's wait channel), ``None`` where unknown.
+
+    A C loop waiting for I/O sleeps in ``epoll_wait``; a callback stuck in ``time.sleep``,
+    a lock or a blocking read sleeps elsewhere. "0" means running (or a kernel that hides
+    wait channels): unknown.
+    """
+    if not native_id:
+        return None
+    try:
+        with open(f"/proc/self/task/{native_id}/wchan", "rb") as file:
+            where = file.read(64)
+    except OSError:
+        return None
+    if not where or where == b"0":
+        return None
+    return b"ep_poll" in where or b"epoll" in where
+
+
 class _Wake:
     """A wake-up for the watchdog thread: one lock, no allocation per wait.
 
@@ -354,9 +373,9 @@ class Watchdog:
         """Whether a C loop's thread ran anything since the last look (no ping outstanding).
 
         Its per-thread CPU clock answers, without reading any stack: a thread waiting for
-        I/O spends none. The stack is read only where the clock cannot tell (a little CPU
-        just after a ping; no per-thread clocks on this platform), and only where reading
-        it is safe.
+        I/O spends none. Where the clock cannot tell (a little CPU just after a ping), the
+        thread's wait channel does (Linux); the stack is read only where neither can (no
+        per-thread clocks on this platform), and only where reading it is safe.
         """
         cpu = _thread_cpu(probe.thread_id)
         if cpu is not None:
@@ -365,18 +384,22 @@ class Watchdog:
                 return False
             if spent >= _PONG_TAIL_CPU or not probe.ponged:
                 return True  # cpu_seen moves on when the ping is answered
-        # No clock, or a little CPU after a ping: Python code on the loop thread, other than
-        # the frame that runs the loop, is activity.
-        code = probe.idle_code
-        try:
-            frame = cpython.thread_frame(probe.thread_id)
-        except cpython.UnreadableFrames:
-            # Nothing to tell by: with a clock, the little CPU is taken as the ping's tail;
-            # without one, as activity (a ping per tick rather than a block never seen).
-            active = cpu is None
+        waiting = _waits_for_io(probe.native_id)
+        if waiting is not None:
+            active = not waiting
         else:
-            active = frame is not None and code is not None and frame.f_code is not code
-            del frame
+            # Python code on the loop thread, other than the frame that runs the loop, is
+            # activity.
+            code = probe.idle_code
+            try:
+                frame = cpython.thread_frame(probe.thread_id)
+            except cpython.UnreadableFrames:
+                # Nothing to tell by: with a clock, the little CPU is taken as the ping's
+                # tail; without one, as activity (a ping per tick, not a block never seen).
+                active = cpu is None
+            else:
+                active = frame is not None and code is not None and frame.f_code is not code
+                del frame
         if not active and cpu is not None:
             probe.ponged = False  # that CPU was the ping's tail: seen
             probe.cpu_seen = cpu
