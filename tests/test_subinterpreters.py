@@ -35,6 +35,8 @@ needs_subinterpreters = pytest.mark.skipif(
 
 
 def has_to_interpreter() -> bool:
+    if sys.version_info < (3, 13):
+        return False  # anyio runs subinterpreters on 3.13+ only
     try:
         import anyio.to_interpreter  # noqa: F401
     except ImportError:
@@ -64,7 +66,9 @@ def run_python(tmp_path: Path, script: str, *, watched: bool, timeout: float = 2
 
 @needs_subinterpreters
 @pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
-@pytest.mark.skipif(not has_to_interpreter(), reason="anyio without to_interpreter (4.8+)")
+@pytest.mark.skipif(
+    not has_to_interpreter(), reason="no anyio to_interpreter (anyio 4.8+ on Python 3.13+)"
+)
 def test_anyio_to_interpreter_on_uvloop_survives_loopwatch_run(tmp_path: Path) -> None:
     # The reported crash: 3 runs of 3 aborted ("free(): invalid pointer") under `loopwatch
     # run`, none bare. The function must be importable in the subinterpreter: a module.
