@@ -12,12 +12,14 @@ wakes an idle loop. What is measured, per loop type:
   (a block). An idle loop sits in ``select``: no sample, no cost. Other users of those
   selector classes pay one dictionary look-up per call.
 * **uvloop**: the iteration runs in C with no Python hook, so the watchdog thread checks
-  from outside whether the loop is doing anything: Python code on the loop thread's
-  innermost frame, or CPU time spent by that thread since the last look (a per-thread CPU
-  clock). When it is, the watchdog posts one callback (``call_soon_threadsafe``), at most
-  once per ``lag_tick``; the time it takes to run is the lag sample, and a callback not run
-  within ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle
-  one none, plus one per loop start to learn which frame runs the loop.
+  from outside whether the loop is doing anything: CPU time spent by the loop thread since
+  the last look (a per-thread CPU clock; a thread waiting for I/O spends none), and where
+  that cannot tell (a little CPU just after the watchdog's own callback) the thread's wait
+  channel on Linux, else its innermost frame. No stack is read while the loop idles. When
+  it is busy, the watchdog posts one callback (``call_soon_threadsafe``), at most once per
+  ``lag_tick``; the time it takes to run is the lag sample, and a callback not run within
+  ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle one
+  none, plus one per loop start to learn which frame runs the loop.
 
 The probe of a loop is written by the loop's thread and read by the watchdog thread
 without locks (plain attribute reads and writes of floats and booleans).
