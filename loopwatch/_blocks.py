@@ -163,6 +163,15 @@ def sample_thread(thread_id: int, late: float, idle_at: tuple[str, str] | None =
         del frame
 
 
+def hint_of(cause: str, samples: list[Sample]) -> str | None:
+    """The hint for ``cause``, saying why there is no stack when none could be read."""
+    hint = HINTS.get(cause)
+    unread = next((s.unread for s in samples if s.unread), "")
+    if unread:
+        return f"{hint} (The stack was {unread}.)" if hint else f"The stack was {unread}."
+    return hint
+
+
 def site_of(samples: list[Sample]) -> tuple[Frame | None, Sample | None]:
     """The user frame seen most often while blocked (the earliest on ties), and its sample."""
     counts: Counter[Frame] = Counter()

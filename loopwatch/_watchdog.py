@@ -446,7 +446,7 @@ class Watchdog:
             duration=late,
             stack=sample.stack if sample is not None else [],
             site=site,
-            hint=_blocks.HINTS.get(sample.cause if sample else "starved"),
+            hint=_blocks.hint_of(sample.cause if sample else "starved", block.all_samples()),
             labels=labels,
             task=block.task,
             loop=probe.loop(),
@@ -501,7 +501,7 @@ class Watchdog:
             return
         self.monitor.report(
             "blocked_loop", api="", action="", duration=duration, stack=stack, site=site,
-            hint=_blocks.HINTS.get(cause), labels=labels, task=block.task if block else None,
+            hint=_blocks.hint_of(cause, samples), labels=labels, task=block.task if block else None,
             loop=loop, thread=probe.thread_name, detail=detail,
         )
 

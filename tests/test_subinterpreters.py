@@ -148,13 +148,14 @@ def test_block_beside_running_subinterpreters_is_reported_without_a_stack(
         worker.join()
         print(json.dumps([
             {{"stack": [str(f) for f in i.stack], "detail": i.detail, "handler": i.handler,
-              "duration": i.duration}}
+              "duration": i.duration, "hint": i.hint}}
             for i in seen if i.kind == "blocked_loop"
         ]))
     """, watched=False)
     (incident,) = json.loads(out)
     assert incident["stack"] == []
     assert incident["detail"]["stack"].startswith("not read: subinterpreters run")
+    assert "(The stack was not read: subinterpreters run" in incident["hint"]
     assert incident["detail"]["cause"] == "blocking_call"
     assert incident["handler"] == "GET /beside"
     assert 0.3 <= incident["duration"] <= 0.6

@@ -284,6 +284,7 @@ def test_block_is_reported_without_a_stack_where_stacks_cannot_be_read(
     (incident,) = blocked(seen)
     assert not incident.stack and incident.site is None
     assert incident.detail["stack"] == reason
+    assert incident.hint.endswith(f"(The stack was {reason}.)")  # the text log shows hints
     assert incident.detail["cause"] == "blocking_call"
     assert incident.handler == "GET /blind"  # from the task's context, not the stack
     assert incident.duration is not None and 0.25 <= incident.duration <= 0.4
