@@ -48,8 +48,9 @@ _MAX_SLEEP = 0.5
 _MAX_POLL = 0.1
 # A C loop's thread spends no CPU at all while it waits for I/O: any CPU since the last look
 # means it ran something, except right after the watchdog's own ping, whose tail (the loop
-# going back to its wait) costs up to this much. Less than that after a ping is a question
-# for the stack: the tail, or a callback that went straight into a blocking call.
+# going back to its wait) costs up to this much. Less than that after a ping is the tail or
+# a callback that went straight into a blocking call: where the thread sleeps tells them
+# apart (see Watchdog._c_loop_active).
 _PONG_TAIL_CPU = 0.0002
 
 _monotonic = time.monotonic
