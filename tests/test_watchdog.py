@@ -292,6 +292,42 @@ def test_block_is_reported_without_a_stack_where_stacks_cannot_be_read(
     assert reads == []
 
 
+@pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{threading.get_native_id()}/wchan").exists(),
+    reason="no wait channels of threads here (Linux /proc)",
+)
+def test_blocking_call_right_after_the_ping_is_caught_without_a_stack(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hardest case for a C loop's CPU clock: the loop answers the watchdog's ping and goes
+    # straight into a blocking call, spending less CPU than the ping's own tail. Where the
+    # thread sleeps (not in epoll) says it is busy; no stack is read.
+    from loopwatch import _probe
+
+    monkeypatch.setattr(cpython, "frames_unreadable", lambda: "not read: a test says so")
+    reads = counting_stack_reads(monkeypatch)
+    original = _probe.Probe.pong
+    blocked_once: list[bool] = []
+
+    def pong_then_block(self: _probe.Probe, sent: float) -> None:
+        original(self, sent)
+        if not blocked_once:
+            blocked_once.append(True)
+            time.sleep(0.3)
+
+    monkeypatch.setattr(_probe.Probe, "pong", pong_then_block)
+    loopwatch.install(registry=registry)
+
+    with capture_incidents() as seen:
+        run_on(uvloop.new_event_loop, asyncio.sleep(0.6))  # type: ignore[union-attr]
+    assert blocked_once
+    (incident,) = blocked(seen)
+    assert incident.duration is not None and 0.2 <= incident.duration <= 0.45
+    assert incident.detail["cause"] == "blocking_call"
+    assert reads == []
+
+
 def test_work_under_the_threshold_is_no_incident(
     loop_factory: LoopFactory, registry: CollectorRegistry
 ) -> None:
