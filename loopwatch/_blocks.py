@@ -127,22 +127,28 @@ def classify(stack: list[Frame], idle_at: tuple[str, str] | None = None) -> str:
 
 
 class Sample:
-    __slots__ = ("cause", "code_labels", "late", "reentry", "stack")
+    __slots__ = ("cause", "code_labels", "late", "reentry", "stack", "unread")
 
     def __init__(
         self, late: float, stack: list[Frame], code_labels: _context.Labels | None, reentry: str,
-        idle_at: tuple[str, str] | None = None,
+        idle_at: tuple[str, str] | None = None, unread: str = "",
     ) -> None:
         self.late = late
         self.stack = stack
         self.code_labels = code_labels
         self.reentry = reentry  # the offloaded call the loop thread was waiting for, if any
-        self.cause = classify(stack, idle_at)
+        # Why the stack could not be read (then the loop counts as busy with unknown code:
+        # the watchdog samples only a loop it found late).
+        self.unread = unread
+        self.cause = "code" if unread else classify(stack, idle_at)
 
 
 def sample_thread(thread_id: int, late: float, idle_at: tuple[str, str] | None = None) -> Sample:
     """A raw walk of the loop thread's current stack (no inspect, no linecache)."""
-    frame: types.FrameType | None = cpython.current_frames().get(thread_id)
+    try:
+        frame = cpython.thread_frame(thread_id)
+    except cpython.UnreadableFrames as exc:
+        return Sample(late, [], None, _runtime.stalled.get(thread_id, ""), unread=str(exc))
     try:
         stack = _frames.stack_from_frame(frame)
         code_labels = None
@@ -155,6 +161,15 @@ def sample_thread(thread_id: int, late: float, idle_at: tuple[str, str] | None =
         return Sample(late, stack, code_labels, reentry, idle_at)
     finally:
         del frame
+
+
+def hint_of(cause: str, samples: list[Sample]) -> str | None:
+    """The hint for ``cause``, saying why there is no stack when none could be read."""
+    hint = HINTS.get(cause)
+    unread = next((s.unread for s in samples if s.unread), "")
+    if unread:
+        return f"{hint} (The stack was {unread}.)" if hint else f"The stack was {unread}."
+    return hint
 
 
 def site_of(samples: list[Sample]) -> tuple[Frame | None, Sample | None]:

@@ -12,12 +12,14 @@ wakes an idle loop. What is measured, per loop type:
   (a block). An idle loop sits in ``select``: no sample, no cost. Other users of those
   selector classes pay one dictionary look-up per call.
 * **uvloop**: the iteration runs in C with no Python hook, so the watchdog thread checks
-  from outside whether the loop is doing anything: Python code on the loop thread's
-  innermost frame, or CPU time spent by that thread since the last look (a per-thread CPU
-  clock). When it is, the watchdog posts one callback (``call_soon_threadsafe``), at most
-  once per ``lag_tick``; the time it takes to run is the lag sample, and a callback not run
-  within ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle
-  one none, plus one per loop start to learn which frame runs the loop.
+  from outside whether the loop is doing anything: CPU time spent by the loop thread since
+  the last look (a per-thread CPU clock; a thread waiting for I/O spends none), and where
+  that cannot tell (a little CPU just after the watchdog's own callback) the thread's wait
+  channel on Linux, else its innermost frame. No stack is read while the loop idles. When
+  it is busy, the watchdog posts one callback (``call_soon_threadsafe``), at most once per
+  ``lag_tick``; the time it takes to run is the lag sample, and a callback not run within
+  ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle one
+  none, plus one per loop start to learn which frame runs the loop.
 
 The probe of a loop is written by the loop's thread and read by the watchdog thread
 without locks (plain attribute reads and writes of floats and booleans).
@@ -68,9 +70,11 @@ class Probe:
         "idle_code",
         "idle_seen",
         "loop",
+        "native_id",
         "next_sample",
         "ping",
         "ping_lead",
+        "ponged",
         "selector",
         "started_at",
         "thread_id",
@@ -84,6 +88,7 @@ class Probe:
         self.loop = weakref.ref(loop)
         self.thread_id = 0
         self.thread_name = ""
+        self.native_id = 0  # the kernel's id of the loop thread (0: unknown)
         self.waiting = False  # in select (stdlib loops)
         self.busy_since = _monotonic()  # when the current iteration left its wait
         self.next_sample = 0.0
@@ -93,6 +98,7 @@ class Probe:
         self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
         self.idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
         self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
+        self.ponged = False  # a ping was answered since the watchdog's last look (uvloop)
         self.block: Any = None  # the watchdog's record of a block in progress
         self.selector = 0  # id of the selector the probe is registered for
         self.started_at = 0.0  # monotonic time of the last start
@@ -104,6 +110,7 @@ class Probe:
         current = threading.current_thread()
         self.thread_id = current.ident or threading.get_ident()
         self.thread_name = current.name
+        self.native_id = getattr(current, "native_id", None) or 0
         self.busy_since = self.started_at = _monotonic()
         self.waiting = False
         self.ping = 0.0
@@ -149,6 +156,7 @@ class Probe:
         late = _monotonic() - sent
         self.ping = 0.0
         self.cpu_seen = time.thread_time()  # the pong's own CPU is not the loop's activity
+        self.ponged = True
         watchdog = self.watchdog
         if late >= watchdog.threshold:
             watchdog.block_ended(self, sent, late + self.ping_lead)

@@ -46,9 +46,12 @@ _MAX_SLEEP = 0.5
 # How often a loop that waits for I/O is looked at. Up to the threshold this adds nothing to
 # detection: a loop found busy is looked at again exactly when it would cross the threshold.
 _MAX_POLL = 0.1
-# CPU seconds a uvloop thread must spend between two looks to count as active (0.4 % of a
-# core over a 50 ms poll): less is the loop's own bookkeeping while it waits.
-_ACTIVE_CPU = 0.0002
+# A C loop's thread spends no CPU at all while it waits for I/O: any CPU since the last look
+# means it ran something, except right after the watchdog's own ping, whose tail (the loop
+# going back to its wait) costs up to this much. Less than that after a ping is the tail or
+# a callback that went straight into a blocking call: where the thread sleeps tells them
+# apart (see Watchdog._c_loop_active).
+_PONG_TAIL_CPU = 0.0002
 
 _monotonic = time.monotonic
 _perf = time.perf_counter
@@ -71,6 +74,25 @@ def _thread_cpu(thread_id: int) -> float | None:
         return time.clock_gettime(time.pthread_getcpuclockid(thread_id))
     except (AttributeError, OSError, OverflowError):
         return None
+
+
+def _waits_for_io(native_id: int) -> bool | None:
+    """Whether a thread sleeps in epoll (Linux's wait channel), ``None`` where unknown.
+
+    A C loop waiting for I/O sleeps in ``epoll_wait``; a callback stuck in ``time.sleep``,
+    a lock or a blocking read sleeps elsewhere. "0" means running (or a kernel that hides
+    wait channels): unknown.
+    """
+    if not native_id:
+        return None
+    try:
+        with open(f"/proc/self/task/{native_id}/wchan", "rb") as file:
+            where = file.read(64)
+    except OSError:
+        return None
+    if not where or where == b"0":
+        return None
+    return b"ep_poll" in where or b"epoll" in where
 
 
 class _Wake:
@@ -268,25 +290,19 @@ class Watchdog:
         c_poll = min(threshold / 2, _MAX_POLL / 2)
         timeout: float | None = None
         dead = False
-        frames: dict[int, Any] | None = None
         for probe in self._active:
             loop = probe.loop()
             if loop is None or loop.is_closed():
                 dead = True
                 continue
             try:
-                if probe.c_loop and frames is None:
-                    frames = cpython.current_frames()
-                wait = self._check_probe(
-                    probe, loop, threshold, c_poll if probe.c_loop else poll, frames
-                )
+                wait = self._check_probe(probe, loop, threshold, c_poll if probe.c_loop else poll)
             except Exception as exc:
                 _runtime.internal_error("watchdog", exc)
                 probe.block = None
                 wait = threshold
             if wait is not None and (timeout is None or wait < timeout):
                 timeout = wait
-        frames = None
         if dead:
             with self._lock:
                 kept = []
@@ -300,8 +316,7 @@ class Watchdog:
         return None if timeout is None else max(timeout, 0.001)
 
     def _check_probe(
-        self, probe: Probe, loop: Any, threshold: float, poll: float,
-        frames: dict[int, Any] | None,
+        self, probe: Probe, loop: Any, threshold: float, poll: float
     ) -> float | None:
         """Start, sample or close the block of one probe; return how long to sleep."""
         now = _monotonic()
@@ -318,19 +333,13 @@ class Watchdog:
             since = probe.ping
             lead = probe.ping_lead  # the loop probably got busy this long before the ping
             if not since:
-                # Ping only a loop that is doing something: Python code on its thread now,
-                # or CPU spent since the last look. An idle loop is never woken.
-                frame = frames.get(probe.thread_id) if frames is not None else None
-                idle = frame is None or probe.idle_code is None or frame.f_code is probe.idle_code
-                frame = None
-                cpu = _thread_cpu(probe.thread_id)
-                if cpu is not None:
-                    idle = idle and cpu - probe.cpu_seen < _ACTIVE_CPU
-                    probe.cpu_seen = cpu
-                if idle:
+                # Ping only a loop that is doing something. An idle loop is never woken.
+                if not self._c_loop_active(probe):
                     probe.idle_seen = now
                     return poll
                 if now < probe.next_sample:
+                    # The activity stays pending (its CPU is not taken as seen): a callback
+                    # that went into a blocking call is pinged at the next tick.
                     return min(poll, probe.next_sample - now)
                 probe.next_sample = now + self.tick
                 # The loop got busy somewhere between the last idle look and now: a block's
@@ -359,6 +368,43 @@ class Watchdog:
         if still:
             self._log_still_blocked(probe, block, late)
         return poll
+
+    @staticmethod
+    def _c_loop_active(probe: Probe) -> bool:
+        """Whether a C loop's thread ran anything since the last look (no ping outstanding).
+
+        Its per-thread CPU clock answers, without reading any stack: a thread waiting for
+        I/O spends none. Where the clock cannot tell (a little CPU just after a ping), the
+        thread's wait channel does (Linux); the stack is read only where neither can (no
+        per-thread clocks on this platform), and only where reading it is safe.
+        """
+        cpu = _thread_cpu(probe.thread_id)
+        if cpu is not None:
+            spent = cpu - probe.cpu_seen
+            if spent <= 0.0:
+                return False
+            if spent >= _PONG_TAIL_CPU or not probe.ponged:
+                return True  # cpu_seen moves on when the ping is answered
+        waiting = _waits_for_io(probe.native_id)
+        if waiting is not None:
+            active = not waiting
+        else:
+            # Python code on the loop thread, other than the frame that runs the loop, is
+            # activity.
+            code = probe.idle_code
+            try:
+                frame = cpython.thread_frame(probe.thread_id)
+            except cpython.UnreadableFrames:
+                # Nothing to tell by: with a clock, the little CPU is taken as the ping's
+                # tail; without one, as activity (a ping per tick, not a block never seen).
+                active = cpu is None
+            else:
+                active = frame is not None and code is not None and frame.f_code is not code
+                del frame
+        if not active and cpu is not None:
+            probe.ponged = False  # that CPU was the ping's tail: seen
+            probe.cpu_seen = cpu
+        return active
 
     def _poll(self, probe: Probe, block: _Block, late: float, threshold: float) -> bool:
         """Sample a block in progress; True when it is time for the "still blocked" line."""
@@ -401,7 +447,7 @@ class Watchdog:
             duration=late,
             stack=sample.stack if sample is not None else [],
             site=site,
-            hint=_blocks.HINTS.get(sample.cause if sample else "starved"),
+            hint=_blocks.hint_of(sample.cause if sample else "starved", block.all_samples()),
             labels=labels,
             task=block.task,
             loop=probe.loop(),
@@ -429,6 +475,9 @@ class Watchdog:
                 f"+{s.late:.3f}s {_frames.user_frame(s.stack) or (s.stack[0] if s.stack else '?')}"
                 for s in samples
             )
+        unread = next((s.unread for s in samples if s.unread), "")
+        if unread:
+            detail["stack"] = unread
         if cpu is not None and duration > 0:
             detail["loop_cpu"] = f"{min(cpu / duration, 1.0):.0%}"
         if gcs:
@@ -453,7 +502,7 @@ class Watchdog:
             return
         self.monitor.report(
             "blocked_loop", api="", action="", duration=duration, stack=stack, site=site,
-            hint=_blocks.HINTS.get(cause), labels=labels, task=block.task if block else None,
+            hint=_blocks.hint_of(cause, samples), labels=labels, task=block.task if block else None,
             loop=loop, thread=probe.thread_name, detail=detail,
         )
 

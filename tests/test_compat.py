@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib.util
 import selectors
 import subprocess
 import sys
@@ -199,6 +200,19 @@ def test_thread_stacks_and_frames() -> None:
     frames = cpython.current_frames()
     assert frames[threading.get_ident()].f_code.co_name == "test_thread_stacks_and_frames"
     assert cpython.getframe(0).f_code.co_name == "test_thread_stacks_and_frames"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="own-GIL subinterpreters are 3.12+")
+def test_interpreters_are_listed() -> None:
+    # frames_unreadable() counts the interpreters of the process with list_all().
+    module = next(
+        (m for m in ("_interpreters", "_xxsubinterpreters") if importlib.util.find_spec(m)), None
+    )
+    if module is None:
+        pytest.skip("built without subinterpreters")
+    listed = __import__(module).list_all()
+    assert len(listed) == 1  # the main interpreter only
+    assert cpython.FRAMES_UNSAFE_WITH_SUBINTERPRETERS
 
 
 # -- uvloop --------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import LOOP_KINDS, run_on, serve_uvicorn
+from helpers import LOOP_KINDS, run_on, serve_uvicorn, uvloop
 from prometheus_client import CollectorRegistry
 
 import loopwatch
 from loopwatch import _blocks, _runtime, _watchdog
+from loopwatch._compat import cpython
 from loopwatch._frames import Frame
 from loopwatch.testing import capture_incidents
 
@@ -224,6 +225,107 @@ def test_cpu_bound_block_is_caught(loop_factory: LoopFactory, registry: Collecto
     assert incident.detail["cause"] == "cpu"
     assert "CPU-bound" in incident.hint
     assert blocks(registry, "GET /cpu", "starlette") == 1
+
+
+def counting_stack_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count every read of other threads' stacks (``sys._current_frames``) from now on."""
+    reads: list[int] = []
+    original = cpython.current_frames
+
+    def counted() -> dict[int, Any]:
+        reads.append(threading.get_ident())
+        return original()
+
+    monkeypatch.setattr(cpython, "current_frames", counted)
+    return reads
+
+
+@pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
+@pytest.mark.skipif(
+    not hasattr(time, "pthread_getcpuclockid"), reason="no per-thread CPU clocks here"
+)
+def test_an_idle_uvloop_is_watched_without_reading_stacks(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading stacks is what crashed CPython 3.12+ beside subinterpreters, and it was done on
+    # every poll of a C loop: an idle uvloop is now told idle by its thread's CPU clock.
+    reads = counting_stack_reads(monkeypatch)
+    loopwatch.install(registry=registry)
+
+    async def idle() -> tuple[int, float]:
+        await asyncio.sleep(0.3)  # the ping at start and its answer
+        before = len(reads)
+        await asyncio.sleep(1.0)
+        return len(reads) - before, lag(registry, "count")
+
+    read_while_idle, samples = run_on(uvloop.new_event_loop, idle())  # type: ignore[union-attr]
+    assert read_while_idle == 0
+    assert samples >= 1  # it was watched: the ping at start was answered
+
+
+def test_block_is_reported_without_a_stack_where_stacks_cannot_be_read(
+    loop_factory: LoopFactory, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where reading another thread's stack is unsafe (subinterpreters on CPython 3.12+), a
+    # block is still caught, timed and attributed; its incident says why it has no stack.
+    reason = "not read: a test says so"
+    monkeypatch.setattr(cpython, "frames_unreadable", lambda: reason)
+    reads = counting_stack_reads(monkeypatch)
+    loopwatch.install(registry=registry)
+
+    async def main() -> None:
+        await asyncio.sleep(0.05)
+        with loopwatch.handler_context("starlette", "GET /blind"):
+            time.sleep(0.3)
+        await settle()
+
+    with capture_incidents() as seen:
+        run_on(loop_factory, main())
+    (incident,) = blocked(seen)
+    assert not incident.stack and incident.site is None
+    assert incident.detail["stack"] == reason
+    assert incident.hint.endswith(f"(The stack was {reason}.)")  # the text log shows hints
+    assert incident.detail["cause"] == "blocking_call"
+    assert incident.handler == "GET /blind"  # from the task's context, not the stack
+    assert incident.duration is not None and 0.25 <= incident.duration <= 0.4
+    assert blocks(registry, "GET /blind", "starlette") == 1
+    assert reads == []
+
+
+@pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{threading.get_native_id()}/wchan").exists(),
+    reason="no wait channels of threads here (Linux /proc)",
+)
+def test_blocking_call_right_after_the_ping_is_caught_without_a_stack(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hardest case for a C loop's CPU clock: the loop answers the watchdog's ping and goes
+    # straight into a blocking call, spending less CPU than the ping's own tail. Where the
+    # thread sleeps (not in epoll) says it is busy; no stack is read.
+    from loopwatch import _probe
+
+    monkeypatch.setattr(cpython, "frames_unreadable", lambda: "not read: a test says so")
+    reads = counting_stack_reads(monkeypatch)
+    original = _probe.Probe.pong
+    blocked_once: list[bool] = []
+
+    def pong_then_block(self: _probe.Probe, sent: float) -> None:
+        original(self, sent)
+        if not blocked_once:
+            blocked_once.append(True)
+            time.sleep(0.3)
+
+    monkeypatch.setattr(_probe.Probe, "pong", pong_then_block)
+    loopwatch.install(registry=registry)
+
+    with capture_incidents() as seen:
+        run_on(uvloop.new_event_loop, asyncio.sleep(0.6))  # type: ignore[union-attr]
+    assert blocked_once
+    (incident,) = blocked(seen)
+    assert incident.duration is not None and 0.2 <= incident.duration <= 0.45
+    assert incident.detail["cause"] == "blocking_call"
+    assert reads == []
 
 
 def test_work_under_the_threshold_is_no_incident(
