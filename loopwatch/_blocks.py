@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from . import _context, _frames, _runtime
+from . import _context, _frames, _stalls
 from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
@@ -136,7 +136,7 @@ class Sample:
         self.late = late
         self.stack = stack
         self.code_labels = code_labels
-        self.reentry = reentry  # the offloaded call the loop thread was waiting for, if any
+        self.reentry = reentry  # the nested call the loop thread was waiting for, if any
         self.cause = classify(stack, idle_at)
 
 
@@ -151,7 +151,7 @@ def sample_thread(thread_id: int, late: float, idle_at: tuple[str, str] | None =
             while walk is not None and code_labels is None:
                 code_labels = _handler_codes.get(walk.f_code)
                 walk = walk.f_back
-        reentry = _runtime.stalled.get(thread_id, "")
+        reentry = _stalls.waiting(thread_id)
         return Sample(late, stack, code_labels, reentry, idle_at)
     finally:
         del frame

@@ -21,6 +21,7 @@ from ._compat import cpython
 __all__ = [
     "Frame",
     "capture_stack",
+    "is_own_file",
     "is_user_file",
     "stack_from_frame",
     "user_frame",
@@ -121,6 +122,11 @@ def _is_own_file(filename: str) -> bool:
         if len(_own_file_cache) < 10_000:
             _own_file_cache[filename] = known
     return known
+
+
+def is_own_file(filename: str) -> bool:
+    """True when ``filename`` is one of loopwatch's own modules."""
+    return _is_own_file(filename)
 
 
 def without_own_frames(stack: list[Frame]) -> list[Frame]:

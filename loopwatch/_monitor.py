@@ -248,6 +248,7 @@ class Monitor:
         kind: str,
         *,
         message: str,
+        api: str = "",
         duration: float | None = None,
         stack: list[Frame] | tuple[Frame, ...] | None = None,
         site: Frame | None = None,
@@ -258,6 +259,7 @@ class Monitor:
         thread: str | None = None,
         detail: dict[str, str] | None = None,
         debug: bool = False,
+        level: int = logging.ERROR,
     ) -> None:
         """Log a line about a hazard still going on ("still blocked"), folded per site.
 
@@ -268,13 +270,13 @@ class Monitor:
                 return
             detail = {**(detail or {}), "in_progress": "true"}
             incident = self._incident(
-                kind, "", "", duration, stack or [], site, hint, labels, task, loop, thread,
+                kind, api, "", duration, stack or [], site, hint, labels, task, loop, thread,
                 detail, 0,
             )
-            level = logging.DEBUG if debug else logging.ERROR
-            where = f" at {site}" if site is not None else ""
+            level = logging.DEBUG if debug else level
+            where = f" at {site}" if site is not None and not api else ""
             text = f"{message}{where} (framework={incident.framework} handler={incident.handler})"
-            self._log.emit(incident, level, text, key=("progress", kind, site, debug))
+            self._log.emit(incident, level, text, key=("progress", kind, api, site, debug))
         except Exception as exc:
             internal_error("logging", exc)
 

@@ -23,10 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import _runtime
+from . import _runtime, _stalls
 from ._compat import asyncio as aio
 from ._errors import LoopwatchError
-from ._frames import Frame
 
 __all__ = ["MAX_DEPTH", "depth", "offload", "worker_threads"]
 
@@ -143,70 +142,62 @@ def _in_worker(fn: Callable[[Any], T], awaitable: Any) -> T:
 
 
 def offload(
-    api: str,
     awaitable: Any,
     run_elsewhere: Callable[[Any], T],
     running: asyncio.AbstractEventLoop,
     timeout: float,
     detail: dict[str, str],
-    site: Frame | None = None,
-    log: Callable[[str], None] | None = None,
+    stall: _stalls.Stall,
 ) -> T:
     """Run ``awaitable`` through ``run_elsewhere`` on a worker thread and wait for it.
 
-    While it waits, a line is logged once the caller has stalled a second, and the wait
-    ends early when the worker's loop provably waits for something only the stalled loop
-    could do (:func:`._policy.wait_offloaded`). ``detail`` receives what went wrong
-    (``timeout``, ``stalled``, ``error``) for the caller's report. Raises the coroutine's
-    own exception unchanged, or :class:`LoopwatchError` when the call timed out, was
-    stopped early, or needed the running loop.
+    ``stall`` is the caller's open record of this wait (:mod:`._stalls`). While it waits, a
+    line is logged once the caller has stalled a second, and the wait ends early only on
+    proof that the coroutine waits for the stalled loop (:func:`._policy.wait_offloaded`).
+    ``detail`` receives what went wrong (``timeout``, ``stalled``, ``error``) for the
+    caller's report. Raises the coroutine's own exception unchanged, or
+    :class:`LoopwatchError` when the call timed out, was stopped early, or needed the
+    running loop.
     """
     from . import _policy  # a sibling that imports nothing of this module
 
+    api = stall.api
     job = _Job()
     tracked = _tracked(awaitable, job) if _awaitable(awaitable) else awaitable
     context = contextvars.copy_context()
-    me = threading.get_ident()
-    _runtime.stalled[me] = api  # from the worker's start to its join: all of it is the stall
     future, worker = workers.submit(
         functools.partial(context.run, _in_worker, run_elsewhere, tracked)
     )
     try:
-        try:
-            done = _policy.wait_offloaded(future, timeout, api, site, job, log)
-        except _policy.Stuck as stuck:
-            detail["stalled"] = (
-                f"{stuck.after:.1f}s, stopped early: it waits for {stuck.waiting_for}"
-            )
-            _cancel(job, future)
+        done = _policy.wait_offloaded(future, timeout, stall, job, running)
+    except _policy.Stuck as stuck:
+        detail["stalled"] = f"{stuck.after:.1f}s, stopped early: it waits for {stuck.waiting_for}"
+        _cancel(job, future)
+        raise LoopwatchError(
+            f"{api}() offloaded to a worker thread waits for {stuck.waiting_for}, which only "
+            f"this thread's stalled loop could complete; {NEEDS_OUTER_LOOP}."
+        ) from None
+    if not done:
+        detail["timeout"] = f"{timeout:g}s"
+        _cancel(job, future)
+        raise LoopwatchError(
+            f"{api}() offloaded to a worker thread did not finish within {timeout:g}s "
+            f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
+            "LOOPWATCH_OFFLOAD_TIMEOUT."
+        )
+    # Finished: whatever it raised is the coroutine's own, TimeoutError included. The
+    # worker is about to exit; wait for it, so no thread outlives the call.
+    worker.join(1.0)
+    try:
+        return future.result()
+    except RuntimeError as exc:
+        if aio.is_foreign_loop_error(exc):
+            detail["error"] = "needs the running loop"
+            _unpoison(running)
             raise LoopwatchError(
-                f"{api}() offloaded to a worker thread waits for {stuck.waiting_for}, which "
-                "nothing on that thread can complete (only this thread's stalled loop could); "
-                f"{NEEDS_OUTER_LOOP}."
-            ) from None
-        if not done:
-            detail["timeout"] = f"{timeout:g}s"
-            _cancel(job, future)
-            raise LoopwatchError(
-                f"{api}() offloaded to a worker thread did not finish within {timeout:g}s "
-                f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
-                "LOOPWATCH_OFFLOAD_TIMEOUT."
-            )
-        # Finished: whatever it raised is the coroutine's own, TimeoutError included. The
-        # worker is about to exit; wait for it, so no thread outlives the call.
-        worker.join(1.0)
-        try:
-            return future.result()
-        except RuntimeError as exc:
-            if aio.is_foreign_loop_error(exc):
-                detail["error"] = "needs the running loop"
-                _unpoison(running)
-                raise LoopwatchError(
-                    f"{api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
-                ) from exc
-            raise
-    finally:
-        _runtime.stalled.pop(me, None)
+                f"{api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
+            ) from exc
+        raise
 
 
 def run_in_worker(fn: Callable[[], T], timeout: float) -> T:

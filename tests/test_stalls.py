@@ -10,6 +10,7 @@ runs), the "still running" lines go through the folding, structured log sink, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,6 @@ import pytest
 from helpers import run_on
 from prometheus_client import CollectorRegistry
 
-import loopwatch
 from loopwatch.testing import capture_incidents
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -61,10 +61,9 @@ def test_offload_waits_for_a_future_that_another_thread_completes(
 
             def io_thread() -> None:
                 time.sleep(delay)
-                try:
+                # A call given up on has closed its loop: nothing left to complete.
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(future.set_result, 42)
-                except RuntimeError:  # the call was given up on: its loop is closed
-                    pass
 
             threading.Thread(target=io_thread, name="client-io", daemon=True).start()
             return await future
@@ -106,6 +105,24 @@ def test_a_library_loop_run_nested_is_one_incident_not_also_a_block(
     assert kinds == [("reentry", "nested")], kinds
     assert total(registry, "loopwatch_event_loop_blocks_total") == 0
     assert total(registry, "loopwatch_reentry_stall_seconds_count") == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_block_inside_a_reentrant_run_is_still_a_block(registry: CollectorRegistry) -> None:
+    # Re-entered, the loop keeps running: what blocks it inside the nested coroutine is a
+    # block of that loop like any other, reported as one (the re-entry is reported too).
+    async def blocks() -> None:
+        time.sleep(0.5)
+
+    async def main() -> None:
+        asyncio.run(blocks())
+        await asyncio.sleep(0.3)
+
+    with capture_incidents(registry=registry, on_reentry="reenter", block_threshold=0.1) as seen:
+        run_on(asyncio.new_event_loop, main())
+    kinds = sorted((i.kind, i.action) for i in seen)
+    assert kinds == [("blocked_loop", ""), ("reentry", "reentered")], kinds
+    assert total(registry, "loopwatch_event_loop_blocks_total") == 1
 
 
 # -- 3. every user call is counted, whatever the loop object -------------------------------
