@@ -18,46 +18,29 @@ idle loop
 ``offload`` always offloads (a library's own loop included), ``reenter`` re-enters where it
 can and runs a library's own loop nested on this thread, ``raise`` lets the error through.
 
-:func:`run_on_this_thread` runs a library's own loop nested on the calling thread, the
-running loop, current task, the thread's event loop and the signal set-up restored exactly.
-:func:`wait_offloaded` waits for an offloaded call, says so in a log line when it passes
-one second, and stops waiting early only on proof that the coroutine waits for the stalled
-loop (an object of that loop): a future another thread will complete looks the same as a
-lost one from here, so anything short of proof is left to ``offload_timeout``.
+Each route is carried out elsewhere: :mod:`._offload` (a worker thread),
+:mod:`._ownloop` (a library's own loop on this thread), :mod:`._nested` (re-entry). What
+the notes and hints say about a call (the library it went through, the one fix, how it
+ended) is here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
-import signal
-import threading
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._compat import asyncio as _aio
-from ._errors import LoopwatchError
 from ._frames import Frame, is_user_file
-from ._stalls import REENTERED, STALL_LINE_AFTER
-
-if TYPE_CHECKING:
-    from ._stalls import Stall
+from ._stalls import REENTERED
 
 __all__ = [
     "Route",
-    "Stuck",
     "advice_for",
     "describe_outcome",
+    "in_kernel",
     "library_of",
     "route",
-    "run_on_this_thread",
-    "wait_offloaded",
 ]
-
-_DETECT_EVERY = 0.25
-
 # The async API to use instead of a library's sync wrapper, by top-level package.
 _ADVICE = {
     "uvicorn": "`await server.serve()` (server = uvicorn.Server(uvicorn.Config(app, ...)))",
@@ -112,131 +95,6 @@ def route(
         kind = f"{type(running).__module__}.{type(running).__name__}"
         return Route.OFFLOAD, f"reenter is not possible on {kind}; offloaded instead"
     return Route.OFFLOAD, ""
-
-
-# -- a library's own loop, on this thread ---------------------------------------------------
-
-
-class _Signals:
-    """The main thread's signal handlers and wake-up fd, to put back after a nested loop."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[int, Any] = {}
-        self.wakeup = -1
-        self.saved = False
-
-    def save(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread can change them
-        for sig in signal.valid_signals():
-            try:
-                self.handlers[sig] = signal.getsignal(sig)
-            except (OSError, ValueError):
-                continue
-        self.wakeup = signal.set_wakeup_fd(-1)
-        signal.set_wakeup_fd(self.wakeup)
-        self.saved = True
-
-    def restore(self) -> None:
-        if not self.saved:
-            return
-        for sig, handler in self.handlers.items():
-            if handler is None or signal.getsignal(sig) is handler:
-                continue
-            try:
-                signal.signal(sig, handler)
-            except (OSError, ValueError, TypeError):
-                continue
-        try:  # whatever the nested loop left points at its own, closed, self-pipe
-            signal.set_wakeup_fd(self.wakeup)
-        except (OSError, ValueError):
-            signal.set_wakeup_fd(-1)
-
-
-def run_on_this_thread(
-    running: asyncio.AbstractEventLoop, run: Callable[[], Any], stall: Stall | None = None
-) -> Any:
-    """Run ``run`` (which runs another loop) here, as if no loop were running, then restore.
-
-    What a library's own loop may change and a script would never notice is put back: the
-    running loop and its current task, the loop ``set_event_loop`` set for this thread, the
-    signal handlers and the wake-up fd (servers install their own). ``stall``, the open
-    record of this wait, says so in a line once it has held the running loop a second.
-    """
-    task = asyncio.current_task(running)
-    known, thread_loop = _aio.policy_loop()
-    signals = _Signals()
-    signals.save()
-    if task is not None:
-        _aio.leave_task(running, task)  # 3.14 keeps one current task per thread
-    if stall is not None:
-        stall.say_after(
-            STALL_LINE_AFTER,
-            "has run its own event loop on this thread for {waited:.1f}s; the running loop "
-            "waits until it returns",
-        )
-    _aio.set_running_loop(None)
-    try:
-        return run()
-    finally:
-        _aio.set_running_loop(running)
-        if task is not None and asyncio.current_task(running) is not task:
-            _aio.enter_task(running, task)
-        if known:
-            _aio.set_policy_loop(thread_loop)
-        signals.restore()
-
-
-# -- an offloaded call ----------------------------------------------------------------------
-
-
-def wait_offloaded(
-    future: concurrent.futures.Future[Any],
-    timeout: float,
-    stall: Stall,
-    job: Any,
-    stalled: asyncio.AbstractEventLoop,
-) -> bool:
-    """Wait for an offloaded call; True when it finished, False when ``timeout`` passed.
-
-    Says so in a log line (through ``stall``) once the caller has stalled past one second,
-    and raises :class:`Stuck` when the worker's coroutine provably waits for the
-    ``stalled`` loop (:func:`._compat.asyncio.waits_for_loop`). Whatever the call itself
-    raised stays in ``future`` for the caller (a ``TimeoutError`` of its own included).
-    """
-    started = time.perf_counter()
-    deadline = started + timeout
-    said = False
-    while True:
-        now = time.perf_counter()
-        done, _ = concurrent.futures.wait((future,), min(_DETECT_EVERY, max(0.0, deadline - now)))
-        if done:
-            return True
-        now = time.perf_counter()
-        if now >= deadline:
-            return False
-        waited = now - started
-        if not said and waited >= STALL_LINE_AFTER:
-            said = True
-            stall.say(
-                f"has run on a worker thread for {waited:.1f}s; this thread's event loop is "
-                f"stalled until it ends (at most {timeout:g}s)"
-            )
-        loop, task = getattr(job, "loop", None), getattr(job, "task", None)
-        if loop is None or task is None:
-            continue
-        why = _aio.waits_for_loop(loop, task, stalled)
-        if why:
-            raise Stuck(why, waited)
-
-
-class Stuck(LoopwatchError):
-    """An offloaded coroutine that waits for something only the stalled loop could do."""
-
-    def __init__(self, waiting_for: str, after: float) -> None:
-        super().__init__(waiting_for)
-        self.waiting_for = waiting_for
-        self.after = after
 
 
 # -- what the notes say ---------------------------------------------------------------------

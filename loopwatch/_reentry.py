@@ -14,14 +14,23 @@ Policies for H1 (``on_reentry``):
 * ``auto`` — re-enter in a notebook (stdlib loop), offload in a service.
 
 Under ``auto`` and ``reenter`` a library's own, idle loop run from inside the running one
-runs nested on this thread (:func:`._policy.run_on_this_thread`). :mod:`._policy` holds
+runs nested on this thread (:func:`._ownloop.run_on_this_thread`). :mod:`._policy` holds
 the routing table and what the notes say.
 
-H2 always marshals the coroutine to the loop's own thread.
+H2 always marshals the coroutine to the loop's own thread. ``run_forever()`` of a loop
+running in another thread has no coroutine to marshal: asyncio raises "This event loop is
+already running" at once, and so does loopwatch, after reporting a ``cross_thread_run``
+(action ``raised``). Waiting until that loop stops instead would turn an immediate,
+explicit error into a thread that hangs without saying why; code that means "wait for the
+loop to stop" says so with a ``threading.Event`` or ``Thread.join()``.
 
 What cannot be offloaded fails at once with the original error: the same ``Runner`` or
 the same loop re-entered from inside itself, a loop whose thread waits for this very call,
 or nesting deeper than :data:`._offload.MAX_DEPTH`.
+
+Every route records the wait of the calling thread in :mod:`._stalls` (entered before the
+call runs, left exactly once after), and each user call is reported once with the
+duration that record measured: one incident, one count, one stall observation.
 """
 
 from __future__ import annotations
@@ -36,7 +45,17 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _context, _frames, _incidents, _nested, _offload, _policy, _runtime, _stalls
+from . import (
+    _context,
+    _frames,
+    _incidents,
+    _nested,
+    _offload,
+    _ownloop,
+    _policy,
+    _runtime,
+    _stalls,
+)
 from ._compat import asyncio as aio
 from ._compat import cpython, nest
 from ._compat import uvloop as uvl
@@ -169,7 +188,7 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
         counted = not _stalls.continues(_library_caller())
 
         def run() -> Any:
-            return _policy.run_on_this_thread(
+            return _ownloop.run_on_this_thread(
                 running, lambda: call.run_elsewhere(call.awaitable), stall
             )
     else:
