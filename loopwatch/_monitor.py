@@ -274,6 +274,7 @@ class Monitor:
                 detail, 0,
             )
             level = logging.DEBUG if debug else level
+            # A line about a nested call names its site next to the api already.
             where = f" at {site}" if site is not None and not api else ""
             text = f"{message}{where} (framework={incident.framework} handler={incident.handler})"
             self._log.emit(incident, level, text, key=("progress", kind, api, site, debug))
