@@ -261,7 +261,8 @@ class Monitor:
         debug: bool = False,
         level: int = logging.ERROR,
     ) -> None:
-        """Log a line about a hazard still going on ("still blocked"), folded per site.
+        """Log a line about a hazard still going on ("still blocked", a nested call that
+        still stalls its caller), folded per kind, api and site.
 
         Not an incident: nothing is counted or kept; the incident comes when it ends.
         """

@@ -285,6 +285,43 @@ def test_stall_line_in_json_mode_carries_the_loopwatch_object(tmp_path: Path) ->
     assert stall["loopwatch"]["detail"]["in_progress"] == "true"
 
 
+@pytest.mark.timeout(30)
+def test_a_loop_marshalling_to_another_loop_is_one_stall_said_while_it_lasts(
+    loop_factory: LoopFactory, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # H2 from a thread running a loop of its own: that loop waits for the marshalled call.
+    # One cross_thread_run with the stall's duration, a line while it lasts, no block.
+    owner = asyncio.new_event_loop()
+    ready = threading.Event()
+    owner.call_soon(ready.set)
+    thread = threading.Thread(target=owner.run_forever, name="owner", daemon=True)
+
+    async def on_owner() -> str:
+        await asyncio.sleep(1.3)
+        return "done there"
+
+    async def main() -> str:
+        result: str = owner.run_until_complete(on_owner())
+        await asyncio.sleep(0.3)
+        return result
+
+    with caplog.at_level(logging.WARNING, logger="loopwatch"):
+        with capture_incidents(registry=registry, block_threshold=0.1) as seen:
+            thread.start()
+            assert ready.wait(5)
+            try:
+                assert run_on(loop_factory, main()) == "done there"
+            finally:
+                owner.call_soon_threadsafe(owner.stop)
+                thread.join(5)
+                owner.close()
+    assert [(i.kind, i.action) for i in seen] == [("cross_thread_run", "marshalled")]
+    assert seen[0].duration is not None and seen[0].duration >= 1.2
+    assert total(registry, "loopwatch_event_loop_blocks_total") == 0
+    (line,) = _stall_lines(caplog, "for the loop of another thread")
+    assert line.loopwatch["api"] == "loop.run_until_complete"  # type: ignore[attr-defined]
+
+
 # -- H2: run_forever from a plain thread on a loop running elsewhere ----------------------
 
 
