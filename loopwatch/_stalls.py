@@ -62,7 +62,7 @@ _lock = threading.Lock()
 _open: dict[int, list[Stall]] = {}  # thread id -> open stalls, innermost last
 # Recently closed stalls of every thread, for a block that is reported just after its stall
 # ended (the loop thread goes back to its wait once the nested call has returned).
-_closed: collections.deque[Stall] = collections.deque(maxlen=64)
+_closed: collections.deque[Stall] = collections.deque(maxlen=256)
 # Thread id -> the library frame that made that thread's latest nested run of its own loop.
 _last_caller: dict[int, types.FrameType] = {}
 
