@@ -108,6 +108,24 @@ def test_a_library_loop_run_nested_is_one_incident_not_also_a_block(
 
 
 @pytest.mark.timeout(30)
+def test_stalls_one_after_another_are_not_a_block(
+    loop_factory: LoopFactory, registry: CollectorRegistry
+) -> None:
+    # A sync client called in a loop: five short offloaded calls hold the loop in a row.
+    # Together they fill the block; each is reported on its own, the block not at all.
+    async def main() -> None:
+        for _ in range(5):
+            asyncio.run(asyncio.sleep(0.15))
+        await asyncio.sleep(0.3)
+
+    with capture_incidents(registry=registry, on_reentry="offload", block_threshold=0.1) as seen:
+        run_on(loop_factory, main())
+    assert [(i.kind, i.action) for i in seen] == [("reentry", "offloaded")] * 5
+    assert total(registry, "loopwatch_event_loop_blocks_total") == 0
+    assert total(registry, "loopwatch_reentry_stall_seconds_count") == 5
+
+
+@pytest.mark.timeout(30)
 def test_a_block_inside_a_reentrant_run_is_still_a_block(registry: CollectorRegistry) -> None:
     # Re-entered, the loop keeps running: what blocks it inside the nested coroutine is a
     # block of that loop like any other, reported as one (the re-entry is reported too).
