@@ -107,7 +107,10 @@ class Stall:
         return (self.ended if self.ended is not None else _clock()) - self.started
 
     def say(self, what: str) -> None:
-        """Log "``api()`` at site <what>" once, through the monitor's folding log sink."""
+        """Log "``api()`` at <site> <what>" through the monitor's folding log sink.
+
+        Not an incident (nothing is counted); the caller decides when (once, past a second).
+        """
         monitor = _runtime.active()
         if monitor is None or self.ended is not None:
             return
