@@ -1,9 +1,15 @@
-"""How long a nested call that can only finish on the outer loop stalls that loop (services).
+"""How long a nested call that needs the outer loop stalls that loop (services).
 
 Each case runs inside a running loop (stdlib asyncio, then uvloop) with loopwatch's service
 default: a coroutine that needs the outer loop is given to ``asyncio.run``. Prints, per
-case and loop, how long the outer loop was stalled before the call failed, and the worst.
-The bound without the early stop would be ``offload_timeout`` (30 s).
+case and loop, how long the outer loop was stalled and how the call ended.
+
+Where loopwatch has proof that the call waits for the stalled loop (a Task or Future of
+that loop, ``asyncio.wait`` of its tasks) the call fails at once or within a fraction of a
+second. Where it has none (a Queue or Event the stalled loop would feed: from the worker's
+side they look exactly like a future another thread completes, which must not be cut
+short) ``offload_timeout`` bounds it: set to 5 s here instead of the default 30 s. The last
+case is such a call that works: a plain thread completes it after 2 s.
 
 Run: ``python benchmarks/nested_stalls.py``
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -63,11 +70,36 @@ async def event_set_by_the_running_loop() -> object:
         setter.cancel()
 
 
+async def waits_for_tasks_of_the_running_loop() -> object:
+    task = asyncio.ensure_future(asyncio.sleep(0.05, "done"))
+    try:
+        return asyncio.run(asyncio.wait([task]))
+    finally:
+        await task
+
+
+async def completed_by_another_thread() -> object:
+    async def bridge() -> object:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+
+        def io_thread() -> None:
+            time.sleep(2.0)
+            loop.call_soon_threadsafe(future.set_result, "done")
+
+        threading.Thread(target=io_thread, daemon=True).start()
+        return await future
+
+    return asyncio.run(bridge())
+
+
 CASES: dict[str, Case] = {
     "Task of the running loop to run_until_complete": task_of_the_running_loop,
     "asyncio.run awaiting a Task of the running loop": awaits_a_task_of_the_running_loop,
+    "asyncio.run on asyncio.wait of the running loop's tasks": waits_for_tasks_of_the_running_loop,
     "asyncio.run on a Queue fed by the running loop": queue_fed_by_the_running_loop,
     "asyncio.run on an Event set by the running loop": event_set_by_the_running_loop,
+    "asyncio.run on a future another thread completes": completed_by_another_thread,
 }
 
 
@@ -94,7 +126,7 @@ def measure(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> dict[str, tupl
 
 def main() -> None:
     logging.getLogger("loopwatch").setLevel(logging.ERROR)  # the incidents are not the point
-    loopwatch.install()
+    loopwatch.install(offload_timeout=5)
     loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
     try:
         import uvloop
@@ -106,7 +138,7 @@ def main() -> None:
     for loop_name, factory in loops.items():
         for name, (seconds, outcome) in measure(factory).items():
             worst = max(worst, seconds)
-            print(f"{loop_name:8} {name:50} {outcome:15} stalled {seconds:.2f}s")
+            print(f"{loop_name:8} {name:56} {outcome:15} stalled {seconds:.2f}s")
     print(f"worst stall: {worst:.2f}s")
     loopwatch.uninstall()
 

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from . import _context, _frames, _runtime
+from . import _context, _frames, _stalls
 from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
@@ -136,7 +136,7 @@ class Sample:
         self.late = late
         self.stack = stack
         self.code_labels = code_labels
-        self.reentry = reentry  # the offloaded call the loop thread was waiting for, if any
+        self.reentry = reentry  # the nested call the loop thread was waiting for, if any
         # Why the stack could not be read (then the loop counts as busy with unknown code:
         # the watchdog samples only a loop it found late).
         self.unread = unread
@@ -148,7 +148,7 @@ def sample_thread(thread_id: int, late: float, idle_at: tuple[str, str] | None =
     try:
         frame = cpython.thread_frame(thread_id)
     except cpython.UnreadableFrames as exc:
-        return Sample(late, [], None, _runtime.stalled.get(thread_id, ""), unread=str(exc))
+        return Sample(late, [], None, _stalls.waiting(thread_id), unread=str(exc))
     try:
         stack = _frames.stack_from_frame(frame)
         code_labels = None
@@ -157,7 +157,7 @@ def sample_thread(thread_id: int, late: float, idle_at: tuple[str, str] | None =
             while walk is not None and code_labels is None:
                 code_labels = _handler_codes.get(walk.f_code)
                 walk = walk.f_back
-        reentry = _runtime.stalled.get(thread_id, "")
+        reentry = _stalls.waiting(thread_id)
         return Sample(late, stack, code_labels, reentry, idle_at)
     finally:
         del frame

@@ -21,6 +21,7 @@ from ._compat import cpython
 __all__ = [
     "Frame",
     "capture_stack",
+    "is_own_file",
     "is_user_file",
     "stack_from_frame",
     "user_frame",
@@ -114,7 +115,8 @@ def capture_stack(
     return stack_from_frame(frame, limit)
 
 
-def _is_own_file(filename: str) -> bool:
+def is_own_file(filename: str) -> bool:
+    """True when ``filename`` is one of loopwatch's own modules."""
     known = _own_file_cache.get(filename)
     if known is None:
         known = not filename.startswith("<") and _normalise(filename).startswith(_OWN_PREFIX)
@@ -125,7 +127,7 @@ def _is_own_file(filename: str) -> bool:
 
 def without_own_frames(stack: list[Frame]) -> list[Frame]:
     """``stack`` without loopwatch's own frames (its wrappers sit between user frames)."""
-    return [f for f in stack if not _is_own_file(f.file)]
+    return [f for f in stack if not is_own_file(f.file)]
 
 
 def user_frame(stack: list[Frame] | tuple[Frame, ...]) -> Frame | None:

@@ -139,6 +139,7 @@ class _Fold:
     incident: Incident
     logged_at: float  # monotonic time of the last line for this fingerprint
     folded: int  # occurrences since that line, not logged
+    message: str | None = None  # the latest line's own text (progress lines have one)
 
 
 class LogSink:
@@ -167,20 +168,21 @@ class LogSink:
         with self._lock:
             fold = self._folds.get(key)
             if fold is None:
-                self._folds[key] = _Fold(incident, mono, 0)
+                self._folds[key] = _Fold(incident, mono, 0, message)
                 if len(self._folds) > self._capacity:
                     _, evicted = self._folds.popitem(last=False)
                 folded = 0
             elif mono - fold.logged_at >= self._window:
                 folded, fold.folded, fold.logged_at, fold.incident = fold.folded, 0, mono, incident
+                fold.message = message
                 self._folds.move_to_end(key)
             else:
                 fold.folded += incident.count
-                fold.incident = incident
+                fold.incident, fold.message = incident, message
                 self._folds.move_to_end(key)
                 return False
         if evicted is not None and evicted.folded:
-            self._write(evicted.incident, logging.WARNING, None, evicted.folded)
+            self._write(evicted.incident, logging.WARNING, evicted.message, evicted.folded)
         self._write(incident, level, message, folded)
         return True
 
@@ -188,12 +190,12 @@ class LogSink:
         """Log one line for every fingerprint with folded repeats not yet logged."""
         mono = time.monotonic()
         with self._lock:
-            pending = [(f.incident, f.folded) for f in self._folds.values() if f.folded]
+            pending = [(f.incident, f.message, f.folded) for f in self._folds.values() if f.folded]
             for fold in self._folds.values():
                 if fold.folded:
                     fold.folded, fold.logged_at = 0, mono
-        for incident, folded in pending:
-            self._write(incident, logging.WARNING, None, folded)
+        for incident, message, folded in pending:
+            self._write(incident, logging.WARNING, message, folded)
 
     @staticmethod
     def _write(incident: Incident, level: int, message: str | None, folded: int) -> None:

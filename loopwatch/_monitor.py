@@ -248,6 +248,7 @@ class Monitor:
         kind: str,
         *,
         message: str,
+        api: str = "",
         duration: float | None = None,
         stack: list[Frame] | tuple[Frame, ...] | None = None,
         site: Frame | None = None,
@@ -258,8 +259,10 @@ class Monitor:
         thread: str | None = None,
         detail: dict[str, str] | None = None,
         debug: bool = False,
+        level: int = logging.ERROR,
     ) -> None:
-        """Log a line about a hazard still going on ("still blocked"), folded per site.
+        """Log a line about a hazard still going on ("still blocked", a nested call that
+        still stalls its caller), folded per kind, api and site.
 
         Not an incident: nothing is counted or kept; the incident comes when it ends.
         """
@@ -268,13 +271,14 @@ class Monitor:
                 return
             detail = {**(detail or {}), "in_progress": "true"}
             incident = self._incident(
-                kind, "", "", duration, stack or [], site, hint, labels, task, loop, thread,
+                kind, api, "", duration, stack or [], site, hint, labels, task, loop, thread,
                 detail, 0,
             )
-            level = logging.DEBUG if debug else logging.ERROR
-            where = f" at {site}" if site is not None else ""
+            level = logging.DEBUG if debug else level
+            # A line about a nested call names its site next to the api already.
+            where = f" at {site}" if site is not None and not api else ""
             text = f"{message}{where} (framework={incident.framework} handler={incident.handler})"
-            self._log.emit(incident, level, text, key=("progress", kind, site, debug))
+            self._log.emit(incident, level, text, key=("progress", kind, api, site, debug))
         except Exception as exc:
             internal_error("logging", exc)
 

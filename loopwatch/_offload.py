@@ -9,6 +9,12 @@ its own, joined before the call returns: no thread is left behind.
 Offloading nests (an offloaded coroutine may itself re-enter): the depth is bounded, so a
 coroutine that re-enters itself ends in the original ``RuntimeError``, never in an
 unbounded number of threads.
+
+The wait ends before ``offload_timeout`` only on proof that the coroutine needs the
+stalled loop: asyncio's own foreign-loop error (a Future or Task of that loop awaited), or
+a wait that only a task of that loop can end (:func:`_wait`). A future
+that looks abandoned from the worker's side may be completed by any other thread (a
+client library's I/O thread calling ``call_soon_threadsafe``): that is never cut short.
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from . import _runtime
+from . import _runtime, _stalls
 from ._compat import asyncio as aio
 from ._errors import LoopwatchError
-from ._frames import Frame
+from ._stalls import STALL_LINE_AFTER
 
 __all__ = ["MAX_DEPTH", "depth", "offload", "worker_threads"]
 
 T = TypeVar("T")
+
+_DETECT_EVERY = 0.25  # how often the caller looks for proof that the call needs its loop
 
 #: How many offloaded calls may nest inside each other before the original error is raised.
 MAX_DEPTH = 8
@@ -142,71 +150,110 @@ def _in_worker(fn: Callable[[Any], T], awaitable: Any) -> T:
     return fn(awaitable)
 
 
+def _wait(
+    future: concurrent.futures.Future[Any],
+    timeout: float,
+    stall: _stalls.Stall,
+    job: _Job,
+    stalled: asyncio.AbstractEventLoop,
+) -> bool:
+    """Wait for an offloaded call; True when it finished, False when ``timeout`` passed.
+
+    Says so in a log line (through ``stall``) once the caller has stalled past one second,
+    and raises :class:`_Stuck` when the worker's coroutine provably waits for the
+    ``stalled`` loop (:func:`._compat.asyncio.waits_for_loop`). Whatever the call itself
+    raised stays in ``future`` for the caller (a ``TimeoutError`` of its own included).
+    """
+    started = time.perf_counter()
+    deadline = started + timeout
+    said = False
+    while True:
+        now = time.perf_counter()
+        done, _ = concurrent.futures.wait((future,), min(_DETECT_EVERY, max(0.0, deadline - now)))
+        if done:
+            return True
+        now = time.perf_counter()
+        if now >= deadline:
+            return False
+        waited = now - started
+        if not said and waited >= STALL_LINE_AFTER:
+            said = True
+            stall.say(
+                f"has run on a worker thread for {waited:.1f}s; this thread's event loop is "
+                f"stalled until it ends (at most {timeout:g}s)"
+            )
+        loop, task = job.loop, job.task
+        if loop is None or task is None:
+            continue
+        why = aio.waits_for_loop(loop, task, stalled)
+        if why:
+            raise _Stuck(why, waited)
+
+
+class _Stuck(LoopwatchError):
+    """An offloaded coroutine that waits for something only the stalled loop could do."""
+
+    def __init__(self, waiting_for: str, after: float) -> None:
+        super().__init__(waiting_for)
+        self.waiting_for = waiting_for
+        self.after = after
+
+
 def offload(
-    api: str,
     awaitable: Any,
     run_elsewhere: Callable[[Any], T],
     running: asyncio.AbstractEventLoop,
     timeout: float,
     detail: dict[str, str],
-    site: Frame | None = None,
-    log: Callable[[str], None] | None = None,
+    stall: _stalls.Stall,
 ) -> T:
     """Run ``awaitable`` through ``run_elsewhere`` on a worker thread and wait for it.
 
-    While it waits, a line is logged once the caller has stalled a second, and the wait
-    ends early when the worker's loop provably waits for something only the stalled loop
-    could do (:func:`._policy.wait_offloaded`). ``detail`` receives what went wrong
-    (``timeout``, ``stalled``, ``error``) for the caller's report. Raises the coroutine's
-    own exception unchanged, or :class:`LoopwatchError` when the call timed out, was
-    stopped early, or needed the running loop.
+    ``stall`` is the caller's open record of this wait (:mod:`._stalls`). While it waits, a
+    line is logged once the caller has stalled a second, and the wait ends early only on
+    proof that the coroutine waits for the stalled loop (:func:`_wait`).
+    ``detail`` receives what went wrong (``timeout``, ``stalled``, ``error``) for the
+    caller's report. Raises the coroutine's own exception unchanged, or
+    :class:`LoopwatchError` when the call timed out, was stopped early, or needed the
+    running loop.
     """
-    from . import _policy  # a sibling that imports nothing of this module
-
+    api = stall.api
     job = _Job()
     tracked = _tracked(awaitable, job) if _awaitable(awaitable) else awaitable
     context = contextvars.copy_context()
-    me = threading.get_ident()
-    _runtime.stalled[me] = api  # from the worker's start to its join: all of it is the stall
     future, worker = workers.submit(
         functools.partial(context.run, _in_worker, run_elsewhere, tracked)
     )
     try:
-        try:
-            done = _policy.wait_offloaded(future, timeout, api, site, job, log)
-        except _policy.Stuck as stuck:
-            detail["stalled"] = (
-                f"{stuck.after:.1f}s, stopped early: it waits for {stuck.waiting_for}"
-            )
-            _cancel(job, future)
+        done = _wait(future, timeout, stall, job, running)
+    except _Stuck as stuck:
+        detail["stalled"] = f"{stuck.after:.1f}s, stopped early: it waits for {stuck.waiting_for}"
+        _cancel(job, future)
+        raise LoopwatchError(
+            f"{api}() offloaded to a worker thread waits for {stuck.waiting_for}, which only "
+            f"this thread's stalled loop could complete; {NEEDS_OUTER_LOOP}."
+        ) from None
+    if not done:
+        detail["timeout"] = f"{timeout:g}s"
+        _cancel(job, future)
+        raise LoopwatchError(
+            f"{api}() offloaded to a worker thread did not finish within {timeout:g}s "
+            f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
+            "LOOPWATCH_OFFLOAD_TIMEOUT."
+        )
+    # Finished: whatever it raised is the coroutine's own, TimeoutError included. The
+    # worker is about to exit; wait for it, so no thread outlives the call.
+    worker.join(1.0)
+    try:
+        return future.result()
+    except RuntimeError as exc:
+        if aio.is_foreign_loop_error(exc):
+            detail["error"] = "needs the running loop"
+            _unpoison(running)
             raise LoopwatchError(
-                f"{api}() offloaded to a worker thread waits for {stuck.waiting_for}, which "
-                "nothing on that thread can complete (only this thread's stalled loop could); "
-                f"{NEEDS_OUTER_LOOP}."
-            ) from None
-        if not done:
-            detail["timeout"] = f"{timeout:g}s"
-            _cancel(job, future)
-            raise LoopwatchError(
-                f"{api}() offloaded to a worker thread did not finish within {timeout:g}s "
-                f"(offload_timeout); {NEEDS_OUTER_LOOP}. If it is just slow, raise "
-                "LOOPWATCH_OFFLOAD_TIMEOUT."
-            )
-        # Finished: whatever it raised is the coroutine's own, TimeoutError included. The
-        # worker is about to exit; wait for it, so no thread outlives the call.
-        worker.join(1.0)
-        try:
-            return future.result()
-        except RuntimeError as exc:
-            if aio.is_foreign_loop_error(exc):
-                detail["error"] = "needs the running loop"
-                _unpoison(running)
-                raise LoopwatchError(
-                    f"{api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
-                ) from exc
-            raise
-    finally:
-        _runtime.stalled.pop(me, None)
+                f"{api}() failed on the worker thread: {NEEDS_OUTER_LOOP}."
+            ) from exc
+        raise
 
 
 def run_in_worker(fn: Callable[[], T], timeout: float) -> T:

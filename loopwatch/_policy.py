@@ -18,47 +18,29 @@ idle loop
 ``offload`` always offloads (a library's own loop included), ``reenter`` re-enters where it
 can and runs a library's own loop nested on this thread, ``raise`` lets the error through.
 
-:func:`run_on_this_thread` runs a library's own loop nested on the calling thread, the
-running loop, current task, the thread's event loop and the signal set-up restored exactly.
-:func:`wait_offloaded` waits for an offloaded call, says so in a log line when it passes
-one second, and stops waiting for a coroutine that can provably never finish.
+Each route is carried out elsewhere: :mod:`._offload` (a worker thread),
+:mod:`._ownloop` (a library's own loop on this thread), :mod:`._nested` (re-entry). What
+the notes and hints say about a call (the library it went through, the one fix, how it
+ended) is here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
-import signal
-import threading
-import time
-import weakref
-from collections.abc import Callable
 from typing import Any
 
-from ._compat import asyncio as _aio
-from ._errors import LoopwatchError
 from ._frames import Frame, is_user_file
+from ._stalls import REENTERED
 
 __all__ = [
     "Route",
-    "Stuck",
     "advice_for",
     "describe_outcome",
+    "in_kernel",
     "library_of",
     "route",
-    "run_on_this_thread",
-    "wait_offloaded",
 ]
-
-STALL_LINE_AFTER = 1.0  # seconds an offloaded call may stall its caller before a log line
-_DETECT_EVERY = 0.25
-_DEAD_FOR = 0.5  # an idle worker loop seen twice this far apart cannot finish
-
-# A library's own loop that already ran nested once: its later runs (aiohttp's run_app runs
-# its loop three times) belong to the same user call and are not counted again.
-_counted_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-
 # The async API to use instead of a library's sync wrapper, by top-level package.
 _ADVICE = {
     "uvicorn": "`await server.serve()` (server = uvicorn.Server(uvicorn.Config(app, ...)))",
@@ -78,7 +60,7 @@ _ADVICE = {
 class Route:
     """Where one nested call runs."""
 
-    REENTER = "reentered"  # on the running loop, re-entrantly
+    REENTER = REENTERED  # on the running loop, re-entrantly (it keeps running)
     NESTED = "nested"  # a library's own loop, run on this thread
     OFFLOAD = "offloaded"  # on a worker thread, with a loop of its own
     REJECT = "rejected"  # a Future of the running loop that cannot run here: fail at once
@@ -113,176 +95,6 @@ def route(
         kind = f"{type(running).__module__}.{type(running).__name__}"
         return Route.OFFLOAD, f"reenter is not possible on {kind}; offloaded instead"
     return Route.OFFLOAD, ""
-
-
-def first_time(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether this library loop's nested run is the user call's first (to count it once)."""
-    try:
-        if loop in _counted_loops:
-            return False
-        _counted_loops.add(loop)
-    except TypeError:  # a loop class without weak references: count every run
-        pass
-    return True
-
-
-# -- a library's own loop, on this thread ---------------------------------------------------
-
-
-class _Signals:
-    """The main thread's signal handlers and wake-up fd, to put back after a nested loop."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[int, Any] = {}
-        self.wakeup = -1
-        self.saved = False
-
-    def save(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread can change them
-        for sig in signal.valid_signals():
-            try:
-                self.handlers[sig] = signal.getsignal(sig)
-            except (OSError, ValueError):
-                continue
-        self.wakeup = signal.set_wakeup_fd(-1)
-        signal.set_wakeup_fd(self.wakeup)
-        self.saved = True
-
-    def restore(self) -> None:
-        if not self.saved:
-            return
-        for sig, handler in self.handlers.items():
-            if handler is None or signal.getsignal(sig) is handler:
-                continue
-            try:
-                signal.signal(sig, handler)
-            except (OSError, ValueError, TypeError):
-                continue
-        try:  # whatever the nested loop left points at its own, closed, self-pipe
-            signal.set_wakeup_fd(self.wakeup)
-        except (OSError, ValueError):
-            signal.set_wakeup_fd(-1)
-
-
-class _StallLine:
-    """One log line, from a timer thread, once a nested run has held this thread's loop
-    for :data:`STALL_LINE_AFTER` seconds (a server's ``run()`` in a cell, say)."""
-
-    def __init__(self, text: str, log: Callable[[str], None]) -> None:
-        self._started = time.perf_counter()
-        self._text = text
-        self._log = log
-        self._timer = threading.Timer(STALL_LINE_AFTER, self._say)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _say(self) -> None:
-        waited = time.perf_counter() - self._started
-        self._log(self._text.format(waited=waited))
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def run_on_this_thread(
-    running: asyncio.AbstractEventLoop,
-    run: Callable[[], Any],
-    api: str = "",
-    site: Frame | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Any:
-    """Run ``run`` (which runs another loop) here, as if no loop were running, then restore.
-
-    What a library's own loop may change and a script would never notice is put back: the
-    running loop and its current task, the loop ``set_event_loop`` set for this thread, the
-    signal handlers and the wake-up fd (servers install their own).
-    """
-    task = asyncio.current_task(running)
-    known, thread_loop = _aio.policy_loop()
-    signals = _Signals()
-    signals.save()
-    if task is not None:
-        _aio.leave_task(running, task)  # 3.14 keeps one current task per thread
-    line = None
-    if log is not None:
-        where = f" at {site.file}:{site.line}" if site is not None else ""
-        line = _StallLine(
-            f"{api}(){where} has run its own event loop on this thread for "
-            "{waited:.1f}s; the running loop waits until it returns",
-            log,
-        )
-    _aio.set_running_loop(None)
-    try:
-        return run()
-    finally:
-        if line is not None:
-            line.cancel()
-        _aio.set_running_loop(running)
-        if task is not None and asyncio.current_task(running) is not task:
-            _aio.enter_task(running, task)
-        if known:
-            _aio.set_policy_loop(thread_loop)
-        signals.restore()
-
-
-# -- an offloaded call ----------------------------------------------------------------------
-
-
-def wait_offloaded(
-    future: concurrent.futures.Future[Any],
-    timeout: float,
-    api: str,
-    site: Frame | None,
-    job: Any,
-    log: Callable[[str], None] | None,
-) -> bool:
-    """Wait for an offloaded call; True when it finished, False when ``timeout`` passed.
-
-    Says so in a log line once the caller has stalled past one second, and raises
-    :class:`Stuck` when the worker's loop provably waits for nothing it could ever get
-    (something only the stalled caller's loop would do). Whatever the call itself raised
-    stays in ``future`` for the caller (a ``TimeoutError`` of its own included).
-    """
-    started = time.perf_counter()
-    deadline = started + timeout
-    said = False
-    dead_since: float | None = None
-    while True:
-        now = time.perf_counter()
-        done, _ = concurrent.futures.wait((future,), min(_DETECT_EVERY, max(0.0, deadline - now)))
-        if done:
-            return True
-        now = time.perf_counter()
-        if now >= deadline:
-            return False
-        waited = now - started
-        if not said and waited >= STALL_LINE_AFTER and log is not None:
-            said = True
-            where = f" at {site.file}:{site.line}" if site is not None else ""
-            log(
-                f"{api}(){where} has run on a worker thread for {waited:.1f}s; this "
-                f"thread's event loop is stalled until it ends (at most {timeout:g}s)"
-            )
-        loop, task = getattr(job, "loop", None), getattr(job, "task", None)
-        if loop is None or task is None or waited < STALL_LINE_AFTER / 2:
-            continue
-        why = _aio.loop_waits_for_nothing(loop, task)
-        if not why:
-            dead_since = None
-        elif dead_since is None:
-            dead_since = now
-        elif now - dead_since >= _DEAD_FOR:
-            raise Stuck(why, waited)
-
-
-class Stuck(LoopwatchError):
-    """An offloaded coroutine that waits for something only the stalled loop could do."""
-
-    def __init__(self, waiting_for: str, after: float) -> None:
-        super().__init__(waiting_for)
-        self.waiting_for = waiting_for
-        self.after = after
 
 
 # -- what the notes say ---------------------------------------------------------------------

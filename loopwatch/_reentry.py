@@ -14,14 +14,23 @@ Policies for H1 (``on_reentry``):
 * ``auto`` — re-enter in a notebook (stdlib loop), offload in a service.
 
 Under ``auto`` and ``reenter`` a library's own, idle loop run from inside the running one
-runs nested on this thread (:func:`._policy.run_on_this_thread`). :mod:`._policy` holds
+runs nested on this thread (:func:`._ownloop.run_on_this_thread`). :mod:`._policy` holds
 the routing table and what the notes say.
 
-H2 always marshals the coroutine to the loop's own thread.
+H2 always marshals the coroutine to the loop's own thread. ``run_forever()`` of a loop
+running in another thread has no coroutine to marshal: asyncio raises "This event loop is
+already running" at once, and so does loopwatch, after reporting a ``cross_thread_run``
+(action ``raised``). Waiting until that loop stops instead would turn an immediate,
+explicit error into a thread that hangs without saying why; code that means "wait for the
+loop to stop" says so with a ``threading.Event`` or ``Thread.join()``.
 
 What cannot be offloaded fails at once with the original error: the same ``Runner`` or
 the same loop re-entered from inside itself, a loop whose thread waits for this very call,
 or nesting deeper than :data:`._offload.MAX_DEPTH`.
+
+Every route records the wait of the calling thread in :mod:`._stalls` (entered before the
+call runs, left exactly once after), and each user call is reported once with the
+duration that record measured: one incident, one count, one stall observation.
 """
 
 from __future__ import annotations
@@ -32,14 +41,23 @@ import concurrent.futures
 import functools
 import sys
 import threading
-import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _context, _frames, _incidents, _nested, _offload, _policy, _runtime
+from . import (
+    _context,
+    _frames,
+    _incidents,
+    _nested,
+    _offload,
+    _ownloop,
+    _policy,
+    _runtime,
+    _stalls,
+)
 from ._compat import asyncio as aio
-from ._compat import nest
+from ._compat import cpython, nest
 from ._compat import uvloop as uvl
 from ._errors import LoopwatchError
 from ._patching import ImportHook, Patches
@@ -90,13 +108,12 @@ def _report(
     kind: str,
     api: str,
     action: str,
-    started: float | None,
+    duration: float | None,
     loop: object | None,
     detail: dict[str, str] | None = None,
     stack: list[Any] | None = None,
     hint: str | None = None,
 ) -> None:
-    duration = None if started is None else time.perf_counter() - started
     monitor.report(
         kind, api=api, action=action, duration=duration, loop=loop, detail=detail,
         stack=stack, hint=hint,
@@ -166,16 +183,13 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
         return _offload_call(monitor, call, running, detail, stack)
     action = route
     if route == _policy.Route.NESTED:
-        target = call.target
-        counted = target is None or _policy.first_time(target)
+        # A library's own loop: its later runs inside one call into the library (a server's
+        # setup, serving and cleanup) are that one call, already counted.
+        counted = not _stalls.continues(_library_caller())
 
         def run() -> Any:
-            return _policy.run_on_this_thread(
-                running,
-                lambda: call.run_elsewhere(call.awaitable),
-                call.api,
-                _frames.user_frame(stack),
-                _log_stall if counted else None,
+            return _ownloop.run_on_this_thread(
+                running, lambda: call.run_elsewhere(call.awaitable), stall
             )
     else:
         counted = True
@@ -185,23 +199,47 @@ def _same_thread(call: _Call, running: asyncio.AbstractEventLoop) -> Any:
                 running, call.awaitable, cleanup=call.api in (API_RUN, API_RUNNER)
             )
 
-    if not counted:
-        return run()  # a later run of a library loop already reported for this user call
-    started = time.perf_counter()
+    # The running loop waits for this call: a stall, not a block (the watchdog asks).
+    stall = _stalls.enter(call.api, action, stack, running, _task_name(running))
     failure: BaseException | None = None
-    me = threading.get_ident()
-    _runtime.stalled[me] = call.api  # the running loop waits: a stall, not a block
     try:
         return run()
     except BaseException as exc:
         failure = exc
         raise
     finally:
-        _runtime.stalled.pop(me, None)
-        detail["result"] = _policy.describe_outcome(failure)
-        hint = _incidents.reentry_hint(call.api, action, detail, stack, running)
-        _report(monitor, "reentry", call.api, action, started, running, detail, stack, hint)
+        duration = _stalls.leave(stall)
+        if counted:
+            detail["result"] = _policy.describe_outcome(failure)
+            hint = _incidents.reentry_hint(call.api, action, detail, stack, running)
+            _report(monitor, "reentry", call.api, action, duration, running, detail, stack, hint)
         del failure
+
+
+def _task_name(loop: asyncio.AbstractEventLoop) -> str | None:
+    task = asyncio.current_task(loop)
+    return task.get_name() if task is not None else None
+
+
+def _library_caller() -> types.FrameType | None:
+    """The library frame the user's code called that made this nested run, if any.
+
+    ``None`` when the user's own code made it (each such run is a call of its own) or when
+    no user frame is on the stack (nothing tells one call from the next).
+    """
+    frame: types.FrameType | None = cpython.getframe(1)
+    while frame is not None and _frames.is_own_file(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None or _frames.is_user_file(frame.f_code.co_filename):
+        return None
+    for _ in range(256):
+        outer = frame.f_back
+        if outer is None:
+            return None
+        if _frames.is_user_file(outer.f_code.co_filename):
+            return frame
+        frame = outer
+    return None
 
 
 def _reenters(policy: str) -> bool:
@@ -218,40 +256,35 @@ def _offload_call(
     detail: dict[str, str],
     stack: list[Any],
 ) -> Any:
-    started = time.perf_counter()
+    # From the worker's start to its join, all of it is the stall.
+    stall = _stalls.enter(call.api, "offloaded", stack, running, _task_name(running))
     failure: BaseException | None = None
     try:
         return _offload.offload(
-            call.api, call.awaitable, call.run_elsewhere, running,
-            monitor.config.offload_timeout, detail, _frames.user_frame(stack), _log_stall,
+            call.awaitable, call.run_elsewhere, running, monitor.config.offload_timeout,
+            detail, stall,
         )
     except BaseException as exc:
         failure = exc
         raise
     finally:
+        duration = _stalls.leave(stall)
         detail["result"] = _policy.describe_outcome(failure)
         hint = _incidents.reentry_hint(call.api, "offloaded", detail, stack, running)
-        _report(monitor, "reentry", call.api, "offloaded", started, running, detail, stack, hint)
+        _report(monitor, "reentry", call.api, "offloaded", duration, running, detail, stack, hint)
         del failure
-
-
-def _log_stall(line: str) -> None:
-    from ._logging import logger
-
-    logger.warning(line)
 
 
 def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> Any:
     """H2: ``loop`` runs in another thread; run the awaitable there and wait."""
     monitor = _runtime.active()
     running_here = running_loop()
-    started = time.perf_counter()
     stack = _frames.capture_stack(2)
     if asyncio.isfuture(awaitable) and awaitable.get_loop() is not loop:
         raise LoopwatchError(f"{api}() was given a Future of another loop than the one it runs")
     owner = aio.loop_thread_id(loop)
-    if owner is not None and owner in _runtime.stalled:
-        # That loop's thread is waiting for an offloaded call, very likely this one: the
+    if owner is not None and _stalls.waiting(owner):
+        # That loop's thread is waiting for a nested call, very likely this one: the
         # marshalled call could never run. Fail at once, as the loop itself would.
         _close(awaitable)
         if monitor is not None:
@@ -271,12 +304,12 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
         _close(coro)
         raise
     timeout = monitor.config.offload_timeout if monitor is not None else None
-    me = threading.get_ident()
+    # A loop running on this thread waits meanwhile: a stall. A plain thread just waits.
+    stall = None
     if running_here is not None:
-        _runtime.stalled[me] = api
+        stall = _stalls.enter(api, "marshalled", stack, running_here, _task_name(running_here))
     try:
-        done, _ = concurrent.futures.wait((handle,), timeout)
-        if not done:
+        if not _wait_marshalled(handle, timeout, stall):
             handle.cancel()
             raise LoopwatchError(
                 f"{api}() from thread {threading.current_thread().name!r} was marshalled to the "
@@ -285,12 +318,27 @@ def _other_thread(api: str, loop: asyncio.AbstractEventLoop, awaitable: Any) -> 
             )
         return handle.result()
     finally:
-        _runtime.stalled.pop(me, None)
+        duration = _stalls.leave(stall) if stall is not None else None
         if monitor is not None:
-            _report(
-                monitor, "cross_thread_run", api, "marshalled",
-                started if running_here is not None else None, loop, stack=stack,
-            )
+            _report(monitor, "cross_thread_run", api, "marshalled", duration, loop, stack=stack)
+
+
+def _wait_marshalled(
+    handle: concurrent.futures.Future[Any], timeout: float | None, stall: _stalls.Stall | None
+) -> bool:
+    """Wait for a marshalled call; a stalled loop of this thread is told of past a second."""
+    if stall is not None and (timeout is None or timeout > _stalls.STALL_LINE_AFTER):
+        done, _ = concurrent.futures.wait((handle,), _stalls.STALL_LINE_AFTER)
+        if done:
+            return True
+        stall.say(
+            f"has waited {stall.duration():.1f}s for the loop of another thread; this "
+            "thread's event loop is stalled until it ends"
+        )
+        if timeout is not None:
+            timeout = max(0.0, timeout - stall.duration())
+    done, _ = concurrent.futures.wait((handle,), timeout)
+    return bool(done)
 
 
 # -- the patched entry points --------------------------------------------------------------
@@ -415,16 +463,17 @@ def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self)
         monitor = _runtime.active()
         if running is None:
-            # H2: the loop already runs forever in its own thread; waiting for it to stop is
-            # what this call means.
+            # H2: the loop already runs in another thread. There is no coroutine to hand to
+            # it, and waiting until it stops would turn asyncio's immediate error into a
+            # silent hang: report, then fail at once as asyncio does.
             if monitor is not None:
                 _report(
-                    monitor, "cross_thread_run", API_FOREVER, "marshalled", None, self,
-                    stack=_frames.capture_stack(1),
+                    monitor, "cross_thread_run", API_FOREVER, "raised", None, self,
+                    {"reason": "run_forever has no coroutine to marshal; the loop already "
+                     "runs in another thread"},
+                    _frames.capture_stack(1),
                 )
-            while self.is_running():
-                time.sleep(0.05)
-            return None
+            raise uvl.already_running_error(self)
         # H1: there is no coroutine to offload; report and let the original error through.
         if monitor is not None:
             _report(
@@ -532,5 +581,6 @@ def install(monitor: Monitor) -> Callable[[], None]:
                 ", ".join(left),
             )
         _offload.workers.shutdown()
+        _stalls.reset()
 
     return undo

@@ -1,8 +1,8 @@
 """Process-wide runtime state shared by every part of loopwatch (a leaf module).
 
 It holds what more than one component needs and nobody owns: the active monitor, the
-once-per-component internal-error log, the hooks run when a loop starts, and which
-threads are stalled right now waiting for an offloaded or marshalled call. It imports
+once-per-component internal-error log and the hooks run when a loop starts (which threads
+wait for a nested call is :mod:`._stalls`'). It imports
 nothing from loopwatch but the logger, so any module may import it without a circle.
 """
 
@@ -25,7 +25,6 @@ __all__ = [
     "run_loop_start_hooks",
     "set_active",
     "set_internal_error_sink",
-    "stalled",
 ]
 
 # The installed, enabled monitor (a loopwatch._monitor.Monitor), or None. Typed loosely
@@ -106,12 +105,7 @@ def run_loop_start_hooks(loop: Any) -> None:
             internal_error("loop_start", exc)
 
 
-# -- stalls --------------------------------------------------------------------------------
-
-# Thread id -> api of the offloaded or marshalled call that thread waits for right now.
-# The watchdog marks a block of that thread's loop as this stall rather than a second
-# incident; the H2 path refuses to marshal to a loop whose thread waits here (deadlock).
-stalled: dict[int, str] = {}
+# -- names ---------------------------------------------------------------------------------
 
 
 def loop_name(loop: object | None) -> str:

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _blocks, _context, _frames, _runtime
+from . import _blocks, _context, _frames, _runtime, _stalls
 from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
@@ -489,6 +489,12 @@ class Watchdog:
             detail["loop_at"] = str(samples[0].stack[0]) if samples[0].stack else "?"
         labels = (block.labels if block is not None else None) or default_labels()
         reentry = block.reentry() if block is not None else ""
+        if not reentry:
+            # The loop thread waited for a nested call for most of the block (its samples
+            # may show only the nested loop's idle wait): that stall is reported, once.
+            end = _monotonic()
+            stall = _stalls.covering(probe.thread_id, end - duration, end)
+            reentry = stall.api if stall is not None else ""
         if reentry:
             # The re-entry guard reports this stall itself (a reentry/cross_thread_run
             # incident with its duration): a DEBUG line keeps what the samples showed.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
+import sys
 from asyncio import events, tasks
 
 from loopwatch._compat import asyncio as compat
@@ -51,7 +51,8 @@ def test_policy_loop_reads_and_restores_the_thread_loop() -> None:
         loop.close()
 
 
-def test_waited_future_and_idle_loop_detection() -> None:
+def test_waited_future_and_proof_of_waiting_for_another_loop() -> None:
+    stalled = asyncio.new_event_loop()
     loop = asyncio.new_event_loop()
     try:
         waiter = loop.create_future()
@@ -62,13 +63,27 @@ def test_waited_future_and_idle_loop_detection() -> None:
         task = loop.create_task(waits())
         loop.run_until_complete(asyncio.sleep(0.01))
         assert compat.waited_future(task) is waiter
-        assert compat.loop_waits_for_nothing(loop, task) == repr(waiter)
-        # a future completed by a thread (to_thread / run_in_executor) is not "nothing"
-        threaded = loop.create_task(asyncio.to_thread(time.sleep, 0.3))
-        loop.run_until_complete(asyncio.sleep(0.05))
-        assert compat.loop_waits_for_nothing(loop, threaded) == ""
-        loop.run_until_complete(threaded)
+        # a future of its own loop: someone may complete it, nothing proves otherwise
+        assert compat.waits_for_loop(loop, task, stalled) == ""
         waiter.set_result(1)
         loop.run_until_complete(task)
+
+        if sys.version_info < (3, 11):
+            return  # asyncio.wait() refuses a task of another loop by itself
+        # asyncio.wait() of a task of the stalled loop: only that loop completes it
+        other = stalled.create_task(asyncio.sleep(10))
+        waiting = loop.create_task(asyncio.wait([other]))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert compat.waits_for_loop(loop, waiting, stalled) == repr(other)
+        # ... unless a timer of its own loop ends the wait first
+        timed = loop.create_task(asyncio.wait([other], timeout=5))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert compat.waits_for_loop(loop, waiting, stalled) == ""
+        for pending in (waiting, timed):
+            pending.cancel()
+        loop.run_until_complete(asyncio.gather(waiting, timed, return_exceptions=True))
+        other.cancel()
+        stalled.run_until_complete(asyncio.gather(other, return_exceptions=True))
     finally:
         loop.close()
+        stalled.close()

@@ -297,47 +297,56 @@ def waited_future(task: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
     return None
 
 
-def _chained_to_thread(future: asyncio.Future[Any]) -> bool:
-    # asyncio.wrap_future (run_in_executor, to_thread) adds a done-callback named
-    # ``_call_check_cancel`` (futures._chain_future, 3.10-3.14): another thread completes it.
-    callbacks = getattr(future, "_callbacks", None) or ()
-    for item in callbacks:
-        callback = item[0] if isinstance(item, tuple) else item
-        if getattr(callback, "__name__", "") == "_call_check_cancel":
+def _refers_to(callback: Any, target: object) -> bool:
+    """Whether a done-callback holds ``target`` (bound to it, a partial of it, a closure)."""
+    seen = 0
+    while callback is not None and seen < 8:
+        seen += 1
+        if getattr(callback, "__self__", None) is target:
             return True
+        if any(arg is target for arg in getattr(callback, "args", None) or ()):
+            return True
+        for cell in getattr(callback, "__closure__", None) or ():
+            try:
+                if cell.cell_contents is target:
+                    return True
+            except ValueError:  # an empty cell
+                continue
+        callback = getattr(callback, "func", None)  # functools.partial
     return False
 
 
-def loop_waits_for_nothing(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> str:
-    """Why ``task`` on ``loop`` (a stdlib loop of another thread) cannot progress, or ``""``.
+def waits_for_loop(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any], stalled: asyncio.AbstractEventLoop
+) -> str:
+    """What of ``stalled`` the suspended ``task`` (running on ``loop``) waits for, or ``""``.
 
-    True when the loop has no ready callback, no live timer, no file descriptor but its own
-    wake-up pipe, and ``task`` waits for a future no thread is working on: then only
-    something outside this loop (the stalled outer loop) could ever wake it. Read from another
-    thread without locks: a racy read can only say "" (keep waiting) or be confirmed by the
-    caller's second look.
+    Proof, never a guess: the future ``task`` waits for (``Task._fut_waiter``, followed
+    through the tasks it awaits) is bound to ``stalled``, or is completed only by a
+    done-callback of a pending task of ``stalled`` (``asyncio.wait`` of that loop's tasks),
+    and no timer of ``loop`` could end the wait first (a timeout of the caller's own).
+    Callbacks of a loop's tasks run on that loop only, so nothing else completes it. Read
+    from another thread while ``stalled``'s own thread waits (it cannot change them), so
+    a racy read of ``loop`` can only miss a proof; checked against 3.10-3.14
+    (``_fut_waiter``, ``_callbacks`` as ``(callback, context)``, ``_scheduled``).
     """
-    if not isinstance(loop, asyncio.BaseEventLoop) or task.done():
+    if task.done():
         return ""
-    ready = getattr(loop, "_ready", None)
     scheduled = getattr(loop, "_scheduled", None)
-    selector = getattr(loop, "_selector", None)
-    if ready is None or scheduled is None or selector is None or ready:
+    if scheduled is None or any(not handle.cancelled() for handle in list(scheduled)):
         return ""
-    if any(not handle.cancelled() for handle in list(scheduled)):
+    waiter = waited_future(task)
+    if waiter is None or waiter.done():
         return ""
     try:
-        if len(selector.get_map()) > 1:  # the self-pipe is always there
-            return ""
-    except RuntimeError:  # closed meanwhile
+        if waiter.get_loop() is stalled:
+            return repr(waiter)
+        pending = [t for t in asyncio.all_tasks(stalled) if not t.done()]
+    except RuntimeError:  # the set changed while read: look again next time
         return ""
-    executor = getattr(loop, "_default_executor", None)
-    if executor is not None and getattr(executor, "_work_queue", None) is not None:
-        threads = len(getattr(executor, "_threads", ()))
-        idle = getattr(getattr(executor, "_idle_semaphore", None), "_value", threads)
-        if idle < threads or not executor._work_queue.empty():
-            return ""
-    waiter = waited_future(task)
-    if waiter is None or waiter.done() or _chained_to_thread(waiter):
-        return ""
-    return repr(waiter)
+    for other in pending:
+        for item in list(getattr(other, "_callbacks", None) or ()):
+            callback = item[0] if isinstance(item, tuple) else item
+            if _refers_to(callback, waiter):
+                return repr(other)
+    return ""
