@@ -1,0 +1,254 @@
+"""Options: parsed once, handed down, rebound on change; adapters and users share the monitor.
+
+Each option reaches the monitor through one parser, whatever the door (``install()``
+keywords, ``LOOPWATCH_*`` variables, ``loopwatch run`` flags, the pytest plugin, the
+discord adapter). A reconfigure rebuilds what was built from a changed field; an install the
+user made is never undone by an adapter that lets go; a bad value gets one clear line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import free_port
+from prometheus_client import CollectorRegistry, Counter
+
+import loopwatch
+from loopwatch import _config, _frames, _monitor
+from loopwatch.adapters.asgi import LoopwatchMiddleware
+from loopwatch.testing import capture_incidents
+
+pytestmark = pytest.mark.core
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def _spin(iterations: int = 30) -> None:
+    for _ in range(iterations):
+        await asyncio.sleep(0.002)
+
+
+async def _call_asgi(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays until the response is done
+        return {"type": "http.disconnect"}  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def _http_scope(path: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), **extra,
+    }
+
+
+# -- bug 4: a reconfigured registry moves everything bound to it ---------------------------
+
+
+def test_a_new_registry_moves_the_lag_histogram_and_the_metrics_server() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    Counter("only_on_second", "marks the second registry", registry=second).inc()
+    port = free_port()
+    monitor = loopwatch.install(registry=first, metrics_port=port, lag_tick=0.001)
+    assert "only_on_second" not in _scrape(port)
+    # What `loopwatch run` and then `instrument(app, registry=R)` do.
+    loopwatch.install(registry=second)
+    asyncio.run(_spin())
+    assert (second.get_sample_value("loopwatch_event_loop_lag_seconds_count") or 0) > 0
+    lag_on_first = first.get_sample_value("loopwatch_event_loop_lag_seconds_count") or 0
+    asyncio.run(_spin())
+    assert first.get_sample_value("loopwatch_event_loop_lag_seconds_count") == lag_on_first
+    assert monitor.metrics_server is not None
+    assert monitor.metrics_server.port == port
+    assert "only_on_second" in _scrape(port)
+
+
+def test_a_middleware_without_a_registry_follows_the_monitors() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    first, second = CollectorRegistry(), CollectorRegistry()
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    loopwatch.install(registry=first)
+    app = LoopwatchMiddleware(Starlette(routes=[Route("/hi", hello)]), handler_metrics=True)
+    asyncio.run(_call_asgi(app, _http_scope("/hi")))
+    loopwatch.install(registry=second)
+    asyncio.run(_call_asgi(app, _http_scope("/hi")))
+    labels = {"framework": "starlette", "handler": "GET /hi", "outcome": "ok"}
+    name = "loopwatch_handler_duration_seconds_count"
+    assert first.get_sample_value(name, labels) == 1
+    assert second.get_sample_value(name, labels) == 1
+
+
+def test_the_info_gauge_moves_with_the_registry() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    loopwatch.install(registry=first)
+    loopwatch.install(registry=second, on_reentry="raise")
+    infos = [s for m in second.collect() if m.name == "loopwatch_info" for s in m.samples]
+    assert [s.labels["on_reentry"] for s in infos if s.value == 1] == ["raise"]
+    left = [s for m in first.collect() if m.name == "loopwatch_info" for s in m.samples]
+    assert [s for s in left if s.value == 1] == []
+
+
+# -- bug 5: the info gauge in prometheus_client's multiprocess mode ------------------------
+
+
+def test_the_info_gauge_is_right_in_multiprocess_mode(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import asyncio, loopwatch
+        from loopwatch.metrics import multiprocess_registry
+
+        monitor = loopwatch.install(on_reentry="offload")
+        asyncio.run(asyncio.sleep(0))          # the loop label changes
+        monitor.reconfigure(on_reentry="raise")
+        monitor.reconfigure(on_reentry="reenter")
+        live = [
+            s.labels["on_reentry"] + "/" + s.labels["loop"]
+            for m in multiprocess_registry().collect() if m.name == "loopwatch_info"
+            for s in m.samples if s.value == 1
+        ]
+        print(",".join(live))
+        print("errors", loopwatch.metrics.get_metrics().registry.get_sample_value(
+            "loopwatch_internal_errors_total", {"component": "metrics"}))
+    """)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    env.pop("LOOPWATCH_ON_REENTRY", None)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    live, errors = done.stdout.splitlines()
+    assert live == "reenter/asyncio._UnixSelectorEventLoop"
+    assert errors in ("errors None", "errors 0.0")
+    assert "Removal of labels" not in done.stderr
+
+
+# -- bug 6: http.response.pathsend ---------------------------------------------------------
+
+
+def test_a_file_sent_with_pathsend_counts_as_ok(tmp_path: Path, registry: CollectorRegistry) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse
+    from starlette.routing import Route
+
+    served = tmp_path / "report.txt"
+    served.write_text("all good\n")
+
+    async def report(request: Any) -> FileResponse:
+        return FileResponse(served)
+
+    app = LoopwatchMiddleware(
+        Starlette(routes=[Route("/report", report)]), registry=registry, handler_metrics=True,
+    )
+    scope = _http_scope("/report", extensions={"http.response.pathsend": {}})
+    sent = asyncio.run(_call_asgi(app, scope))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.pathsend"]
+    name = "loopwatch_handler_duration_seconds_count"
+    labels = {"framework": "starlette", "handler": "GET /report"}
+    assert registry.get_sample_value(name, {**labels, "outcome": "ok"}) == 1
+    assert registry.get_sample_value(name, {**labels, "outcome": "cancelled"}) is None
+
+
+# -- bug 8: capture_incidents leaves an installed monitor as it was -------------------------
+
+
+def test_capture_incidents_restores_the_options_it_changed(registry: CollectorRegistry) -> None:
+    monitor = loopwatch.install(on_reentry="offload", block_threshold=0.2)
+    other = CollectorRegistry()
+    with capture_incidents(on_reentry="raise", registry=other) as seen:
+        assert monitor.config.on_reentry == "raise"
+        assert monitor.config.registry is other
+    assert seen == []
+    assert _monitor.current() is monitor
+    assert monitor.config.on_reentry == "offload"
+    assert monitor.config.registry is None
+    assert monitor.config.block_threshold == 0.2
+
+
+def test_capture_incidents_leaves_an_install_made_inside_it() -> None:
+    with capture_incidents():
+        monitor = loopwatch.install(on_reentry="raise")
+    assert _monitor.current() is monitor
+    assert monitor.config.on_reentry == "raise"
+
+
+# -- bug 9: an adapter's release never undoes the user's install ---------------------------
+
+
+def test_an_explicit_install_after_an_adapter_attached_survives_its_release() -> None:
+    held = _monitor.acquire()
+    assert held is not None
+    mine = loopwatch.install(on_reentry="raise")
+    assert mine is held
+    _monitor.release(held)
+    assert _monitor.current() is mine
+    assert mine.config.on_reentry == "raise"
+
+
+def test_an_explicit_install_survives_the_discord_extension_unloading() -> None:
+    from discord_harness import BotHarness, make_bot
+
+    async def main() -> None:
+        bot = make_bot()
+        async with BotHarness(bot):
+            await bot.load_extension("loopwatch.adapters.discord")
+            loopwatch.install()
+            await bot.unload_extension("loopwatch.adapters.discord")
+        assert _monitor.current() is not None
+
+    asyncio.run(main())
+
+
+def test_the_adapters_own_install_goes_with_its_release() -> None:
+    held = _monitor.acquire()
+    assert held is not None
+    _monitor.release(held)
+    assert _monitor.current() is None
+
+
+# -- also seen -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["<string>", "<stdin>"])
+def test_code_given_on_the_command_line_is_user_code(name: str) -> None:
+    assert _frames.is_user_file(name)
+
+
+def test_the_lag_metric_says_what_it_measures(registry: CollectorRegistry) -> None:
+    loopwatch.install(registry=registry)
+    (lag,) = [m for m in registry.collect() if m.name == "loopwatch_event_loop_lag_seconds"]
+    assert "timer" not in lag.documentation
+    assert "busy" in lag.documentation
