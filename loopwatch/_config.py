@@ -36,6 +36,7 @@ __all__ = [
     "load_config",
     "option_rows",
     "parse",
+    "parse_seconds",
 ]
 
 POLICIES = ("auto", "offload", "raise", "reenter")
@@ -220,26 +221,25 @@ def option_rows() -> list[dict[str, str]]:
     ]
 
 
-def _default(name: str) -> Any:
-    return OPTIONS[name].default
+_DEFAULTS = {option.name: option.default for option in _TABLE}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The effective configuration of an installed monitor (defaults from :data:`OPTIONS`)."""
 
-    on_reentry: str = _default("on_reentry")
-    block_threshold: float = _default("block_threshold")
-    log_format: str = _default("log_format")
-    metrics_port: int | None = _default("metrics_port")
-    metrics_addr: str = _default("metrics_addr")
-    disable: bool = _default("disable")
-    offload_timeout: float = _default("offload_timeout")
-    label_cap: int = _default("label_cap")
-    default_framework: str = _default("default_framework")
-    watchdog: bool = _default("watchdog")
-    lag_tick: float = _default("lag_tick")
-    registry: Any = _default("registry")  # a CollectorRegistry; None means the default one
+    on_reentry: str = _DEFAULTS["on_reentry"]
+    block_threshold: float = _DEFAULTS["block_threshold"]
+    log_format: str = _DEFAULTS["log_format"]
+    metrics_port: int | None = _DEFAULTS["metrics_port"]
+    metrics_addr: str = _DEFAULTS["metrics_addr"]
+    disable: bool = _DEFAULTS["disable"]
+    offload_timeout: float = _DEFAULTS["offload_timeout"]
+    label_cap: int = _DEFAULTS["label_cap"]
+    default_framework: str = _DEFAULTS["default_framework"]
+    watchdog: bool = _DEFAULTS["watchdog"]
+    lag_tick: float = _DEFAULTS["lag_tick"]
+    registry: Any = _DEFAULTS["registry"]  # a CollectorRegistry; None means the default one
 
     def public_dict(self) -> dict[str, Any]:
         """The options as plain values (the registry by type only), for ``doctor`` and logs."""

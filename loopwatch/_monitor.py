@@ -114,9 +114,10 @@ class Monitor:
             except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
                 internal_error("metrics", exc)
                 self.metrics = NullMetrics()
-        moved = self.metrics is not old_metrics
-        if moved:
-            _runtime.set_internal_error_sink(self.metrics.count_internal_error)
+        metrics = self.metrics
+        moved = metrics is not old_metrics
+        if moved and metrics is not None:
+            _runtime.set_internal_error_sink(metrics.count_internal_error)
             if old_metrics is not None and self._info_labels is not None:
                 try:  # the old registry keeps no live info series of this process
                     old_metrics.clear_info(self._info_labels)
@@ -147,14 +148,14 @@ class Monitor:
         on_reentry: str | Unset = UNSET,
         block_threshold: float | Unset = UNSET,
         log_format: str | Unset = UNSET,
-        metrics_port: int | None | Unset = UNSET,
+        metrics_port: int | Unset | None = UNSET,
         metrics_addr: str | Unset = UNSET,
         offload_timeout: float | Unset = UNSET,
         label_cap: int | Unset = UNSET,
         default_framework: str | Unset = UNSET,
         watchdog: bool | Unset = UNSET,
         lag_tick: float | Unset = UNSET,
-        registry: CollectorRegistry | None | Unset = UNSET,
+        registry: CollectorRegistry | Unset | None = UNSET,
     ) -> None:
         """Change options of the running monitor; those not given keep their values.
 
@@ -432,7 +433,7 @@ def install(
     on_reentry: str | Unset = UNSET,
     block_threshold: float | Unset = UNSET,
     log_format: str | Unset = UNSET,
-    metrics_port: int | None | Unset = UNSET,
+    metrics_port: int | Unset | None = UNSET,
     metrics_addr: str | Unset = UNSET,
     disable: bool | Unset = UNSET,
     offload_timeout: float | Unset = UNSET,
@@ -440,7 +441,7 @@ def install(
     default_framework: str | Unset = UNSET,
     watchdog: bool | Unset = UNSET,
     lag_tick: float | Unset = UNSET,
-    registry: CollectorRegistry | None | Unset = UNSET,
+    registry: CollectorRegistry | Unset | None = UNSET,
 ) -> Monitor:
     """Install the guard in this process and return the :class:`Monitor`.
 

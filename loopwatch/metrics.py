@@ -293,9 +293,8 @@ class _NullMetric:
 
 def _multiprocess() -> bool:
     # The test prometheus_client itself makes before it refuses to remove a series.
-    return bool(
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
-    )
+    names = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+    return any(name in os.environ for name in names)
 
 
 class NullMetrics:

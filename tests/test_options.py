@@ -159,7 +159,9 @@ def test_the_info_gauge_is_right_in_multiprocess_mode(tmp_path: Path) -> None:
 # -- bug 6: http.response.pathsend ---------------------------------------------------------
 
 
-def test_a_file_sent_with_pathsend_counts_as_ok(tmp_path: Path, registry: CollectorRegistry) -> None:
+def test_a_file_sent_with_pathsend_counts_as_ok(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
     from starlette.applications import Starlette
     from starlette.responses import FileResponse
     from starlette.routing import Route
@@ -252,3 +254,154 @@ def test_the_lag_metric_says_what_it_measures(registry: CollectorRegistry) -> No
     (lag,) = [m for m in registry.collect() if m.name == "loopwatch_event_loop_lag_seconds"]
     assert "timer" not in lag.documentation
     assert "busy" in lag.documentation
+
+
+@pytest.mark.slow
+def test_an_explicit_install_survives_unload_ext_in_a_kernel() -> None:
+    from kernel_harness import KernelHarness
+
+    with KernelHarness() as kernel:
+        for code in ("%load_ext loopwatch", "import loopwatch; loopwatch.install()",
+                     "%unload_ext loopwatch"):
+            cell = kernel.execute(code)
+            assert cell.error is None, cell.describe()
+        cell = kernel.execute("import loopwatch._monitor; print(loopwatch._monitor.current())")
+        assert cell.stdout.startswith("<loopwatch._monitor.Monitor"), cell.describe()
+
+
+# -- one table, one parser -----------------------------------------------------------------
+
+
+def _keywords(func: Any) -> set[str]:
+    import inspect
+
+    return {
+        p.name for p in inspect.signature(func).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def test_every_door_takes_the_options_of_the_table() -> None:
+    import dataclasses
+
+    names = set(_config.OPTIONS)
+    assert _keywords(loopwatch.install) == names
+    assert _keywords(_monitor.install) == names
+    assert _keywords(_monitor.Monitor.reconfigure) == names - {"disable"}
+    assert {f.name for f in dataclasses.fields(_config.Config)} == names
+    config = _config.Config()
+    for option in _config.OPTIONS.values():
+        assert getattr(config, option.name) == option.default
+        assert f"{option.name}:" in (loopwatch.install.__doc__ or "")
+
+
+def test_the_table_rows_describe_every_option() -> None:
+    rows = _config.option_rows()
+    assert [row["name"] for row in rows] == list(_config.OPTIONS)
+    for row in rows:
+        assert set(row) == {"name", "variable", "type", "default", "accepted", "doc"}
+        assert row["doc"] and row["accepted"] and row["type"]
+    variables = {row["name"]: row["variable"] for row in rows}
+    assert variables["block_threshold"] == "LOOPWATCH_BLOCK_THRESHOLD"
+    assert variables["registry"] == ""
+
+
+@pytest.mark.parametrize("value", ["not an ip", "999.1.1.1", "", "example.com"])
+def test_a_bad_metrics_addr_names_the_variable_and_what_is_accepted(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOOPWATCH_METRICS_ADDR", value)
+    with pytest.raises(loopwatch.ConfigError) as caught:
+        loopwatch.install()
+    message = str(caught.value)
+    assert f"LOOPWATCH_METRICS_ADDR={value!r}" in message
+    assert "IP address" in message
+    assert _monitor.current() is None
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "::1", "localhost", " 0.0.0.0 "])
+def test_good_metrics_addrs(value: str) -> None:
+    assert _config.load_config({}, environ={"LOOPWATCH_METRICS_ADDR": value}).metrics_addr == (
+        value.strip()
+    )
+
+
+def test_a_typo_in_a_variable_gets_one_warning_naming_the_closest(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LOOPWATCH_BLOCK_TRESHOLD", "0.5")
+    monkeypatch.setattr(_config, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="loopwatch"):
+        loopwatch.install()
+        loopwatch.uninstall()
+        loopwatch.install()
+    said = [r.getMessage() for r in caplog.records if "LOOPWATCH_BLOCK_TRESHOLD" in r.getMessage()]
+    assert len(said) == 1
+    assert "did you mean LOOPWATCH_BLOCK_THRESHOLD?" in said[0]
+
+
+def test_metrics_port_zero_binds_a_free_port_and_says_which(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="loopwatch"):
+        monitor = loopwatch.install(registry=registry, metrics_port=0)
+    server = monitor.metrics_server
+    assert server is not None and server.port != 0
+    assert "loopwatch_info{" in _scrape(server.port)
+    said = [r for r in caplog.records if r.name == "loopwatch"]
+    assert [r.getMessage() for r in said] == [
+        f"serving metrics on http://127.0.0.1:{server.port}/metrics"
+    ]
+    assert said[0].levelno == logging.WARNING  # seen without any logging set up
+
+
+def test_a_port_in_use_is_one_line_and_the_program_goes_on(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monitor = loopwatch.install(registry=registry, metrics_port=port)
+        assert monitor.metrics_server is None
+        assert asyncio.run(asyncio.sleep(0, result="goes on")) == "goes on"
+    said = [r for r in caplog.records if r.name == "loopwatch"]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert f"127.0.0.1:{port}" in said[0].getMessage() and "in use" in said[0].getMessage()
+    assert loopwatch.incidents() == []
+
+
+@pytest.mark.parametrize("command", [["run", "--", sys.executable, "-c", "pass"], ["doctor"],
+                                     ["demo", "--requests", "6"]])
+def test_the_command_line_says_a_bad_variable_in_one_line(command: list[str]) -> None:
+    env = {**os.environ, "LOOPWATCH_METRICS_ADDR": "999.1.1.1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "loopwatch", *command], env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "LOOPWATCH_METRICS_ADDR='999.1.1.1'" in line
+
+
+def test_the_command_line_warns_about_a_typo(tmp_path: Path) -> None:
+    env = {**os.environ, "LOOPWATCH_ON_REENTRANT": "raise"}
+    done = subprocess.run(
+        [sys.executable, "-m", "loopwatch", "run", "--", sys.executable, "-c", "pass"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "unknown variable LOOPWATCH_ON_REENTRANT" in done.stderr
+    assert "did you mean LOOPWATCH_ON_REENTRY?" in done.stderr
+
+
+def test_the_discord_adapter_checks_its_arguments_with_the_same_parser() -> None:
+    from discord_harness import make_bot
+
+    from loopwatch.adapters import discord as adapter
+
+    with pytest.raises(loopwatch.ConfigError, match=r"metrics_addr='nowhere'.*IP address"):
+        adapter.LoopwatchCog(make_bot(), metrics_addr="nowhere")
+    with pytest.raises(loopwatch.ConfigError, match="latency_interval=0"):
+        adapter.LoopwatchCog(make_bot(), latency_interval=0)

@@ -262,12 +262,11 @@ def _track(send: Send, sent: list[Any], message: Message) -> Awaitable[None]:
     kind = message["type"]
     if kind == "http.response.start":
         sent[0] = message.get("status", 200)
-    elif kind == "http.response.body" and not message.get("more_body", False):
-        sent[1] = True
-    elif kind == "http.response.pathsend" or (
-        # ASGI extensions that send a whole file, or a part of one, in a message.
-        kind == "http.response.zerocopysend" and not message.get("more_body", False)
-    ):
+    elif (
+        # pathsend and zerocopysend (ASGI extensions) send a whole file or a part of one.
+        kind in ("http.response.body", "http.response.zerocopysend")
+        and not message.get("more_body", False)
+    ) or kind == "http.response.pathsend":
         sent[1] = True
     return send(message)
 
