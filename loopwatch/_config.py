@@ -19,7 +19,7 @@ import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from ._context import FRAMEWORKS
 from ._errors import ConfigError
@@ -30,7 +30,9 @@ __all__ = [
     "POLICIES",
     "UNSET",
     "Config",
+    "LogFormat",
     "Option",
+    "Policy",
     "Unset",
     "check_environment",
     "load_config",
@@ -39,8 +41,10 @@ __all__ = [
     "parse_seconds",
 ]
 
-POLICIES = ("auto", "offload", "raise", "reenter")
-LOG_FORMATS = ("text", "json")
+Policy = Literal["auto", "offload", "raise", "reenter"]
+LogFormat = Literal["text", "json"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 # LOOPWATCH_* variables that are not options: set by ``loopwatch run`` for its children.

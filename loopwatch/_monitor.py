@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
 from ._compat import asyncio as aio
-from ._config import UNSET, Config, Unset, check_environment, load_config
+from ._config import UNSET, Config, LogFormat, Policy, Unset, check_environment, load_config
 from ._errors import LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
@@ -145,9 +145,9 @@ class Monitor:
     def reconfigure(
         self,
         *,
-        on_reentry: str | Unset = UNSET,
+        on_reentry: Policy | Unset = UNSET,
         block_threshold: float | Unset = UNSET,
-        log_format: str | Unset = UNSET,
+        log_format: LogFormat | Unset = UNSET,
         metrics_port: int | Unset | None = UNSET,
         metrics_addr: str | Unset = UNSET,
         offload_timeout: float | Unset = UNSET,
@@ -430,9 +430,9 @@ def _host_for_url(addr: str) -> str:
 
 def install(
     *,
-    on_reentry: str | Unset = UNSET,
+    on_reentry: Policy | Unset = UNSET,
     block_threshold: float | Unset = UNSET,
-    log_format: str | Unset = UNSET,
+    log_format: LogFormat | Unset = UNSET,
     metrics_port: int | Unset | None = UNSET,
     metrics_addr: str | Unset = UNSET,
     disable: bool | Unset = UNSET,

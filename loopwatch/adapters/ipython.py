@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 try:
     from IPython.core.error import UsageError
@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - only without IPython
 
 import loopwatch
 from loopwatch import _monitor
-from loopwatch._config import POLICIES
+from loopwatch._config import POLICIES, Policy
 from loopwatch._incidents import Incident
 from loopwatch._logging import logger
 
@@ -222,7 +222,7 @@ class _Extension:
             elif self.monitor is not None and _monitor.current() is self.monitor:
                 self.monitor.restore(self.previous)
                 if self.monitor.config.on_reentry != self.previous_policy:
-                    self.monitor.reconfigure(on_reentry=self.previous_policy)
+                    self.monitor.reconfigure(on_reentry=cast(Policy, self.previous_policy))
         finally:
             logger.removeFilter(self.filter)
 
@@ -319,7 +319,7 @@ class _Extension:
                 return
             self.previous = None
         else:
-            monitor.reconfigure(on_reentry=policy)
+            monitor.reconfigure(on_reentry=cast(Policy, policy))  # checked above
         if monitor is not self.monitor:
             # loopwatch was uninstalled and installed again since the extension loaded.
             if self.monitor is not None:
