@@ -249,6 +249,25 @@ def test_code_given_on_the_command_line_is_user_code(name: str) -> None:
     assert _frames.is_user_file(name)
 
 
+def test_python_dash_c_code_gets_its_own_line_as_the_site() -> None:
+    script = (
+        "import asyncio, loopwatch\n"
+        "from prometheus_client import CollectorRegistry\n"
+        "loopwatch.install(registry=CollectorRegistry())\n"
+        "async def main():\n"
+        "    return asyncio.run(asyncio.sleep(0, result=1))\n"
+        "asyncio.run(main())\n"
+        "(i,) = [i for i in loopwatch.incidents() if i.kind == 'reentry']\n"
+        "print(i.site.file, i.site.line)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LOOPWATCH_")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["<string>", "5"]
+
+
 def test_the_lag_metric_says_what_it_measures(registry: CollectorRegistry) -> None:
     loopwatch.install(registry=registry)
     (lag,) = [m for m in registry.collect() if m.name == "loopwatch_event_loop_lag_seconds"]
