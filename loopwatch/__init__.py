@@ -17,7 +17,7 @@ from typing import Any
 from ._context import handler_context
 from ._errors import ConfigError, LoopwatchError
 from ._incidents import Incident
-from ._monitor import Monitor
+from ._monitor import Monitor, install
 
 __version__ = "0.1.0"
 
@@ -34,22 +34,6 @@ __all__ = [
     "uninstall",
     "unload_ipython_extension",
 ]
-
-
-def install(**options: Any) -> Monitor:
-    """Install the guard in this process and return the :class:`Monitor`.
-
-    Idempotent: a second call returns the same monitor, reconfigured with any options
-    given. Options (each also a ``LOOPWATCH_*`` environment variable): ``on_reentry``
-    (``offload``/``raise``/``reenter``), ``block_threshold`` (seconds), ``log_format``
-    (``text``/``json``), ``metrics_port``, ``metrics_addr``, ``disable``,
-    ``offload_timeout``, ``label_cap``, ``default_framework``, ``watchdog``, ``lag_tick``;
-    and ``registry`` (a prometheus_client ``CollectorRegistry``). A bad value raises
-    :class:`ConfigError` naming the option or variable.
-    """
-    from . import _monitor
-
-    return _monitor.install(**options)
 
 
 def uninstall() -> None:

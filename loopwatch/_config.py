@@ -1,55 +1,76 @@
-"""Options: keywords of :func:`loopwatch.install` and ``LOOPWATCH_*`` environment variables.
+"""Options: the one table, the one parser, the one frozen :class:`Config`.
 
-Each option has one parser used for both sources, so a bad value gets the same message
-whether it came from code or from the environment. Keywords win over the environment.
+Every door into loopwatch's configuration comes through here: the keywords of
+:func:`loopwatch.install` and ``Monitor.reconfigure``, the ``LOOPWATCH_*`` environment
+variables, the flags of ``loopwatch run``, the pytest plugin's options, the discord
+adapter's arguments and the ``sitecustomize`` of ``loopwatch run``. Each option has one row
+in :data:`OPTIONS` (name, variable, type, default, accepted values, a line of doc, its
+parser), so a bad value gets the same message whichever door it came through, and the
+configuration reference can be generated from the rows (:func:`option_rows`).
+Keywords win over the environment; the environment wins over the defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import enum
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from ._context import FRAMEWORKS
 from ._errors import ConfigError
+from ._logging import logger
 
-__all__ = ["POLICIES", "Config", "load_config"]
+__all__ = [
+    "OPTIONS",
+    "POLICIES",
+    "UNSET",
+    "Config",
+    "LogFormat",
+    "Option",
+    "Policy",
+    "Unset",
+    "check_environment",
+    "load_config",
+    "option_rows",
+    "parse",
+    "parse_seconds",
+]
 
-POLICIES = ("auto", "offload", "raise", "reenter")
-LOG_FORMATS = ("text", "json")
+Policy = Literal["auto", "offload", "raise", "reenter"]
+LogFormat = Literal["text", "json"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+# LOOPWATCH_* variables that are not options: set by ``loopwatch run`` for its children.
+INTERNAL_VARIABLES = frozenset({"LOOPWATCH_RUN_PID"})
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The effective configuration of an installed monitor."""
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`, the default of every keyword: "not given here"."""
 
-    on_reentry: str = "offload"
-    block_threshold: float = 0.1
-    log_format: str = "text"
-    metrics_port: int | None = None
-    metrics_addr: str = "127.0.0.1"
-    disable: bool = False
-    offload_timeout: float = 30.0
-    label_cap: int = 100
-    default_framework: str = "none"
-    watchdog: bool = True
-    lag_tick: float = 0.02
-    registry: Any = None  # a prometheus_client CollectorRegistry; None means the default one
+    UNSET = "UNSET"
 
-    def public_dict(self) -> dict[str, Any]:
-        """The options as plain values (the registry by type only), for ``doctor`` and logs."""
-        out = dataclasses.asdict(self)
-        out["registry"] = "default" if self.registry is None else type(self.registry).__name__
-        return out
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+# A keyword left at UNSET takes its value from the environment, else the default (at
+# install), or keeps the monitor's current value (on reconfigure).
+UNSET: Final = Unset.UNSET
+
+
+# -- parsers: (name the value was given under, value) -> the value, or ConfigError ----------
 
 
 def _choice(accepted: tuple[str, ...]) -> Callable[[str, Any], str]:
     def parse(name: str, value: Any) -> str:
-        text = str(value).strip().lower() if isinstance(value, str) else value
+        text = value.strip().lower() if isinstance(value, str) else value
         if text not in accepted:
             raise ConfigError(
                 f"{name}={value!r} is not accepted; use one of: {', '.join(accepted)}"
@@ -59,7 +80,8 @@ def _choice(accepted: tuple[str, ...]) -> Callable[[str, Any], str]:
     return parse
 
 
-def _seconds(name: str, value: Any) -> float:
+def parse_seconds(name: str, value: Any) -> float:
+    """A positive, finite number of seconds (also for adapters' own arguments)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -80,17 +102,28 @@ def _port(name: str, value: Any) -> int | None:
         port = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
         raise ConfigError(
-            f"{name}={value!r} is not a port; use an integer from 0 to 65535"
+            f"{name}={value!r} is not a port; use an integer from 0 (a free port) to 65535"
         ) from None
     if isinstance(value, bool) or not 0 <= port <= 65535:
-        raise ConfigError(f"{name}={value!r} is not a port; use an integer from 0 to 65535")
+        raise ConfigError(
+            f"{name}={value!r} is not a port; use an integer from 0 (a free port) to 65535"
+        )
     return port
 
 
 def _addr(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
-        raise ConfigError(f"{name}={value!r} is not an address; use an IP such as 127.0.0.1 or ::1")
-    return value.strip()
+    # An IP literal, or "localhost": a host name would be looked up in DNS at bind time and
+    # might resolve to an address nobody meant to expose.
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and text.lower() == "localhost":
+        return "localhost"
+    try:
+        return str(ipaddress.ip_address(text or ""))
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not accepted; use an IP address such as 127.0.0.1 or ::1 "
+            "(0.0.0.0 or :: for every interface), or localhost"
+        ) from None
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -114,31 +147,120 @@ def _count(name: str, value: Any) -> int:
     return number
 
 
-def _framework(name: str, value: Any) -> str:
-    return _choice(tuple(sorted(FRAMEWORKS)))(name, value)
-
-
 def _registry(name: str, value: Any) -> Any:
     if value is not None and not (hasattr(value, "register") and hasattr(value, "collect")):
         raise ConfigError(f"{name}={value!r} is not a prometheus_client CollectorRegistry")
     return value
 
 
-# option -> (environment variable or None for keyword-only, parser)
-_OPTIONS: dict[str, tuple[str | None, Callable[[str, Any], Any]]] = {
-    "on_reentry": ("LOOPWATCH_ON_REENTRY", _choice(POLICIES)),
-    "block_threshold": ("LOOPWATCH_BLOCK_THRESHOLD", _seconds),
-    "log_format": ("LOOPWATCH_LOG_FORMAT", _choice(LOG_FORMATS)),
-    "metrics_port": ("LOOPWATCH_METRICS_PORT", _port),
-    "metrics_addr": ("LOOPWATCH_METRICS_ADDR", _addr),
-    "disable": ("LOOPWATCH_DISABLE", _flag),
-    "offload_timeout": ("LOOPWATCH_OFFLOAD_TIMEOUT", _seconds),
-    "label_cap": ("LOOPWATCH_LABEL_CAP", _count),
-    "default_framework": ("LOOPWATCH_FRAMEWORK", _framework),
-    "watchdog": ("LOOPWATCH_WATCHDOG", _flag),
-    "lag_tick": ("LOOPWATCH_LAG_TICK", _seconds),
-    "registry": (None, _registry),
-}
+# -- the table -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option: its keyword, its variable, what it takes and what it does."""
+
+    name: str
+    variable: str | None  # None: a keyword only (an object cannot come from the environment)
+    type: str
+    default: Any
+    accepted: str
+    doc: str
+    parse: Callable[[str, Any], Any]
+
+
+_TABLE = (
+    Option("on_reentry", "LOOPWATCH_ON_REENTRY", "str", "offload", " | ".join(POLICIES),
+           "What a nested run on a running loop does: run on a worker thread (offload), on "
+           "the same loop (reenter), either as fits (auto), or raise the RuntimeError.",
+           _choice(POLICIES)),
+    Option("block_threshold", "LOOPWATCH_BLOCK_THRESHOLD", "float", 0.1, "seconds > 0",
+           "A loop busy this long without waiting for I/O is reported as blocked.",
+           parse_seconds),
+    Option("log_format", "LOOPWATCH_LOG_FORMAT", "str", "text", " | ".join(LOG_FORMATS),
+           "Log lines as text, or one JSON object per line.", _choice(LOG_FORMATS)),
+    Option("metrics_port", "LOOPWATCH_METRICS_PORT", "int | None", None,
+           "0-65535 (0: a free port), or unset",
+           "Serve /metrics on this port from a thread of its own (off when unset).", _port),
+    Option("metrics_addr", "LOOPWATCH_METRICS_ADDR", "str", "127.0.0.1",
+           "an IP address, or localhost",
+           "The address the metrics server listens on (loopback unless told otherwise).", _addr),
+    Option("disable", "LOOPWATCH_DISABLE", "bool", False, "1 | 0 | true | false | yes | no",
+           "Make install() do nothing (adapters then stay out of the way too).", _flag),
+    Option("offload_timeout", "LOOPWATCH_OFFLOAD_TIMEOUT", "float", 30.0, "seconds > 0",
+           "Upper bound on every offloaded or marshalled call.", parse_seconds),
+    Option("label_cap", "LOOPWATCH_LABEL_CAP", "int", 100, "an integer >= 1",
+           "Distinct handler label values per metric before new ones fold into __other__.",
+           _count),
+    Option("default_framework", "LOOPWATCH_FRAMEWORK", "str", "none",
+           " | ".join(sorted(FRAMEWORKS)),
+           "The framework label of work that no adapter labelled.",
+           _choice(tuple(sorted(FRAMEWORKS)))),
+    Option("watchdog", "LOOPWATCH_WATCHDOG", "bool", True, "1 | 0 | true | false | yes | no",
+           "Watch loops for blocks and sample the blocked thread (the lag probe included).",
+           _flag),
+    Option("lag_tick", "LOOPWATCH_LAG_TICK", "float", 0.02, "seconds > 0",
+           "At most one loop-lag sample per loop per this many seconds.", parse_seconds),
+    Option("registry", None, "CollectorRegistry | None", None,
+           "a prometheus_client CollectorRegistry, or None",
+           "Where the metrics go (None: prometheus_client's default registry).", _registry),
+)
+
+OPTIONS: Final[Mapping[str, Option]] = {option.name: option for option in _TABLE}
+_BY_VARIABLE = {o.variable: o for o in _TABLE if o.variable is not None}
+
+
+def option_rows() -> list[dict[str, str]]:
+    """The options as rows of text (name, variable, type, default, accepted, doc), for docs."""
+    return [
+        {
+            "name": o.name,
+            "variable": o.variable or "",
+            "type": o.type,
+            "default": repr(o.default),
+            "accepted": o.accepted,
+            "doc": o.doc,
+        }
+        for o in _TABLE
+    ]
+
+
+_DEFAULTS = {option.name: option.default for option in _TABLE}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The effective configuration of an installed monitor (defaults from :data:`OPTIONS`)."""
+
+    on_reentry: str = _DEFAULTS["on_reentry"]
+    block_threshold: float = _DEFAULTS["block_threshold"]
+    log_format: str = _DEFAULTS["log_format"]
+    metrics_port: int | None = _DEFAULTS["metrics_port"]
+    metrics_addr: str = _DEFAULTS["metrics_addr"]
+    disable: bool = _DEFAULTS["disable"]
+    offload_timeout: float = _DEFAULTS["offload_timeout"]
+    label_cap: int = _DEFAULTS["label_cap"]
+    default_framework: str = _DEFAULTS["default_framework"]
+    watchdog: bool = _DEFAULTS["watchdog"]
+    lag_tick: float = _DEFAULTS["lag_tick"]
+    registry: Any = _DEFAULTS["registry"]  # a CollectorRegistry; None means the default one
+
+    def public_dict(self) -> dict[str, Any]:
+        """The options as plain values (the registry by type only), for ``doctor`` and logs."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["registry"] = "default" if self.registry is None else type(self.registry).__name__
+        return out
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def parse(option: str, value: Any, *, name: str | None = None) -> Any:
+    """Parse ``value`` for ``option``; a bad one raises :class:`ConfigError` naming ``name``.
+
+    ``name`` is what the user wrote (a flag, a variable); the option's name by default.
+    """
+    return OPTIONS[option].parse(name or option, value)
 
 
 def load_config(
@@ -146,20 +268,49 @@ def load_config(
 ) -> Config:
     """Build a :class:`Config` from keywords over environment over ``base`` (or defaults).
 
-    Raises :class:`ConfigError` naming the keyword or variable for any bad value or unknown
-    keyword.
+    Keywords whose value is :data:`UNSET` are not given. Raises :class:`ConfigError` naming
+    the keyword or variable for any bad value or unknown keyword. The environment is read
+    only when there is no ``base`` (an install, not a reconfigure).
     """
-    env = os.environ if environ is None else environ
-    unknown = sorted(set(options) - set(_OPTIONS))
+    given = {k: v for k, v in options.items() if v is not UNSET}
+    unknown = sorted(set(given) - set(OPTIONS))
     if unknown:
         raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_OPTIONS))}"
+            f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}"
         )
+    env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for option, (variable, parse) in _OPTIONS.items():
-        if option in options:
-            values[option] = parse(option, options[option])
-        elif base is None and variable is not None and variable in env:
-            values[option] = parse(variable, env[variable])
-    start = base if base is not None else Config()
-    return dataclasses.replace(start, **values)
+    for option in _TABLE:
+        if option.name in given:
+            values[option.name] = option.parse(option.name, given[option.name])
+        elif base is None and option.variable is not None and option.variable in env:
+            values[option.name] = option.parse(option.variable, env[option.variable])
+    return dataclasses.replace(base if base is not None else Config(), **values)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``LOOPWATCH_*`` variables that are no option: (variable, the closest known one)."""
+    known = [*_BY_VARIABLE, *INTERNAL_VARIABLES]
+    found = []
+    for variable in sorted(environ):
+        if variable.startswith("LOOPWATCH_") and variable not in known:
+            close = difflib.get_close_matches(variable, list(_BY_VARIABLE), n=1, cutoff=0.6)
+            found.append((variable, close[0] if close else None))
+    return found
+
+
+_warned: set[str] = set()
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Warn once per process about each unknown ``LOOPWATCH_*`` variable (a typo, probably)."""
+    env = os.environ if environ is None else environ
+    for variable, close in unknown_variables(env):
+        if variable in _warned:
+            continue
+        _warned.add(variable)
+        guess = f"; did you mean {close}?" if close else ""
+        logger.warning(
+            "unknown environment variable %s ignored%s (known: %s)",
+            variable, guess, ", ".join(_BY_VARIABLE),
+        )

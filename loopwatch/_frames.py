@@ -83,9 +83,10 @@ def is_user_file(filename: str) -> bool:
     if known is not None:
         return known
     if filename.startswith("<"):
-        # <frozen importlib._bootstrap>, <string>: code without a file of the user's. Only
-        # IPython cells ("<ipython-input-...>") and exec'd user code count as user code.
-        result = filename.startswith("<ipython-input") or filename == "<stdin>"
+        # <frozen importlib._bootstrap> and the like are not the user's. IPython cells
+        # ("<ipython-input-...>"), `python -c` code ("<string>", as exec() without a file
+        # name) and a script piped into `python -` ("<stdin>") are.
+        result = filename.startswith("<ipython-input") or filename in ("<string>", "<stdin>")
     else:
         path = _normalise(filename)
         result = not path.startswith(_LIBRARY_PREFIXES) and not any(m in path for m in _MARKERS)

@@ -16,17 +16,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
 from ._compat import asyncio as aio
-from ._config import Config, load_config
+from ._config import UNSET, Config, LogFormat, Policy, Unset, check_environment, load_config
 from ._errors import LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
 from ._logging import LogSetup, LogSink, logger
 from ._runtime import internal_error, loop_name
 from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "Monitor",
@@ -41,9 +44,11 @@ __all__ = [
 
 _lock = threading.RLock()
 _disabled_said = False
-# Adapters that hold the monitor (acquire/release), and whether acquire() installed it.
+# Adapters that hold the monitor (acquire/release), whether acquire() installed it, and
+# whether the user called install() for this monitor (then no release ever uninstalls it).
 _holders = 0
 _installed_by_acquire = False
+_explicit = False
 
 
 def current() -> Monitor | None:
@@ -74,7 +79,8 @@ class Monitor:
         # Undo functions of what _start did, by component, in start order.
         self._undo: dict[str, Callable[[], None]] = {}
         self._server: MetricsServer | None = None
-        self._info_labels: tuple[str, ...] | None = None
+        self._info_labels: tuple[str, ...] | None = None  # the live info series, if any
+        self._info_loop: str | None = None  # the loop type a loop start told us about
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -85,8 +91,7 @@ class Monitor:
         def loop_started(loop: object) -> None:
             # The service's loop, not the fresh loops of loopwatch's own offload workers; a
             # loop of the kind already named changes nothing (a program may start thousands).
-            known = self._info_labels
-            if known is not None and known[2] == loop_name(loop):
+            if self._info_loop == loop_name(loop):
                 return
             if not _runtime.current_thread_is_ours():
                 self._set_info(loop)
@@ -98,51 +103,118 @@ class Monitor:
 
     def _apply(self, config: Config, first: bool = False) -> None:
         old = self.config
+        old_metrics = self.metrics
         self.config = config
-        try:
-            self.metrics = get_metrics(config.registry, label_cap=config.label_cap)
-        except LoopwatchError:
-            raise  # a clash with the user's own metric: a configuration error, said at once
-        except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
-            internal_error("metrics", exc)
-            self.metrics = NullMetrics()
-        _runtime.set_internal_error_sink(self.metrics.count_internal_error)
+        if first or config.registry is not old.registry or config.label_cap != old.label_cap:
+            try:
+                self.metrics = get_metrics(config.registry, label_cap=config.label_cap)
+            except LoopwatchError:
+                self.config = old
+                raise  # a clash with the user's own metric: a configuration error, said at once
+            except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
+                internal_error("metrics", exc)
+                self.metrics = NullMetrics()
+        metrics = self.metrics
+        moved = metrics is not old_metrics
+        if moved and metrics is not None:
+            _runtime.set_internal_error_sink(metrics.count_internal_error)
+            if old_metrics is not None and self._info_labels is not None:
+                try:  # the old registry keeps no live info series of this process
+                    old_metrics.clear_info(self._info_labels)
+                except Exception as exc:
+                    internal_error("metrics", exc)
+                self._info_labels = None
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
-        if first or (config.metrics_port, config.metrics_addr) != (
+        # Whatever was built from a changed field is built again: the server serves the
+        # registry, the lag probe writes the registry's histogram.
+        if first or moved or (config.metrics_port, config.metrics_addr) != (
             old.metrics_port,
             old.metrics_addr,
         ):
             self._restart_server()
+        if not first and moved:
+            _watchdog.rebind(self)
         if not first and config.watchdog != ("watchdog" in self._undo):
             if config.watchdog:
                 self._undo["watchdog"] = _watchdog.install(self)
             else:
                 self._undo.pop("watchdog")()
 
-    def reconfigure(self, **options: Any) -> None:
-        """Change options of the running monitor (raises :class:`ConfigError` on bad values)."""
+    def reconfigure(
+        self,
+        *,
+        on_reentry: Policy | Unset = UNSET,
+        block_threshold: float | Unset = UNSET,
+        log_format: LogFormat | Unset = UNSET,
+        metrics_port: int | Unset | None = UNSET,
+        metrics_addr: str | Unset = UNSET,
+        offload_timeout: float | Unset = UNSET,
+        label_cap: int | Unset = UNSET,
+        default_framework: str | Unset = UNSET,
+        watchdog: bool | Unset = UNSET,
+        lag_tick: float | Unset = UNSET,
+        registry: CollectorRegistry | Unset | None = UNSET,
+    ) -> None:
+        """Change options of the running monitor; those not given keep their values.
+
+        The options are those of :func:`loopwatch.install` (``disable`` aside: use
+        :func:`loopwatch.uninstall`). What was built from a changed option is rebuilt: a new
+        ``registry`` gets the metrics, the lag histogram, the info series and the metrics
+        server. Raises :class:`ConfigError` on a bad value, changing nothing.
+        """
+        self._change(dict(
+            on_reentry=on_reentry, block_threshold=block_threshold, log_format=log_format,
+            metrics_port=metrics_port, metrics_addr=metrics_addr,
+            offload_timeout=offload_timeout, label_cap=label_cap,
+            default_framework=default_framework, watchdog=watchdog, lag_tick=lag_tick,
+            registry=registry,
+        ))
+
+    def _change(self, options: dict[str, Any]) -> None:
         self._apply(load_config(options, base=self.config))
+
+    def override(self, options: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Apply ``options``; return ``{option: (value before, value set)}`` of those changed.
+
+        For :meth:`restore`: a helper that changes an installed monitor for a while (a test
+        helper, a notebook extension) undoes exactly what it changed.
+        """
+        before = self.config
+        self._change(options)
+        return {
+            name: (getattr(before, name), getattr(self.config, name))
+            for name in options
+            if options[name] is not UNSET and getattr(before, name) != getattr(self.config, name)
+        }
+
+    def restore(self, changed: dict[str, tuple[Any, Any]]) -> None:
+        """Undo an :meth:`override`, for each option that still has the value it set."""
+        back = {
+            name: was for name, (was, set_) in changed.items()
+            if getattr(self.config, name) == set_
+        }
+        if back:
+            self._change(back)
 
     def _set_info(self, loop_obj: object | None = None) -> None:
         from . import __version__
 
         if loop_obj is None:
             loop_obj = aio.get_running_loop()
-        if loop_obj is None and self._info_labels is not None:
-            loop = self._info_labels[2]  # keep the loop a previous start told us about
+        if loop_obj is None and self._info_loop is not None:
+            loop = self._info_loop  # keep the loop a previous start told us about
         else:
-            loop = loop_name(loop_obj)
+            loop = self._info_loop = loop_name(loop_obj)
         if self.metrics is None:
             return
         python = ".".join(map(str, sys.version_info[:3]))
         labels = (__version__, python, loop, self.config.on_reentry)
         try:
-            if self._info_labels is not None and self._info_labels != labels:
-                self.metrics.info.remove(*self._info_labels)  # one info series at a time
-            self.metrics.info.labels(*labels).set(1)
-            self._info_labels = labels
+            if self._info_labels != labels:
+                self.metrics.set_info(labels, self._info_labels)  # one info series at a time
+                self._info_labels = labels
         except Exception as exc:
             internal_error("metrics", exc)
 
@@ -150,22 +222,31 @@ class Monitor:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self.config.metrics_port is None:
+        port, addr = self.config.metrics_port, self.config.metrics_addr
+        if port is None:
             return
         try:
-            self._server = start_http_server(
-                self.config.metrics_port, self.config.metrics_addr, self.config.registry
-            )
+            self._server = start_http_server(port, addr, self.config.registry)
         except OSError as exc:
-            internal_error("metrics_server", exc)
-            self.report(
-                "internal",
-                api="metrics.start_http_server",
-                action="raised",
-                hint=f"The metrics port {self.config.metrics_addr}:"
-                f"{self.config.metrics_port} could not be bound ({exc}); "
-                "choose a free port with LOOPWATCH_METRICS_PORT.",
+            # A port in use is the operator's to fix, not a fault of loopwatch: one line,
+            # no traceback, no incident, and the program goes on without the server.
+            if self.metrics is not None:
+                try:
+                    self.metrics.count_internal_error("metrics_server")
+                except Exception as error:
+                    internal_error("metrics", error)
+            logger.warning(
+                "metrics server not started: cannot listen on %s:%s (%s); the program goes "
+                "on without it (choose a free port with LOOPWATCH_METRICS_PORT, or 0 for any)",
+                addr, port, exc.strerror or exc,
             )
+            return
+        # With port 0 the system picked the port: say which, or nobody can scrape it.
+        logger.log(
+            logging.WARNING if port == 0 else logging.INFO,
+            "serving metrics on http://%s:%s/metrics",
+            _host_for_url(self._server.addr), self._server.port,
+        )
 
     @property
     def metrics_server(self) -> MetricsServer | None:
@@ -347,9 +428,74 @@ class Monitor:
             internal_error("logging", exc)
 
 
-def install(**options: Any) -> Monitor:
-    """Install loopwatch (idempotent). See :func:`loopwatch.install`."""
-    global _disabled_said
+def _host_for_url(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def install(
+    *,
+    on_reentry: Policy | Unset = UNSET,
+    block_threshold: float | Unset = UNSET,
+    log_format: LogFormat | Unset = UNSET,
+    metrics_port: int | Unset | None = UNSET,
+    metrics_addr: str | Unset = UNSET,
+    disable: bool | Unset = UNSET,
+    offload_timeout: float | Unset = UNSET,
+    label_cap: int | Unset = UNSET,
+    default_framework: str | Unset = UNSET,
+    watchdog: bool | Unset = UNSET,
+    lag_tick: float | Unset = UNSET,
+    registry: CollectorRegistry | Unset | None = UNSET,
+) -> Monitor:
+    """Install the guard in this process and return the :class:`Monitor`.
+
+    Idempotent: a second call returns the same monitor, changed by the options given (what
+    was built from a changed option is rebuilt). An option not given comes from its
+    ``LOOPWATCH_*`` variable, else its default. A bad value raises
+    :class:`~loopwatch.ConfigError` naming the option or variable and what is accepted.
+    An install made here stays until :func:`uninstall`, whatever adapters attach and detach.
+
+    Args:
+        on_reentry: what a nested run on a running loop does (``LOOPWATCH_ON_REENTRY``):
+            ``offload`` (default) runs it on a worker thread with a loop of its own;
+            ``reenter`` runs it on the running loop itself (stdlib loops); ``auto`` picks
+            the one that fits the call; ``raise`` reports it and lets the RuntimeError out.
+        block_threshold: seconds a loop may stay busy before it is reported as blocked
+            (``LOOPWATCH_BLOCK_THRESHOLD``, default 0.1).
+        log_format: ``text`` (default) or ``json``, one object per line
+            (``LOOPWATCH_LOG_FORMAT``).
+        metrics_port: serve ``/metrics`` on this port from a thread of its own; ``0`` picks
+            a free port (logged, and in ``monitor.metrics_server.port``); ``None`` (default)
+            serves nothing (``LOOPWATCH_METRICS_PORT``). A port in use is said in one log
+            line and the program goes on.
+        metrics_addr: the IP address (or ``localhost``) the metrics server listens on
+            (``LOOPWATCH_METRICS_ADDR``, default ``127.0.0.1``).
+        disable: do nothing at all (``LOOPWATCH_DISABLE``); installed already, uninstall.
+        offload_timeout: seconds bounding every offloaded or marshalled call
+            (``LOOPWATCH_OFFLOAD_TIMEOUT``, default 30).
+        label_cap: distinct ``handler`` values per metric before new ones are folded into
+            ``__other__`` (``LOOPWATCH_LABEL_CAP``, default 100).
+        default_framework: the ``framework`` label of work no adapter labelled
+            (``LOOPWATCH_FRAMEWORK``, default ``none``).
+        watchdog: watch loops for blocks and sample the blocked thread, the lag probe
+            included (``LOOPWATCH_WATCHDOG``, default on).
+        lag_tick: at most one loop-lag sample per loop per this many seconds
+            (``LOOPWATCH_LAG_TICK``, default 0.02).
+        registry: the prometheus_client ``CollectorRegistry`` the metrics go to (keyword
+            only; default: prometheus_client's own).
+    """
+    return _install(dict(
+        on_reentry=on_reentry, block_threshold=block_threshold, log_format=log_format,
+        metrics_port=metrics_port, metrics_addr=metrics_addr, disable=disable,
+        offload_timeout=offload_timeout, label_cap=label_cap,
+        default_framework=default_framework, watchdog=watchdog, lag_tick=lag_tick,
+        registry=registry,
+    ), explicit=True)
+
+
+def _install(options: dict[str, Any], *, explicit: bool) -> Monitor:
+    global _disabled_said, _explicit
+    options = {name: value for name, value in options.items() if value is not UNSET}
     with _lock:
         installed = current()
         if installed is not None:
@@ -358,8 +504,10 @@ def install(**options: Any) -> Monitor:
                 if config.disable:
                     uninstall()
                     return Monitor(config)
-                installed.reconfigure(**options)
+                installed._apply(config)
+            _explicit = _explicit or explicit
             return installed
+        check_environment()
         config = load_config(options)
         monitor = Monitor(config)
         if not monitor.enabled:
@@ -374,16 +522,17 @@ def install(**options: Any) -> Monitor:
             _runtime.set_active(None)
             monitor._stop()
             raise
+        _explicit = explicit
         return monitor
 
 
 def uninstall() -> None:
     """Undo :func:`install` exactly (idempotent)."""
-    global _holders, _installed_by_acquire
+    global _holders, _installed_by_acquire, _explicit
     with _lock:
         monitor = current()
         _runtime.set_active(None)
-        _holders, _installed_by_acquire = 0, False
+        _holders, _installed_by_acquire, _explicit = 0, False, False
         if monitor is not None:
             monitor._stop()
 
@@ -393,20 +542,21 @@ def acquire(**options: Any) -> Monitor | None:
 
     Every adapter that attaches to something (a bot, an app, a kernel) calls this once and
     :func:`release` when it detaches. A monitor that ``acquire`` installed is uninstalled
-    when its last holder releases it; one the user installed stays. Returns ``None`` when
+    when its last holder releases it, unless the user called :func:`install` meanwhile;
+    one the user installed stays. Returns ``None`` when
     loopwatch is disabled (``LOOPWATCH_DISABLE``): the adapter then stays out of the way.
     """
     global _holders, _installed_by_acquire
     with _lock:
         monitor = current()
         if monitor is None:
-            monitor = install(**options)
+            monitor = _install(options, explicit=False)
             if current() is not monitor:
                 return None
             _installed_by_acquire = True
             _holders = 0
         elif options:
-            monitor.reconfigure(**options)
+            monitor._change(options)
         _holders += 1
         return monitor
 
@@ -418,6 +568,6 @@ def release(monitor: Monitor) -> None:
         if monitor is not current() or _holders <= 0:
             return
         _holders -= 1
-        if _holders == 0 and _installed_by_acquire:
+        if _holders == 0 and _installed_by_acquire and not _explicit:
             _installed_by_acquire = False
             uninstall()

@@ -559,3 +559,11 @@ def install(monitor: Monitor) -> Callable[[], None]:
         forget()
 
     return undo
+
+
+def rebind(monitor: Monitor) -> None:
+    """Point the running watchdog at ``monitor``'s metrics (its registry changed)."""
+    watchdog = _active
+    if watchdog is not None and watchdog.monitor is monitor:
+        metrics = monitor.metrics
+        watchdog.lag = metrics.event_loop_lag_seconds if metrics is not None else None

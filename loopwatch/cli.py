@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from ._config import _OPTIONS, Config, load_config
+from ._config import OPTIONS, Config, load_config, parse, unknown_variables
 from ._errors import ConfigError
 
 __all__ = ["HOOK_DIR", "ROOT_PID_VARIABLE", "main"]
@@ -188,9 +188,31 @@ def _integrations_export(args: argparse.Namespace) -> int:
 # -- demo ----------------------------------------------------------------------------------
 
 
+def _warn_unknown(command: str, env: dict[str, str]) -> None:
+    """One line per unknown ``LOOPWATCH_*`` variable (a typo, probably), naming the closest."""
+    for variable, close in unknown_variables(env):
+        guess = f"; did you mean {close}?" if close else ""
+        print(f"loopwatch {command}: warning: unknown variable {variable} ignored{guess}",
+              file=sys.stderr)
+
+
+def _config_problem(command: str) -> bool:
+    """Say in one line what is wrong with the ``LOOPWATCH_*`` variables, if anything."""
+    env = dict(os.environ)
+    _warn_unknown(command, env)
+    try:
+        load_config({}, environ=env)
+    except ConfigError as exc:
+        print(f"loopwatch {command}: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
 
+    if _config_problem("demo"):
+        return 2
     if not args.interval > 0:
         print("loopwatch demo: --interval must be a positive number of seconds", file=sys.stderr)
         return 2
@@ -217,8 +239,8 @@ def run_environment(
     for option, value in flags.items():
         if value is None:
             continue
-        variable, parse = _OPTIONS[option]
-        parse(names[option], value)  # the core's own parser, with the flag's name
+        parse(option, value, name=names[option])  # the core's own parser, with the flag's name
+        variable = OPTIONS[option].variable
         if variable is not None:
             env[variable] = value
     load_config({}, environ=env)  # whatever LOOPWATCH_* the caller already had
@@ -236,6 +258,7 @@ def _run(args: argparse.Namespace) -> int:
         print("loopwatch run: no command given; usage: loopwatch run [options] -- CMD [ARGS...]",
               file=sys.stderr)
         return 2
+    _warn_unknown("run", dict(os.environ))
     try:
         env = run_environment({option: getattr(args, option) for _, option, _, _ in _RUN_FLAGS})
     except ConfigError as exc:
@@ -310,7 +333,8 @@ def diagnose(environ: dict[str, str] | None = None) -> dict[str, Any]:
     except ConfigError as exc:
         config_error = str(exc)
     sources = {}
-    for option, (variable, _) in _OPTIONS.items():
+    for option, row in OPTIONS.items():
+        variable = row.variable
         if variable is not None and variable in env:
             sources[option] = variable
         else:
@@ -352,6 +376,7 @@ def diagnose(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    _warn_unknown("doctor", dict(os.environ))
     data = diagnose()
     if args.json:
         print(json.dumps(data, indent=2, default=str))

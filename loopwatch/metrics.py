@@ -115,7 +115,8 @@ class Metrics:
             r,
             Histogram,
             "loopwatch_event_loop_lag_seconds",
-            "Lateness of the lag probe's timer on the event loop.",
+            "How long each sampled event loop iteration was busy between two waits for "
+            "I/O: the longest a ready callback waited to run.",
             (),
             buckets=_LAG_BUCKETS,
         )
@@ -183,7 +184,11 @@ class Metrics:
             "loopwatch_info",
             "loopwatch build and configuration.",
             ("version", "python", "loop", "on_reentry"),
-            multiprocess_mode="max",
+            # A live series is 1 in the process that has that configuration; a process
+            # sets a series it no longer has to 0 (multiprocess files cannot drop one).
+            # The max over live processes is then right, and a dead worker's series go
+            # once it is marked dead.
+            multiprocess_mode="livemax",
         )
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -249,6 +254,23 @@ class Metrics:
         """One failure inside loopwatch (``loopwatch_internal_errors_total``)."""
         self.internal_errors_total.labels(component=component).inc()
 
+    def set_info(self, labels: tuple[str, ...], previous: tuple[str, ...] | None) -> None:
+        """Make ``labels`` this process's one ``loopwatch_info`` series, ending ``previous``."""
+        if previous is not None and previous != labels:
+            self.clear_info(previous)
+        self.info.labels(*labels).set(1)
+
+    def clear_info(self, labels: tuple[str, ...]) -> None:
+        """End this process's ``loopwatch_info`` series ``labels``.
+
+        In multiprocess mode the series' value lives in a file prometheus_client cannot
+        drop a series from: it is set to 0 there (the gauge's mode takes the max).
+        """
+        if _multiprocess():
+            self.info.labels(*labels).set(0)
+        else:
+            self.info.remove(*labels)
+
 
 class _NullMetric:
     """Stands in for a metric when metrics cannot work at all (the host must keep running)."""
@@ -267,6 +289,12 @@ class _NullMetric:
 
     def remove(self, *labelvalues: Any) -> None:
         """Do nothing."""
+
+
+def _multiprocess() -> bool:
+    # The test prometheus_client itself makes before it refuses to remove a series.
+    names = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+    return any(name in os.environ for name in names)
 
 
 class NullMetrics:
@@ -290,6 +318,12 @@ class NullMetrics:
 
     def count_internal_error(self, component: str) -> None:
         """Count nothing."""
+
+    def set_info(self, labels: tuple[str, ...], previous: tuple[str, ...] | None) -> None:
+        """Set nothing."""
+
+    def clear_info(self, labels: tuple[str, ...]) -> None:
+        """Clear nothing."""
 
 
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()

@@ -17,9 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from . import _monitor
 from ._incidents import Incident
-from ._monitor import current as _current
-from ._monitor import install, uninstall
 
 __all__ = ["capture_incidents", "fresh_registry"]
 
@@ -33,16 +32,28 @@ def fresh_registry() -> CollectorRegistry:
 def capture_incidents(**options: Any) -> Iterator[list[Incident]]:
     """Collect every incident reported inside the block (each occurrence, unfolded).
 
-    Installs loopwatch with ``options`` if it is not installed, and uninstalls it on exit
-    in that case; an already-installed monitor is left as it was.
+    ``options`` are those of :func:`loopwatch.install`. Installs loopwatch with them if it
+    is not installed, and uninstalls it on exit in that case (unless the block called
+    :func:`loopwatch.install` itself); an installed monitor gets back, on exit, the value
+    of each option the block changed.
     """
-    was_installed = _current() is not None
-    monitor = install(**options)
+    installed = _monitor.current()
+    changed: dict[str, tuple[Any, Any]] = {}
+    if installed is None:
+        monitor = _monitor.acquire(**options)
+    else:
+        monitor = _monitor.acquire()
+        if monitor is not None:
+            changed = monitor.override(options)
     seen: list[Incident] = []
+    if monitor is None:  # LOOPWATCH_DISABLE: nothing is reported, nothing to undo
+        yield seen
+        return
     monitor.add_listener(seen.append)
     try:
         yield seen
     finally:
         monitor.remove_listener(seen.append)
-        if not was_installed:
-            uninstall()
+        if changed and _monitor.current() is monitor:
+            monitor.restore(changed)
+        _monitor.release(monitor)

@@ -340,7 +340,7 @@ def test_run_passes_the_exit_status_through() -> None:
         ("--block-threshold", "-1", "--block-threshold='-1' is not accepted"),
         ("--log-format", "xml", "--log-format='xml' is not accepted; use one of: text, json"),
         ("--metrics-port", "99999", "--metrics-port='99999' is not a port"),
-        ("--metrics-addr", "a b", "--metrics-addr='a b' is not an address"),
+        ("--metrics-addr", "a b", "--metrics-addr='a b' is not accepted; use an IP address"),
         ("--offload-timeout", "0", "--offload-timeout='0' is not accepted"),
     ],
 )

@@ -13,11 +13,11 @@ from test_core_lifecycle import assert_identical, patched_attributes
 
 import loopwatch
 from loopwatch import ConfigError
-from loopwatch._config import _OPTIONS, load_config
+from loopwatch._config import OPTIONS, load_config
 
 pytestmark = pytest.mark.core
 
-VARIABLES = sorted(v for v, _ in _OPTIONS.values() if v is not None)
+VARIABLES = sorted(o.variable for o in OPTIONS.values() if o.variable is not None)
 
 
 @settings(max_examples=300, deadline=None)
@@ -38,7 +38,7 @@ def test_any_environment_value_is_accepted_or_a_config_error(variable: str, valu
 
 @settings(max_examples=200, deadline=None)
 @given(
-    option=st.sampled_from(sorted(o for o in _OPTIONS if o != "registry")),
+    option=st.sampled_from(sorted(o for o in OPTIONS if o != "registry")),
     value=st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10)),
 )
 def test_any_keyword_value_is_accepted_or_a_config_error(option: str, value: object) -> None:

@@ -499,8 +499,10 @@ LAYOUT: list[tuple[Panel, list[tuple[Panel, int, int]]]] = [
                     "Build and configuration",
                     "loopwatch version, Python, event loop implementation and re-entry policy "
                     "per instance.",
+                    # == 1: in multiprocess mode a process sets the series it no longer
+                    # has to 0 (prometheus_client cannot drop one there).
                     "max by (job, instance, version, python, loop, on_reentry) "
-                    f"({sel('loopwatch_info')})",
+                    f"({sel('loopwatch_info')}) == 1",
                     value_name="up",
                 ),
                 8,

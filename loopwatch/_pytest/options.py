@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import Any
 
 import pytest
 
 from .._blocking import CATEGORIES
 from .._blocking import KIND as BLOCKING_CALL
-from .._config import POLICIES
+from .._config import parse
+from .._errors import ConfigError
 from .._incidents import KINDS
 
 __all__ = [
@@ -110,28 +111,22 @@ def _fail_on(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _parsed(option: str, name: str, text: str) -> Any:
+    # The core's one parser, with the plugin's name for the value in its message.
+    try:
+        return parse(option, text, name=name)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def _threshold(text: str) -> float:
     if not text:
         return DEFAULT_THRESHOLD
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise pytest.UsageError(
-            f"loopwatch_block_threshold={text!r} is not accepted; use a positive number of "
-            "seconds such as 0.25"
-        )
-    return seconds
+    return float(_parsed("block_threshold", "loopwatch_block_threshold", text))
 
 
 def _policy(text: str) -> str:
-    policy = text.lower() or "raise"
-    if policy not in POLICIES:
-        raise pytest.UsageError(
-            f"loopwatch_on_reentry={text!r} is not accepted; use one of: {', '.join(POLICIES)}"
-        )
-    return policy
+    return str(_parsed("on_reentry", "loopwatch_on_reentry", text or "raise"))
 
 
 def _blocking(text: str) -> tuple[str, ...]:

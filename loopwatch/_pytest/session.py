@@ -52,7 +52,7 @@ class Session:
         self._outside: list[Incident] = []
         self._unfailed: list[tuple[str, str, Incident, str]] = []  # nodeid, phase, incident, why
         self._failed: list[str] = []
-        self._install = {
+        self._install: dict[str, Any] = {  # install() keywords, parsed already
             "on_reentry": settings.on_reentry,
             "block_threshold": settings.block_threshold,
         }

@@ -77,16 +77,17 @@ def _install() -> None:
              f"{sys.executable}?)")
         return
     try:
-        options: dict[str, object] = {}
-        port = os.environ.get("LOOPWATCH_METRICS_PORT", "").strip()
-        if port.isdigit() and int(port) != 0 and os.environ.get(_ROOT_PID_VARIABLE) != str(
-            os.getpid()
-        ):
-            # A child of the wrapped command: serve metrics only if nobody serves them yet.
-            addr = os.environ.get("LOOPWATCH_METRICS_ADDR", "127.0.0.1").strip() or "127.0.0.1"
-            if not _port_is_free(addr, int(port)):
-                options["metrics_port"] = None
-        loopwatch.install(**options)
+        from loopwatch._config import load_config
+
+        # The variables read by the one parser, as install() will read them.
+        config = load_config({})
+        port = config.metrics_port
+        # A child of the wrapped command serves metrics only if nobody serves them yet.
+        child = os.environ.get(_ROOT_PID_VARIABLE) != str(os.getpid())
+        if port and child and not _port_is_free(config.metrics_addr, port):
+            loopwatch.install(metrics_port=None)
+        else:
+            loopwatch.install()
     except loopwatch.ConfigError as exc:
         _count(exc)
         _say(f"not installed in this process: {exc}")

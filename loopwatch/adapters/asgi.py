@@ -42,7 +42,7 @@ from .._context import (
     set_lazy_labels,
 )
 from .._errors import ConfigError, LoopwatchError
-from .._runtime import internal_error
+from .._runtime import active, internal_error
 from ..metrics import Metrics, NullMetrics, get_metrics
 
 try:
@@ -86,7 +86,9 @@ class LoopwatchMiddleware:
     ``loopwatch_handler_duration_seconds{framework,handler,outcome}`` with ``outcome`` one
     of ``ok``, ``error`` (an exception escaped, or a 5xx status) and ``cancelled`` (the
     client went away first). ``framework`` (``starlette`` or ``fastapi``) is detected from
-    the app when not given. The middleware never raises an error of its own into the app.
+    the app when not given. Without a ``registry`` of its own the durations go where the
+    installed monitor's metrics go, following it when ``install(registry=...)`` changes it.
+    The middleware never raises an error of its own into the app.
     """
 
     def __init__(
@@ -106,6 +108,8 @@ class LoopwatchMiddleware:
         self.handler_metrics = handler_metrics
         self.framework = framework
         self._metrics: Metrics | NullMetrics | None = None
+        # No registry given: follow the installed monitor's (see _followed).
+        self._follow = handler_metrics and registry is None
         if handler_metrics:
             try:
                 # Created now, so a clash with another metric of that name fails at startup.
@@ -143,6 +147,8 @@ class LoopwatchMiddleware:
             if metrics is None:
                 await self.app(scope, receive, send)
                 return
+            if self._follow:
+                metrics = self._followed(metrics)
             # handler_metrics, inline: one coroutine frame less per request.
             sent: list[Any] = [0, False]  # status, body complete
             started = _now()
@@ -174,6 +180,17 @@ class LoopwatchMiddleware:
                 reset_labels(token)
             except Exception as exc:
                 internal_error("asgi", exc)
+
+    def _followed(self, metrics: Metrics | NullMetrics) -> Metrics | NullMetrics:
+        # The installed monitor's metrics, else those bound at construction (the default
+        # registry's). A change drops the children cached for the previous ones.
+        monitor = active()
+        current = monitor.metrics if monitor is not None else None
+        if current is None or current is metrics:
+            return metrics
+        self._metrics = current
+        self._children.clear()
+        return current  # type: ignore[no-any-return]
 
     def _detect_framework(self, scope: Scope) -> None:
         app = scope.get("app", self.app)
@@ -245,7 +262,11 @@ def _track(send: Send, sent: list[Any], message: Message) -> Awaitable[None]:
     kind = message["type"]
     if kind == "http.response.start":
         sent[0] = message.get("status", 200)
-    elif kind == "http.response.body" and not message.get("more_body", False):
+    elif (
+        # pathsend and zerocopysend (ASGI extensions) send a whole file or a part of one.
+        kind in ("http.response.body", "http.response.zerocopysend")
+        and not message.get("more_body", False)
+    ) or kind == "http.response.pathsend":
         sent[1] = True
     return send(message)
 

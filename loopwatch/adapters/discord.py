@@ -75,7 +75,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 import loopwatch
-from loopwatch import _monitor
+from loopwatch import _config, _monitor
 from loopwatch._compat import discord as compat
 from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
 from loopwatch._patching import Patches
@@ -421,17 +421,10 @@ class Instrumentation:
         metrics_addr: str = "127.0.0.1",
         latency_interval: float = _LATENCY_INTERVAL,
     ) -> None:
-        if metrics_port is not None and (
-            isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
-            or not 0 <= metrics_port <= 65535
-        ):
-            raise loopwatch.ConfigError(
-                f"metrics_port={metrics_port!r} is not accepted; use a TCP port 0-65535 or None"
-            )
-        if not latency_interval > 0:
-            raise loopwatch.ConfigError(
-                f"latency_interval={latency_interval!r} is not accepted; use seconds > 0"
-            )
+        # The core's one parser: the same checks and messages as install()'s.
+        metrics_port = _config.parse("metrics_port", metrics_port)
+        metrics_addr = _config.parse("metrics_addr", metrics_addr)
+        latency_interval = _config.parse_seconds("latency_interval", latency_interval)
         self.client = client
         self.active = False
         self.metrics_server: MetricsServer | None = None

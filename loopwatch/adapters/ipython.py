@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 try:
     from IPython.core.error import UsageError
@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - only without IPython
 
 import loopwatch
 from loopwatch import _monitor
-from loopwatch._config import POLICIES
+from loopwatch._config import POLICIES, Policy
 from loopwatch._incidents import Incident
 from loopwatch._logging import logger
 
@@ -169,7 +169,9 @@ class _Extension:
         self.ip = ip
         self.thread = threading.get_ident()  # the thread that runs cells
         self.monitor: loopwatch.Monitor | None = None
-        self.previous: dict[str, Any] | None = None  # options to restore; None: uninstall
+        # What loading changed on a monitor installed before it, to give back on unload;
+        # None: loading installed it (held with acquire, released on unload).
+        self.previous: dict[str, tuple[Any, Any]] | None = None
         self.previous_policy = "offload"
         self.filter = _KeepOffConsole()
         self.lock = threading.Lock()
@@ -183,17 +185,19 @@ class _Extension:
     def load(self) -> None:
         existing = _monitor.current()
         if existing is not None:
-            self.previous = {"default_framework": existing.config.default_framework}
-            self.monitor = loopwatch.install(default_framework="jupyter")
+            self.monitor = existing
+            self.previous = existing.override({"default_framework": "jupyter"})
+            # A policy chosen with %loopwatch is given back on unload too.
+            self.previous_policy = existing.config.on_reentry
         else:
             # Cells run on the kernel loop's thread, so every slow cell would read as a
             # blocked loop: leave the watchdog off here unless it was installed before.
             # In a kernel nested runs go on the kernel's own thread (``auto``), unless the
             # environment chose a policy.
             policy = {} if "LOOPWATCH_ON_REENTRY" in os.environ else {"on_reentry": "auto"}
-            self.monitor = loopwatch.install(default_framework="jupyter", watchdog=False, **policy)
-        self.previous_policy = self.monitor.config.on_reentry
-        self.monitor.add_listener(self.on_incident)
+            self.monitor = _monitor.acquire(default_framework="jupyter", watchdog=False, **policy)
+        if self.monitor is not None:  # None: LOOPWATCH_DISABLE
+            self.monitor.add_listener(self.on_incident)
         logger.addFilter(self.filter)
         self.ip.events.register("pre_run_cell", self.pre_run_cell)
         self.ip.events.register("post_run_cell", self.post_run_cell)
@@ -211,9 +215,14 @@ class _Extension:
             self.monitor.remove_listener(self.on_incident)
         try:
             if self.previous is None:
-                loopwatch.uninstall()  # its last folded-repeat lines stay off the console too
-            elif _monitor.current() is self.monitor:
-                loopwatch.install(**self.previous, on_reentry=self.previous_policy)
+                # Its last folded-repeat lines stay off the console too. An install the
+                # user made meanwhile stays.
+                if self.monitor is not None:
+                    _monitor.release(self.monitor)
+            elif self.monitor is not None and _monitor.current() is self.monitor:
+                self.monitor.restore(self.previous)
+                if self.monitor.config.on_reentry != self.previous_policy:
+                    self.monitor.reconfigure(on_reentry=cast(Policy, self.previous_policy))
         finally:
             logger.removeFilter(self.filter)
 
@@ -302,7 +311,15 @@ class _Extension:
             raise UsageError(
                 f"%loopwatch policy {words[1]}: not a policy; use one of {', '.join(POLICIES)}"
             )
-        monitor = loopwatch.install(on_reentry=policy)
+        monitor = _monitor.current()
+        if monitor is None:  # uninstalled since the extension loaded: install it again
+            monitor = _monitor.acquire(on_reentry=policy)
+            if monitor is None:
+                print("loopwatch: disabled (LOOPWATCH_DISABLE)")
+                return
+            self.previous = None
+        else:
+            monitor.reconfigure(on_reentry=cast(Policy, policy))  # checked above
         if monitor is not self.monitor:
             # loopwatch was uninstalled and installed again since the extension loaded.
             if self.monitor is not None:
