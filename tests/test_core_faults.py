@@ -26,6 +26,8 @@ pytestmark = pytest.mark.core
 def test_base_exceptions_reach_the_caller(exc_type: type[BaseException]) -> None:
     registry = CollectorRegistry()
     loopwatch.install(registry=registry)
+    # A worker abandoned by an earlier test's timeout may still be finishing: count ours only.
+    workers_before = _reentry.worker_threads()
 
     async def raises() -> None:
         await asyncio.sleep(0)
@@ -55,7 +57,7 @@ def test_base_exceptions_reach_the_caller(exc_type: type[BaseException]) -> None
         == 1
     )
     # The worker handed the exception over and is gone: no thread outlives its call.
-    assert _reentry.worker_threads() == 0
+    assert _reentry.worker_threads() <= workers_before
 
 
 def test_taken_metrics_port(caplog: pytest.LogCaptureFixture) -> None:
