@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
+from . import _context, _frames, _reentry, _runtime, _task_gauge, _tasks, _threadpool, _watchdog
 from ._compat import asyncio as aio
 from ._config import Config, load_config
 from ._errors import LoopwatchError
@@ -93,6 +93,8 @@ class Monitor:
 
         self._undo["info"] = _runtime.on_loop_start(loop_started)
         self._undo["tasks"] = _tasks.install(self)
+        self._undo["threadpool"] = _threadpool.install(self)
+        self._undo["task_gauge"] = _task_gauge.install(self)
         if self.config.watchdog:
             self._undo["watchdog"] = _watchdog.install(self)
 

@@ -51,6 +51,11 @@ METRIC_NAMES = (
     "loopwatch_label_overflow_total",
     "loopwatch_internal_errors_total",
     "loopwatch_info",
+    "loopwatch_threadpool_threads",
+    "loopwatch_threadpool_limit",
+    "loopwatch_threadpool_waiting",
+    "loopwatch_threadpool_wait_seconds",
+    "loopwatch_tasks",
 )
 
 # Handler values that are always allowed: they are bounded by construction.
@@ -58,6 +63,9 @@ _RESERVED_HANDLERS = frozenset({"__none__", "__unmatched__", "__other__"})
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Waits for a pool thread: a free thread answers in well under a millisecond; 0.1 is the
+# default block threshold, so "waits past the threshold" is one bucket away in a query.
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 Metric = Counter | Gauge | Histogram
 
@@ -185,9 +193,55 @@ class Metrics:
             ("version", "python", "loop", "on_reentry"),
             multiprocess_mode="max",
         )
+        # Sync work waiting for threads (thread pools: anyio's limiter, loops' executors).
+        # Gauges of one process add up across gunicorn workers: each has its own pools.
+        self.threadpool_threads = _make(
+            r,
+            Gauge,
+            "loopwatch_threadpool_threads",
+            "Threads of a pool running sync work now (busy).",
+            ("pool",),
+            multiprocess_mode="livesum",
+        )
+        self.threadpool_limit = _make(
+            r,
+            Gauge,
+            "loopwatch_threadpool_limit",
+            "How many threads a pool may run at once.",
+            ("pool",),
+            multiprocess_mode="livesum",
+        )
+        self.threadpool_waiting = _make(
+            r,
+            Gauge,
+            "loopwatch_threadpool_waiting",
+            "Calls waiting for a free thread of a pool now.",
+            ("pool",),
+            multiprocess_mode="livesum",
+        )
+        self.threadpool_wait_seconds = _make(
+            r,
+            Histogram,
+            "loopwatch_threadpool_wait_seconds",
+            "How long each sync call waited for a free pool thread, by the handler that asked.",
+            ("framework", "handler"),
+            buckets=_WAIT_BUCKETS,
+        )
+        # Counted when the registry is collected (a scrape): the refresh runs first.
+        self._before_collect = _BeforeCollect()
+        registry.register(self._before_collect)
+        self.tasks = _make(
+            r,
+            Gauge,
+            "loopwatch_tasks",
+            "Pending tasks by the handler whose context created them.",
+            ("framework", "handler"),
+            multiprocess_mode="livesum",
+        )
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[str, set[str]] = {}
+        self._task_series: set[tuple[str, str]] = set()
 
     def child(self, metric: Any, **labels: str) -> Any:
         """The labelled child of ``metric``, cached; caps distinct ``handler`` values."""
@@ -249,6 +303,56 @@ class Metrics:
         """One failure inside loopwatch (``loopwatch_internal_errors_total``)."""
         self.internal_errors_total.labels(component=component).inc()
 
+    def set_threadpool(
+        self, pool: str, busy: int, waiting: int, limit: float | None = None
+    ) -> None:
+        """The state of one pool now (threads busy, calls waiting, and its size if known)."""
+        self.child(self.threadpool_threads, pool=pool).set(busy)
+        self.child(self.threadpool_waiting, pool=pool).set(waiting)
+        if limit is not None:
+            self.child(self.threadpool_limit, pool=pool).set(limit)
+
+    def observe_threadpool_wait(self, framework: str, handler: str, seconds: float) -> None:
+        """How long one sync call waited for a pool thread."""
+        self.child(
+            self.threadpool_wait_seconds, framework=framework, handler=handler
+        ).observe(seconds)
+
+    def set_tasks(self, counts: dict[tuple[str, str], int]) -> None:
+        """Pending tasks by (framework, handler) now; handlers no longer seen go to 0."""
+        with self._lock:
+            gone = self._task_series - counts.keys()
+            self._task_series = set(counts) | self._task_series
+        for framework, handler in gone:
+            self.child(self.tasks, framework=framework, handler=handler).set(0)
+        for (framework, handler), count in counts.items():
+            self.child(self.tasks, framework=framework, handler=handler).set(count)
+
+    def before_collect(self, refresh: Callable[[], None] | None) -> None:
+        """Run ``refresh`` whenever this registry is collected (``None``: stop)."""
+        self._before_collect.refresh = refresh
+
+
+class _BeforeCollect:
+    """A collector with no samples, registered just before ``loopwatch_tasks``.
+
+    The registry collects in registration order, so its refresh sets the gauge a moment
+    before the gauge is read: a scrape sees the tasks as they are, and nothing is counted
+    between scrapes.
+    """
+
+    def __init__(self) -> None:
+        self.refresh: Callable[[], None] | None = None
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        refresh = self.refresh
+        if refresh is not None:
+            refresh()  # never raises: the refresh reports its own failures
+        return []
+
 
 class _NullMetric:
     """Stands in for a metric when metrics cannot work at all (the host must keep running)."""
@@ -290,6 +394,18 @@ class NullMetrics:
 
     def count_internal_error(self, component: str) -> None:
         """Count nothing."""
+
+    def set_threadpool(self, *args: Any, **kwargs: Any) -> None:
+        """Record nothing."""
+
+    def observe_threadpool_wait(self, *args: Any, **kwargs: Any) -> None:
+        """Record nothing."""
+
+    def set_tasks(self, counts: dict[tuple[str, str], int]) -> None:
+        """Record nothing."""
+
+    def before_collect(self, refresh: Callable[[], None] | None) -> None:
+        """Refresh nothing."""
 
 
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()

@@ -1,0 +1,364 @@
+"""H8: sync work waiting for a free thread (threadpool saturation).
+
+Two pools are watched, each under a ``pool`` label value:
+
+* ``anyio``: anyio's default thread limiter (40 threads unless changed), which
+  ``anyio.to_thread.run_sync`` uses and so Starlette's ``run_in_threadpool`` and FastAPI's
+  plain ``def`` endpoints and dependencies. Calls given a limiter of their own are not
+  counted: that limit is the caller's choice.
+* ``asyncio-default``: the default executor of a loop (``loop.run_in_executor(None, ...)``
+  and ``asyncio.to_thread``) when it is a ``ThreadPoolExecutor``.
+
+How it is measured, without changing what runs: the entry points are wrapped at class
+level (anyio's backend class ``run_sync_in_worker_thread``, the loops' ``run_in_executor``
+and ``ThreadPoolExecutor.submit``), and the callable handed to the pool is the user's own
+inside a small timer (:class:`_Call`) that notes when a thread starts it. The wait is that
+moment minus the moment of asking; a call is *waiting* until then and *busy* until it
+returns. The labels are those of the handler that asked, read when it asked (a thread
+started by ``run_in_executor`` does not carry the caller's context).
+
+A call that waited longer than ``block_threshold`` is one ``threadpool_saturated``
+incident, reported by the worker thread as it starts the call, with the pool, its size and
+how many calls were waiting (detail), attributed to the handler that asked; the site is the
+function that was queued.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import functools
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _context, _runtime
+from ._compat import anyio as anyio_compat
+from ._compat import asyncio as aio
+from ._compat import uvloop as uvl
+from ._frames import Frame, is_user_file
+from ._patching import ImportHook, Patches
+
+if TYPE_CHECKING:
+    from ._monitor import Monitor
+
+__all__ = ["POOL_ANYIO", "POOL_DEFAULT_EXECUTOR", "install"]
+
+#: The ``pool`` label of anyio's default thread limiter.
+POOL_ANYIO = "anyio"
+#: The ``pool`` label of event loops' default executors.
+POOL_DEFAULT_EXECUTOR = "asyncio-default"
+
+_API = {POOL_ANYIO: "anyio.to_thread.run_sync", POOL_DEFAULT_EXECUTOR: "loop.run_in_executor"}
+_HOW_TO_RAISE = {
+    POOL_ANYIO: (
+        "raise the limiter at startup (`anyio.to_thread.current_default_thread_limiter()"
+        ".total_tokens = N`)"
+    ),
+    POOL_DEFAULT_EXECUTOR: (
+        "give the loop a bigger default executor "
+        "(`loop.set_default_executor(ThreadPoolExecutor(max_workers=N))`)"
+    ),
+}
+
+_WAITING, _RUNNING, _DONE = 0, 1, 2
+_monotonic = time.monotonic
+# The one install's watch, or None: every wrapper's first look.
+_watch: _Watch | None = None
+# Set by a loop's run_in_executor(None, ...) for the submit it makes on this thread.
+_asking = threading.local()
+
+
+class _Pool:
+    """What one pool is doing now; changed by loop and worker threads under ``lock``."""
+
+    __slots__ = ("busy", "lock", "name", "size", "waiting")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.busy = 0
+        self.waiting = 0
+        self.size: float | None = None
+
+
+class _Call:
+    """The callable a pool thread runs: notes when it starts, then runs the user's function."""
+
+    __slots__ = ("asked", "fn", "labels", "loop", "pool", "queue", "size", "state", "watch")
+
+    def __init__(
+        self, watch: _Watch, pool: _Pool, fn: Callable[..., Any], loop: Any
+    ) -> None:
+        self.watch = watch
+        self.pool = pool
+        self.fn = fn
+        self.loop = loop
+        self.labels = _context.current_labels()
+        self.state = _WAITING
+        self.queue = 0
+        self.size: float | None = None
+        self.asked = _monotonic()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.watch.started(self)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.watch.finished(self)
+
+    def future_done(self, future: concurrent.futures.Future[Any]) -> None:
+        """A done-callback: a call cancelled before a thread took it waits no more."""
+        if self.state == _WAITING:
+            self.watch.abandoned(self)
+
+
+class _Watch:
+    """The H8 bookkeeping of one install."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.pools = {name: _Pool(name) for name in (POOL_ANYIO, POOL_DEFAULT_EXECUTOR)}
+
+    def ask(self, pool_name: str, fn: Callable[..., Any], size: float | None, loop: Any) -> _Call:
+        """A call asks ``pool`` for a thread (on the asking thread)."""
+        pool = self.pools[pool_name]
+        call = _Call(self, pool, fn, loop)
+        with pool.lock:
+            if size is not None:
+                pool.size = size
+            pool.waiting += 1
+            call.queue = pool.waiting
+            call.size = pool.size
+            self._publish(pool, limit=True)
+        return call
+
+    def started(self, call: _Call) -> None:
+        """A pool thread starts ``call`` (on that thread)."""
+        now = _monotonic()
+        pool = call.pool
+        with pool.lock:
+            if call.state != _WAITING:
+                return
+            call.state = _RUNNING
+            pool.waiting -= 1
+            pool.busy += 1
+            busy = pool.busy
+            self._publish(pool)
+        try:
+            waited = now - call.asked
+            labels = call.labels
+            metrics = self.monitor.metrics
+            if metrics is not None:
+                metrics.observe_threadpool_wait(labels.framework, labels.handler, waited)
+            if waited > self.monitor.config.block_threshold:
+                self._report(call, waited, busy)
+        except Exception as exc:
+            _runtime.internal_error("threadpool", exc)
+
+    def finished(self, call: _Call) -> None:
+        """``call`` returned or raised (on its pool thread)."""
+        pool = call.pool
+        with pool.lock:
+            if call.state != _RUNNING:
+                return
+            call.state = _DONE
+            pool.busy -= 1
+            self._publish(pool)
+
+    def abandoned(self, call: _Call) -> None:
+        """``call`` will never start (cancelled while it waited)."""
+        pool = call.pool
+        with pool.lock:
+            if call.state != _WAITING:
+                return
+            call.state = _DONE
+            pool.waiting -= 1
+            self._publish(pool)
+
+    def _publish(self, pool: _Pool, limit: bool = False) -> None:
+        # Under pool.lock, so the gauges never show an older state after a newer one.
+        metrics = self.monitor.metrics
+        if metrics is None:
+            return
+        try:
+            metrics.set_threadpool(
+                pool.name, pool.busy, pool.waiting, pool.size if limit else None
+            )
+        except Exception as exc:
+            _runtime.internal_error("threadpool", exc)
+
+    def _report(self, call: _Call, waited: float, busy: int) -> None:
+        pool = call.pool.name
+        site = _queued_function(call.fn)
+        size = "?" if call.size is None else f"{call.size:g}"
+        hint = (
+            f"This call waited {waited * 1000:.0f} ms for a thread of the {pool} pool: "
+            f"all {size} were busy, {call.queue} call(s) waiting when it asked. "
+            f"Make the route async, find the slow sync call that holds the threads, or "
+            f"{_HOW_TO_RAISE[pool]}."
+        )
+        self.monitor.report(
+            "threadpool_saturated",
+            api=_API[pool],
+            duration=waited,
+            stack=[site] if site is not None else [],
+            site=site if site is not None and is_user_file(site.file) else None,
+            hint=hint,
+            labels=call.labels,
+            loop=call.loop,
+            detail={"pool": pool, "size": size, "queue": str(call.queue), "busy": str(busy)},
+        )
+
+
+def _queued_function(fn: Any) -> Frame | None:
+    """Where the queued function is defined: the user's own where a wrapper queued it.
+
+    Looks through ``functools.partial`` (its function and the callables among its
+    arguments: FastAPI queues ``partial(_run_sync_endpoint, function=endpoint, ...)``,
+    ``asyncio.to_thread`` queues ``partial(context.run, func, ...)``) and bound methods.
+    """
+    candidates = [fn]
+    first: Frame | None = None
+    for _ in range(16):
+        if not candidates:
+            break
+        item = candidates.pop(0)
+        if isinstance(item, functools.partial):
+            candidates.append(item.func)
+            candidates.extend(a for a in item.args if callable(a))
+            candidates.extend(v for v in item.keywords.values() if callable(v))
+            continue
+        if isinstance(item, types.MethodType):
+            if isinstance(item.__self__, contextvars.Context):
+                continue  # Context.run: the function is among the partial's arguments
+            item = item.__func__
+        code = getattr(item, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            continue
+        frame = Frame(code.co_filename, code.co_firstlineno, code.co_name)
+        if is_user_file(code.co_filename):
+            return frame
+        first = first or frame
+    return first
+
+
+# -- the wrappers ----------------------------------------------------------------------------
+
+
+def _make_anyio_entry(original: Callable[..., Any]) -> Callable[..., Any]:
+    # ``original`` is the plain function under anyio's classmethod.
+    @functools.wraps(original)
+    async def run_sync_in_worker_thread(
+        cls: Any, func: Callable[..., Any], args: tuple[Any, ...], *rest: Any, **kwargs: Any
+    ) -> Any:
+        watch = _watch
+        if watch is None or kwargs.get("limiter") is not None or len(rest) > 1:
+            return await original(cls, func, args, *rest, **kwargs)
+        try:
+            limiter = anyio_compat.default_thread_limiter(cls)
+            call = watch.ask(
+                POOL_ANYIO, func, anyio_compat.limiter_size(limiter), aio.get_running_loop()
+            )
+        except Exception as exc:
+            _runtime.internal_error("threadpool", exc)
+            return await original(cls, func, args, *rest, **kwargs)
+        try:
+            return await original(cls, call, args, *rest, **kwargs)
+        finally:
+            if call.state == _WAITING:
+                watch.abandoned(call)
+
+    return run_sync_in_worker_thread
+
+
+def _make_run_in_executor(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def run_in_executor(self: Any, executor: Any, func: Any, *args: Any) -> Any:
+        if executor is not None or _watch is None:
+            return original(self, executor, func, *args)
+        # The loop submits to its default executor right away, on this thread.
+        _asking.loop = self
+        try:
+            return original(self, executor, func, *args)
+        finally:
+            _asking.loop = None
+
+    return run_in_executor
+
+
+def _make_submit(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        loop = getattr(_asking, "loop", None)
+        watch = _watch
+        if loop is None or watch is None:
+            return original(self, fn, *args, **kwargs)
+        _asking.loop = None  # one call per run_in_executor, even if a subclass submits again
+        try:
+            call = watch.ask(POOL_DEFAULT_EXECUTOR, fn, aio.executor_size(self), loop)
+        except Exception as exc:
+            _runtime.internal_error("threadpool", exc)
+            return original(self, fn, *args, **kwargs)
+        try:
+            future = original(self, call, *args, **kwargs)
+        except BaseException:
+            watch.abandoned(call)
+            raise
+        future.add_done_callback(call.future_done)
+        return future
+
+    return submit
+
+
+def install(monitor: Monitor) -> Callable[[], None]:
+    """Wrap the thread pools' entry points at class level; return the undo."""
+    global _watch
+    import asyncio.base_events
+
+    watch = _Watch(monitor)
+    patches = Patches()
+    patches.patch(
+        asyncio.base_events.BaseEventLoop, "run_in_executor", _make_run_in_executor
+    )
+    patches.patch(concurrent.futures.ThreadPoolExecutor, "submit", _make_submit)
+
+    def patch_uvloop(module: types.ModuleType) -> None:
+        cls = uvl.loop_class(module)
+        if cls is not None and not patches.patched(cls, "run_in_executor"):
+            try:
+                patches.patch(cls, "run_in_executor", _make_run_in_executor)
+            except Exception as exc:
+                _runtime.internal_error("uvloop", exc)
+
+    def patch_anyio(module: types.ModuleType) -> None:
+        cls = anyio_compat.backend_class(module)
+        name = anyio_compat.worker_thread_entry
+        if cls is None or patches.patched(cls, name):
+            return
+        try:
+            entry = vars(cls)[name]
+            wrapper = _make_anyio_entry(entry.__func__)
+            patches.set(cls, name, classmethod(wrapper))
+        except Exception as exc:
+            _runtime.internal_error("anyio", exc)
+
+    hooks = [
+        ImportHook("uvloop", patch_uvloop),
+        ImportHook(anyio_compat.BACKEND_MODULE, patch_anyio),
+    ]
+    for hook in hooks:
+        hook.start()
+    _watch = watch
+
+    def undo() -> None:
+        global _watch
+        if _watch is watch:
+            _watch = None
+        for hook in hooks:
+            hook.stop()
+        patches.undo()
+
+    return undo
