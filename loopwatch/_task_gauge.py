@@ -11,13 +11,13 @@ When: only when the metrics are read. A scrape collects a small collector regist
 before the gauge, which counts then (``asyncio.all_tasks`` is written to be read from
 another thread, and a task's context is read without touching the task). Nothing runs on
 any loop, idle or busy. In prometheus-client's multiprocess mode the scrape reads files
-instead of this process, so a loopwatch thread counts every few seconds there.
+instead of this process, so a loopwatch thread counts every few seconds there (see
+:meth:`loopwatch.metrics.Metrics.before_collect`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -30,10 +30,7 @@ from ._tasks import task_labels
 if TYPE_CHECKING:
     from ._monitor import Monitor
 
-__all__ = ["MULTIPROCESS_INTERVAL", "TaskGauge", "install"]
-
-#: Seconds between two counts when the scrape cannot trigger one (multiprocess mode).
-MULTIPROCESS_INTERVAL = 5.0
+__all__ = ["TaskGauge", "install"]
 
 
 class TaskGauge:
@@ -77,23 +74,6 @@ class TaskGauge:
             _runtime.internal_error("task_gauge", exc)
 
 
-def _count_every(gauge: TaskGauge, interval: float) -> Callable[[], None]:
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(interval):
-            gauge.refresh()
-
-    thread = threading.Thread(target=run, name="loopwatch-tasks", daemon=True)
-    thread.start()
-
-    def undo() -> None:
-        stop.set()
-        thread.join(timeout=5)
-
-    return undo
-
-
 def install(monitor: Monitor) -> Callable[[], None]:
     """Watch loops as they start and count their tasks at each scrape; return the undo."""
     gauge = TaskGauge(monitor)
@@ -103,16 +83,11 @@ def install(monitor: Monitor) -> Callable[[], None]:
         gauge.watch(running)
     metrics = monitor.metrics
     if metrics is not None:
-        metrics.before_collect(gauge.refresh)
-    stop_thread: Callable[[], None] | None = None
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        stop_thread = _count_every(gauge, MULTIPROCESS_INTERVAL)
+        metrics.before_collect("tasks", gauge.refresh)
 
     def undo() -> None:
         remove_hook()
         if metrics is not None:
-            metrics.before_collect(None)
-        if stop_thread is not None:
-            stop_thread()
+            metrics.before_collect("tasks", None)
 
     return undo

@@ -17,6 +17,9 @@ moment minus the moment of asking; a call is *waiting* until then and *busy* unt
 returns. The labels are those of the handler that asked, read when it asked (a thread
 started by ``run_in_executor`` does not carry the caller's context).
 
+The pools' gauges (busy, limit, waiting) are set from those counts when the metrics are
+read, so a call pays for a few integer updates under a lock and one histogram observation.
+
 A call that waited longer than ``block_threshold`` is one ``threadpool_saturated``
 incident, reported by the worker thread as it starts the call, with the pool, its size and
 how many calls were waiting (detail), attributed to the handler that asked; the site is the
@@ -74,7 +77,7 @@ _asking = threading.local()
 class _Pool:
     """What one pool is doing now; changed by loop and worker threads under ``lock``."""
 
-    __slots__ = ("busy", "lock", "name", "size", "waiting")
+    __slots__ = ("busy", "lock", "name", "seen", "size", "waiting")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -82,6 +85,7 @@ class _Pool:
         self.busy = 0
         self.waiting = 0
         self.size: float | None = None
+        self.seen = False  # a pool never used has no series
 
 
 class _Call:
@@ -103,11 +107,26 @@ class _Call:
         self.asked = _monotonic()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.watch.started(self)
+        # On the pool thread. The state moves under the pool's lock, so a call abandoned
+        # by its caller meanwhile is counted once (it then runs unobserved).
+        now = _monotonic()
+        pool = self.pool
+        with pool.lock:
+            started = self.state == _WAITING
+            if started:
+                self.state = _RUNNING
+                pool.waiting -= 1
+                pool.busy += 1
+                busy = pool.busy
+        if not started:
+            return self.fn(*args, **kwargs)
+        self.watch.waited(self, now - self.asked, busy)
         try:
             return self.fn(*args, **kwargs)
         finally:
-            self.watch.finished(self)
+            with pool.lock:
+                self.state = _DONE
+                pool.busy -= 1
 
     def future_done(self, future: concurrent.futures.Future[Any]) -> None:
         """A done-callback: a call cancelled before a thread took it waits no more."""
@@ -129,26 +148,15 @@ class _Watch:
         with pool.lock:
             if size is not None:
                 pool.size = size
+            pool.seen = True
             pool.waiting += 1
             call.queue = pool.waiting
             call.size = pool.size
-            self._publish(pool, limit=True)
         return call
 
-    def started(self, call: _Call) -> None:
-        """A pool thread starts ``call`` (on that thread)."""
-        now = _monotonic()
-        pool = call.pool
-        with pool.lock:
-            if call.state != _WAITING:
-                return
-            call.state = _RUNNING
-            pool.waiting -= 1
-            pool.busy += 1
-            busy = pool.busy
-            self._publish(pool)
+    def waited(self, call: _Call, waited: float, busy: int) -> None:
+        """A pool thread starts ``call`` after ``waited`` seconds (on that thread)."""
         try:
-            waited = now - call.asked
             labels = call.labels
             metrics = self.monitor.metrics
             if metrics is not None:
@@ -158,16 +166,6 @@ class _Watch:
         except Exception as exc:
             _runtime.internal_error("threadpool", exc)
 
-    def finished(self, call: _Call) -> None:
-        """``call`` returned or raised (on its pool thread)."""
-        pool = call.pool
-        with pool.lock:
-            if call.state != _RUNNING:
-                return
-            call.state = _DONE
-            pool.busy -= 1
-            self._publish(pool)
-
     def abandoned(self, call: _Call) -> None:
         """``call`` will never start (cancelled while it waited)."""
         pool = call.pool
@@ -176,17 +174,18 @@ class _Watch:
                 return
             call.state = _DONE
             pool.waiting -= 1
-            self._publish(pool)
 
-    def _publish(self, pool: _Pool, limit: bool = False) -> None:
-        # Under pool.lock, so the gauges never show an older state after a newer one.
-        metrics = self.monitor.metrics
-        if metrics is None:
-            return
+    def refresh(self) -> None:
+        """Set the pool gauges to the state now (when the metrics are read). Never raises."""
         try:
-            metrics.set_threadpool(
-                pool.name, pool.busy, pool.waiting, pool.size if limit else None
-            )
+            metrics = self.monitor.metrics
+            if metrics is None:
+                return
+            for pool in self.pools.values():
+                with pool.lock:
+                    seen, busy, waiting, size = pool.seen, pool.busy, pool.waiting, pool.size
+                if seen:
+                    metrics.set_threadpool(pool.name, busy, waiting, size)
         except Exception as exc:
             _runtime.internal_error("threadpool", exc)
 
@@ -352,11 +351,16 @@ def install(monitor: Monitor) -> Callable[[], None]:
     for hook in hooks:
         hook.start()
     _watch = watch
+    metrics = monitor.metrics
+    if metrics is not None:
+        metrics.before_collect("threadpool", watch.refresh)
 
     def undo() -> None:
         global _watch
         if _watch is watch:
             _watch = None
+        if metrics is not None:
+            metrics.before_collect("threadpool", None)
         for hook in hooks:
             hook.stop()
         patches.undo()

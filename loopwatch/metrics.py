@@ -193,6 +193,10 @@ class Metrics:
             ("version", "python", "loop", "on_reentry"),
             multiprocess_mode="max",
         )
+        # Gauges of a state (thread pools, pending tasks) are set when the registry is
+        # collected: this collector runs their refreshes first.
+        self._before_collect = _BeforeCollect()
+        registry.register(self._before_collect)
         # Sync work waiting for threads (thread pools: anyio's limiter, loops' executors).
         # Gauges of one process add up across gunicorn workers: each has its own pools.
         self.threadpool_threads = _make(
@@ -227,9 +231,6 @@ class Metrics:
             ("framework", "handler"),
             buckets=_WAIT_BUCKETS,
         )
-        # Counted when the registry is collected (a scrape): the refresh runs first.
-        self._before_collect = _BeforeCollect()
-        registry.register(self._before_collect)
         self.tasks = _make(
             r,
             Gauge,
@@ -328,29 +329,61 @@ class Metrics:
         for (framework, handler), count in counts.items():
             self.child(self.tasks, framework=framework, handler=handler).set(count)
 
-    def before_collect(self, refresh: Callable[[], None] | None) -> None:
-        """Run ``refresh`` whenever this registry is collected (``None``: stop)."""
-        self._before_collect.refresh = refresh
+    def before_collect(self, name: str, refresh: Callable[[], None] | None) -> None:
+        """Run ``refresh`` whenever this registry is collected (``None``: stop).
+
+        Gauges of a state (pool threads, pending tasks) are set there, so the code they
+        describe pays nothing for them. Under ``PROMETHEUS_MULTIPROC_DIR`` a scrape reads
+        files, not this process: a thread runs the refreshes every few seconds instead.
+        """
+        self._before_collect.set(name, refresh)
+
+
+#: Seconds between two refreshes of the state gauges when a scrape cannot trigger one.
+MULTIPROCESS_REFRESH = 5.0
 
 
 class _BeforeCollect:
-    """A collector with no samples, registered just before ``loopwatch_tasks``.
+    """A collector with no samples, registered before the gauges its refreshes set.
 
-    The registry collects in registration order, so its refresh sets the gauge a moment
-    before the gauge is read: a scrape sees the tasks as they are, and nothing is counted
-    between scrapes.
+    The registry collects in registration order, so the refreshes set those gauges a moment
+    before they are read: a scrape sees the state as it is, and nothing is done between
+    scrapes.
     """
 
     def __init__(self) -> None:
-        self.refresh: Callable[[], None] | None = None
+        self._refreshes: dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
+
+    def set(self, name: str, refresh: Callable[[], None] | None) -> None:
+        with self._lock:
+            if refresh is None:
+                self._refreshes.pop(name, None)
+            else:
+                self._refreshes[name] = refresh
+            wanted = bool(self._refreshes) and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+            if wanted and self._stop is None:
+                self._stop = threading.Event()
+                threading.Thread(
+                    target=self._every, args=(self._stop,), name="loopwatch-gauges", daemon=True
+                ).start()
+            elif not wanted and self._stop is not None:
+                self._stop.set()
+                self._stop = None
+
+    def _every(self, stop: threading.Event) -> None:
+        while not stop.wait(MULTIPROCESS_REFRESH):
+            self.collect()
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> list[Any]:
-        refresh = self.refresh
-        if refresh is not None:
-            refresh()  # never raises: the refresh reports its own failures
+        with self._lock:
+            refreshes = list(self._refreshes.values())
+        for refresh in refreshes:
+            refresh()  # never raises: each refresh reports its own failures
         return []
 
 
@@ -404,7 +437,7 @@ class NullMetrics:
     def set_tasks(self, counts: dict[tuple[str, str], int]) -> None:
         """Record nothing."""
 
-    def before_collect(self, refresh: Callable[[], None] | None) -> None:
+    def before_collect(self, name: str, refresh: Callable[[], None] | None) -> None:
         """Refresh nothing."""
 
 
