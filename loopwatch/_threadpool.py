@@ -18,11 +18,11 @@ returns. The labels are those of the handler that asked, read when it asked (a t
 started by ``run_in_executor`` does not carry the caller's context).
 
 The pools' gauges (busy, limit, waiting) are set from those counts when the metrics are
-read, so a call pays for a few integer updates under a lock and one histogram observation.
+read, so a call pays for three lock-free counts and one histogram observation.
 
 A call that waited longer than ``block_threshold`` is one ``threadpool_saturated``
 incident, reported by the worker thread as it starts the call, with the pool, its size and
-how many calls were waiting (detail), attributed to the handler that asked; the site is the
+the queue it waited in (detail), attributed to the handler that asked; the site is the
 function that was queued.
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import functools
+import itertools
 import threading
 import time
 import types
@@ -66,7 +67,6 @@ _HOW_TO_RAISE = {
     ),
 }
 
-_WAITING, _RUNNING, _DONE = 0, 1, 2
 _monotonic = time.monotonic
 # The one install's watch, or None: every wrapper's first look.
 _watch: _Watch | None = None
@@ -74,64 +74,77 @@ _watch: _Watch | None = None
 _asking = threading.local()
 
 
-class _Pool:
-    """What one pool is doing now; changed by loop and worker threads under ``lock``."""
+def _value(counter: itertools.count[int]) -> int:
+    """How many times ``next`` was called on a fresh ``itertools.count()`` (it says so)."""
+    return int(repr(counter)[6:-1])
 
-    __slots__ = ("busy", "lock", "name", "seen", "size", "waiting")
+
+class _Pool:
+    """What one pool is doing, as event counts.
+
+    ``next()`` on an ``itertools.count`` is one C call under the GIL, so loop and pool
+    threads count without a lock: waiting = asked - started - abandoned, busy = started -
+    finished. A read between two counts is off by one for that instant only.
+    """
+
+    __slots__ = ("abandoned", "asked", "finished", "name", "size", "started")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.lock = threading.Lock()
-        self.busy = 0
-        self.waiting = 0
+        self.asked = itertools.count()
+        self.started = itertools.count()
+        self.finished = itertools.count()
+        self.abandoned = itertools.count()
         self.size: float | None = None
-        self.seen = False  # a pool never used has no series
+
+    def state(self) -> tuple[int, int, int]:
+        """(asked, busy, waiting) now."""
+        started, finished = _value(self.started), _value(self.finished)
+        asked = _value(self.asked)
+        return asked, started - finished, asked - started - _value(self.abandoned)
 
 
 class _Call:
     """The callable a pool thread runs: notes when it starts, then runs the user's function."""
 
-    __slots__ = ("asked", "fn", "labels", "loop", "pool", "queue", "size", "state", "watch")
+    __slots__ = ("asked", "claim", "fn", "labels", "loop", "pool", "size", "watch")
 
     def __init__(
-        self, watch: _Watch, pool: _Pool, fn: Callable[..., Any], loop: Any
+        self, watch: _Watch, pool: _Pool, fn: Callable[..., Any], loop: Any, size: float | None
     ) -> None:
         self.watch = watch
         self.pool = pool
         self.fn = fn
         self.loop = loop
+        self.size = size
         self.labels = _context.current_labels()
-        self.state = _WAITING
-        self.queue = 0
-        self.size: float | None = None
+        # Whoever pops it first (the pool thread starting the call, or the caller giving up
+        # on it) counts the call; list.pop is atomic, so it is counted once.
+        self.claim = [True]
         self.asked = _monotonic()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # On the pool thread. The state moves under the pool's lock, so a call abandoned
-        # by its caller meanwhile is counted once (it then runs unobserved).
+        # On the pool thread.
         now = _monotonic()
-        pool = self.pool
-        with pool.lock:
-            started = self.state == _WAITING
-            if started:
-                self.state = _RUNNING
-                pool.waiting -= 1
-                pool.busy += 1
-                busy = pool.busy
-        if not started:
-            return self.fn(*args, **kwargs)
-        self.watch.waited(self, now - self.asked, busy)
         try:
+            self.claim.pop()
+        except IndexError:  # abandoned by its caller first: runs unobserved
+            return self.fn(*args, **kwargs)
+        pool = self.pool
+        next(pool.started)
+        try:
+            self.watch.waited(self, now - self.asked)
             return self.fn(*args, **kwargs)
         finally:
-            with pool.lock:
-                self.state = _DONE
-                pool.busy -= 1
+            next(pool.finished)
 
-    def future_done(self, future: concurrent.futures.Future[Any]) -> None:
-        """A done-callback: a call cancelled before a thread took it waits no more."""
-        if self.state == _WAITING:
-            self.watch.abandoned(self)
+    def abandon(self, future: object = None) -> None:
+        """The call will never start (cancelled while it waited); also a done-callback."""
+        try:
+            self.claim.pop()
+        except IndexError:  # started (or abandoned) already
+            return
+        next(self.pool.abandoned)
 
 
 class _Watch:
@@ -144,17 +157,13 @@ class _Watch:
     def ask(self, pool_name: str, fn: Callable[..., Any], size: float | None, loop: Any) -> _Call:
         """A call asks ``pool`` for a thread (on the asking thread)."""
         pool = self.pools[pool_name]
-        call = _Call(self, pool, fn, loop)
-        with pool.lock:
-            if size is not None:
-                pool.size = size
-            pool.seen = True
-            pool.waiting += 1
-            call.queue = pool.waiting
-            call.size = pool.size
+        if size is not None:
+            pool.size = size
+        call = _Call(self, pool, fn, loop, pool.size)
+        next(pool.asked)
         return call
 
-    def waited(self, call: _Call, waited: float, busy: int) -> None:
+    def waited(self, call: _Call, waited: float) -> None:
         """A pool thread starts ``call`` after ``waited`` seconds (on that thread)."""
         try:
             labels = call.labels
@@ -162,18 +171,9 @@ class _Watch:
             if metrics is not None:
                 metrics.observe_threadpool_wait(labels.framework, labels.handler, waited)
             if waited > self.monitor.config.block_threshold:
-                self._report(call, waited, busy)
+                self._report(call, waited)
         except Exception as exc:
             _runtime.internal_error("threadpool", exc)
-
-    def abandoned(self, call: _Call) -> None:
-        """``call`` will never start (cancelled while it waited)."""
-        pool = call.pool
-        with pool.lock:
-            if call.state != _WAITING:
-                return
-            call.state = _DONE
-            pool.waiting -= 1
 
     def refresh(self) -> None:
         """Set the pool gauges to the state now (when the metrics are read). Never raises."""
@@ -182,20 +182,21 @@ class _Watch:
             if metrics is None:
                 return
             for pool in self.pools.values():
-                with pool.lock:
-                    seen, busy, waiting, size = pool.seen, pool.busy, pool.waiting, pool.size
-                if seen:
-                    metrics.set_threadpool(pool.name, busy, waiting, size)
+                asked, busy, waiting = pool.state()
+                if asked:  # a pool never used has no series
+                    metrics.set_threadpool(pool.name, busy, waiting, pool.size)
         except Exception as exc:
             _runtime.internal_error("threadpool", exc)
 
-    def _report(self, call: _Call, waited: float, busy: int) -> None:
+    def _report(self, call: _Call, waited: float) -> None:
+        _, busy, waiting = call.pool.state()
+        queue = waiting + 1  # the calls waiting when it got its thread, itself included
         pool = call.pool.name
         site = _queued_function(call.fn)
         size = "?" if call.size is None else f"{call.size:g}"
         hint = (
             f"This call waited {waited * 1000:.0f} ms for a thread of the {pool} pool: "
-            f"all {size} were busy, {call.queue} call(s) waiting when it asked. "
+            f"all {size} were busy, {queue} call(s) in the queue. "
             f"Make the route async, find the slow sync call that holds the threads, or "
             f"{_HOW_TO_RAISE[pool]}."
         )
@@ -208,7 +209,7 @@ class _Watch:
             hint=hint,
             labels=call.labels,
             loop=call.loop,
-            detail={"pool": pool, "size": size, "queue": str(call.queue), "busy": str(busy)},
+            detail={"pool": pool, "size": size, "queue": str(queue), "busy": str(busy)},
         )
 
 
@@ -267,8 +268,7 @@ def _make_anyio_entry(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await original(cls, call, args, *rest, **kwargs)
         finally:
-            if call.state == _WAITING:
-                watch.abandoned(call)
+            call.abandon()  # counts only a call no thread started
 
     return run_sync_in_worker_thread
 
@@ -304,9 +304,9 @@ def _make_submit(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             future = original(self, call, *args, **kwargs)
         except BaseException:
-            watch.abandoned(call)
+            call.abandon()
             raise
-        future.add_done_callback(call.future_done)
+        future.add_done_callback(call.abandon)
         return future
 
     return submit

@@ -243,6 +243,7 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[str, set[str]] = {}
         self._task_series: set[tuple[str, str]] = set()
+        self._wait_observers: dict[tuple[str, str], Callable[[float], None]] = {}
 
     def child(self, metric: Any, **labels: str) -> Any:
         """The labelled child of ``metric``, cached; caps distinct ``handler`` values."""
@@ -314,10 +315,17 @@ class Metrics:
             self.child(self.threadpool_limit, pool=pool).set(limit)
 
     def observe_threadpool_wait(self, framework: str, handler: str, seconds: float) -> None:
-        """How long one sync call waited for a pool thread."""
-        self.child(
-            self.threadpool_wait_seconds, framework=framework, handler=handler
-        ).observe(seconds)
+        """How long one sync call waited for a pool thread (once per call: kept cheap)."""
+        observe = self._wait_observers.get((framework, handler))
+        if observe is None:
+            metric = self.threadpool_wait_seconds
+            child = self.child(metric, framework=framework, handler=handler)
+            observe = prom.fast_observe(child)
+            # Only a cached child: a handler past the label cap is counted on each use.
+            key = (id(metric), ("framework", framework), ("handler", handler))
+            if key in self._children and len(self._wait_observers) < 10_000:
+                self._wait_observers[(framework, handler)] = observe
+        observe(seconds)
 
     def set_tasks(self, counts: dict[tuple[str, str], int]) -> None:
         """Pending tasks by (framework, handler) now; handlers no longer seen go to 0."""
