@@ -140,6 +140,8 @@ class _Call:
 
     def abandon(self, future: object = None) -> None:
         """The call will never start (cancelled while it waited); also a done-callback."""
+        if not self.claim:  # the common case: its thread started it
+            return
         try:
             self.claim.pop()
         except IndexError:  # started (or abandoned) already
