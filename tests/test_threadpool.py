@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -230,3 +231,16 @@ def test_uninstall_restores_the_entry_points(registry: CollectorRegistry) -> Non
     )
     assert after == before
     assert _threadpool._watch is None
+
+
+def test_pool_counts_without_locks() -> None:
+    # The gauges are read from itertools.count objects; their repr says how far they got.
+    counter = itertools.count()
+    assert _threadpool._value(counter) == 0
+    for _ in range(1234):
+        next(counter)
+    assert _threadpool._value(counter) == 1234
+    pool = _threadpool._Pool("anyio")
+    for name in ("asked", "asked", "asked", "started", "started", "finished", "abandoned"):
+        next(getattr(pool, name))
+    assert pool.state() == (3, 1, 0)  # asked, busy, waiting
