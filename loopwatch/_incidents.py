@@ -23,6 +23,7 @@ Kind = Literal[
     "never_awaited",
     "foreign_patch",
     "blocking_call",
+    "threadpool_saturated",
     "internal",
 ]
 #: What loopwatch did about it ("" for hazards it only observes).
@@ -64,6 +65,10 @@ _HINTS = {
     "blocking_call": (
         "A blocking call ran on the event loop's thread. Use its async variant, or move it off "
         "the loop with `await asyncio.to_thread(...)`."
+    ),
+    "threadpool_saturated": (
+        "Sync work waited for a free thread: every thread of the pool was busy. Raise the "
+        "pool's size, make the route async, or find the slow sync call that holds the threads."
     ),
     "internal": "loopwatch hit an internal problem; the host program kept running.",
 }

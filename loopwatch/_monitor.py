@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
+from . import _context, _frames, _reentry, _runtime, _task_gauge, _tasks, _threadpool, _watchdog
 from ._compat import asyncio as aio
 from ._config import UNSET, Config, LogFormat, Policy, Unset, check_environment, load_config
 from ._errors import LoopwatchError
@@ -98,6 +98,8 @@ class Monitor:
 
         self._undo["info"] = _runtime.on_loop_start(loop_started)
         self._undo["tasks"] = _tasks.install(self)
+        self._undo["threadpool"] = _threadpool.install(self)
+        self._undo["task_gauge"] = _task_gauge.install(self)
         if self.config.watchdog:
             self._undo["watchdog"] = _watchdog.install(self)
 
@@ -128,7 +130,8 @@ class Monitor:
         self._log_setup.apply(config.log_format)
         self._set_info()
         # Whatever was built from a changed field is built again: the server serves the
-        # registry, the lag probe writes the registry's histogram.
+        # registry, the lag probe writes the registry's histogram, the state gauges (pools,
+        # tasks) are refreshed when the new registry is collected.
         if first or moved or (config.metrics_port, config.metrics_addr) != (
             old.metrics_port,
             old.metrics_addr,
@@ -136,6 +139,8 @@ class Monitor:
             self._restart_server()
         if not first and moved:
             _watchdog.rebind(self)
+            if old_metrics is not None and metrics is not None:
+                old_metrics.move_refreshes(metrics)  # the pool and task gauges follow
         if not first and config.watchdog != ("watchdog" in self._undo):
             if config.watchdog:
                 self._undo["watchdog"] = _watchdog.install(self)

@@ -51,6 +51,11 @@ METRIC_NAMES = (
     "loopwatch_label_overflow_total",
     "loopwatch_internal_errors_total",
     "loopwatch_info",
+    "loopwatch_threadpool_threads",
+    "loopwatch_threadpool_limit",
+    "loopwatch_threadpool_waiting",
+    "loopwatch_threadpool_wait_seconds",
+    "loopwatch_tasks",
 )
 
 # Handler values that are always allowed: they are bounded by construction.
@@ -58,6 +63,9 @@ _RESERVED_HANDLERS = frozenset({"__none__", "__unmatched__", "__other__"})
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Waits for a pool thread: a free thread answers in well under a millisecond; 0.1 is the
+# default block threshold, so "waits past the threshold" is one bucket away in a query.
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 Metric = Counter | Gauge | Histogram
 
@@ -190,9 +198,57 @@ class Metrics:
             # once it is marked dead.
             multiprocess_mode="livemax",
         )
+        # Gauges of a state (thread pools, pending tasks) are set when the registry is
+        # collected: this collector runs their refreshes first.
+        self._before_collect = _BeforeCollect()
+        registry.register(self._before_collect)
+        # Sync work waiting for threads (thread pools: anyio's limiter, loops' executors).
+        # Gauges of one process add up across gunicorn workers: each has its own pools.
+        self.threadpool_threads = _make(
+            r,
+            Gauge,
+            "loopwatch_threadpool_threads",
+            "Threads of a pool running sync work now (busy).",
+            ("pool",),
+            multiprocess_mode="livesum",
+        )
+        self.threadpool_limit = _make(
+            r,
+            Gauge,
+            "loopwatch_threadpool_limit",
+            "How many threads a pool may run at once.",
+            ("pool",),
+            multiprocess_mode="livesum",
+        )
+        self.threadpool_waiting = _make(
+            r,
+            Gauge,
+            "loopwatch_threadpool_waiting",
+            "Calls waiting for a free thread of a pool now.",
+            ("pool",),
+            multiprocess_mode="livesum",
+        )
+        self.threadpool_wait_seconds = _make(
+            r,
+            Histogram,
+            "loopwatch_threadpool_wait_seconds",
+            "How long each sync call waited for a free pool thread, by the handler that asked.",
+            ("framework", "handler"),
+            buckets=_WAIT_BUCKETS,
+        )
+        self.tasks = _make(
+            r,
+            Gauge,
+            "loopwatch_tasks",
+            "Pending tasks by the handler whose context created them.",
+            ("framework", "handler"),
+            multiprocess_mode="livesum",
+        )
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[str, set[str]] = {}
+        self._task_series: set[tuple[str, str]] = set()
+        self._wait_observers: dict[tuple[str, str], Callable[[float], None]] = {}
 
     def child(self, metric: Any, **labels: str) -> Any:
         """The labelled child of ``metric``, cached; caps distinct ``handler`` values."""
@@ -271,6 +327,108 @@ class Metrics:
         else:
             self.info.remove(*labels)
 
+    def set_threadpool(
+        self, pool: str, busy: int, waiting: int, limit: float | None = None
+    ) -> None:
+        """The state of one pool now (threads busy, calls waiting, and its size if known)."""
+        self.child(self.threadpool_threads, pool=pool).set(busy)
+        self.child(self.threadpool_waiting, pool=pool).set(waiting)
+        if limit is not None:
+            self.child(self.threadpool_limit, pool=pool).set(limit)
+
+    def observe_threadpool_wait(self, framework: str, handler: str, seconds: float) -> None:
+        """How long one sync call waited for a pool thread (once per call: kept cheap)."""
+        observe = self._wait_observers.get((framework, handler))
+        if observe is None:
+            metric = self.threadpool_wait_seconds
+            child = self.child(metric, framework=framework, handler=handler)
+            observe = prom.fast_observe(child)
+            # Only a cached child: a handler past the label cap is counted on each use.
+            key = (id(metric), ("framework", framework), ("handler", handler))
+            if key in self._children and len(self._wait_observers) < 10_000:
+                self._wait_observers[(framework, handler)] = observe
+        observe(seconds)
+
+    def set_tasks(self, counts: dict[tuple[str, str], int]) -> None:
+        """Pending tasks by (framework, handler) now; handlers no longer seen go to 0."""
+        with self._lock:
+            gone = self._task_series - counts.keys()
+            self._task_series = set(counts) | self._task_series
+        for framework, handler in gone:
+            self.child(self.tasks, framework=framework, handler=handler).set(0)
+        for (framework, handler), count in counts.items():
+            self.child(self.tasks, framework=framework, handler=handler).set(count)
+
+    def before_collect(self, name: str, refresh: Callable[[], None] | None) -> None:
+        """Run ``refresh`` whenever this registry is collected (``None``: stop).
+
+        Gauges of a state (pool threads, pending tasks) are set there, so the code they
+        describe pays nothing for them. Under ``PROMETHEUS_MULTIPROC_DIR`` a scrape reads
+        files, not this process: a thread runs the refreshes every few seconds instead.
+        """
+        self._before_collect.set(name, refresh)
+
+    def move_refreshes(self, to: Metrics | NullMetrics) -> None:
+        """Hand every refresh of :meth:`before_collect` to ``to`` (a registry change)."""
+        for name, refresh in self._before_collect.take():
+            to.before_collect(name, refresh)
+
+
+#: Seconds between two refreshes of the state gauges when a scrape cannot trigger one.
+MULTIPROCESS_REFRESH = 5.0
+
+
+class _BeforeCollect:
+    """A collector with no samples, registered before the gauges its refreshes set.
+
+    The registry collects in registration order, so the refreshes set those gauges a moment
+    before they are read: a scrape sees the state as it is, and nothing is done between
+    scrapes.
+    """
+
+    def __init__(self) -> None:
+        self._refreshes: dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
+
+    def set(self, name: str, refresh: Callable[[], None] | None) -> None:
+        with self._lock:
+            if refresh is None:
+                self._refreshes.pop(name, None)
+            else:
+                self._refreshes[name] = refresh
+            wanted = bool(self._refreshes) and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+            if wanted and self._stop is None:
+                self._stop = threading.Event()
+                threading.Thread(
+                    target=self._every, args=(self._stop,), name="loopwatch-gauges", daemon=True
+                ).start()
+            elif not wanted and self._stop is not None:
+                self._stop.set()
+                self._stop = None
+
+    def take(self) -> list[tuple[str, Callable[[], None]]]:
+        """Remove and return every refresh (stopping the refresh thread if one runs)."""
+        with self._lock:
+            taken = list(self._refreshes.items())
+        for name, _ in taken:
+            self.set(name, None)
+        return taken
+
+    def _every(self, stop: threading.Event) -> None:
+        while not stop.wait(MULTIPROCESS_REFRESH):
+            self.collect()
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        with self._lock:
+            refreshes = list(self._refreshes.values())
+        for refresh in refreshes:
+            refresh()  # never raises: each refresh reports its own failures
+        return []
+
 
 class _NullMetric:
     """Stands in for a metric when metrics cannot work at all (the host must keep running)."""
@@ -324,6 +482,21 @@ class NullMetrics:
 
     def clear_info(self, labels: tuple[str, ...]) -> None:
         """Clear nothing."""
+
+    def set_threadpool(self, *args: Any, **kwargs: Any) -> None:
+        """Record nothing."""
+
+    def observe_threadpool_wait(self, *args: Any, **kwargs: Any) -> None:
+        """Record nothing."""
+
+    def set_tasks(self, counts: dict[tuple[str, str], int]) -> None:
+        """Record nothing."""
+
+    def before_collect(self, name: str, refresh: Callable[[], None] | None) -> None:
+        """Refresh nothing."""
+
+    def move_refreshes(self, to: Metrics | NullMetrics) -> None:
+        """Nothing to hand over."""
 
 
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()

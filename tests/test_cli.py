@@ -46,7 +46,7 @@ for _number, _line in enumerate(DEMO_SOURCE.read_text().splitlines(), start=1):
     _m = re.match(r"\s*(?:async )?def (\w+)", _line)
     if _m:
         _function = _m.group(1)
-    _m = re.search(r"# (H[1-5])\b", _line)
+    _m = re.search(r"# (H[1-9])\b", _line)
     if _m:
         MARKED[_m.group(1)] = (_number, _function)
 # Hazards whose user line is the marked line itself (H4/H5 may point at the task's or the
@@ -101,7 +101,8 @@ def test_demo_plan_covers_every_route() -> None:
     assert len(plan) == 60
     assert {route for route, _ in plan} == set(_demo.ROUTES)
     assert plan == _demo.plan_requests(60)  # the same burst every run
-    assert len(_demo.plan_requests(6)) == 6
+    few = len(_demo.ROUTES)  # the fewest that still reach every route
+    assert len(_demo.plan_requests(few)) == few
     assert all("{" not in path for _, path in plan)
 
 
@@ -127,29 +128,37 @@ def test_demo_port_taken_is_a_clear_error() -> None:
 def test_demo_answers_every_request_and_shows_each_hazard() -> None:
     result = run(loopwatch_cmd("demo"))
     out = result.stdout
-    assert "Requests: 60 sent, 60 answered with 200" in out, out + result.stderr
+    sent = 60 + len(_demo.burst_requests())
+    assert f"Requests: {sent} sent, {sent} answered with 200" in out, out + result.stderr
     for route in _demo.ROUTES:
         assert re.search(rf"{re.escape(route.handler)}\s+\d+ x 200$", out, re.M), route
     for hazard, watched in WATCHED.items():
         if not watched:
             assert f"{hazard} NOT WATCHED" in out
             continue
-        assert re.search(rf"^  {hazard} caught \(\d+x\)", out, re.M), out
+        assert re.search(rf"^  {hazard} caught \(\d+(x| now)\)", out, re.M), out
         line, function = MARKED[hazard]
         if hazard in EXACT_LINE:
             assert f"demo_app.py:{line} in {function}" in out, (hazard, out)
             # The source of the user line is shown under it.
             assert re.search(rf"^\s+{line} \| .*# {hazard}", out, re.M), (hazard, out)
-    assert len(re.findall(r"^      hint\s", out, re.M)) >= sum(WATCHED.values())
+    with_incidents = [r.hazard for r in _demo.ROUTES if r.kinds and WATCHED[r.hazard]]
+    assert len(re.findall(r"^      hint\s", out, re.M)) >= len(with_incidents)
     assert "loopwatch_reentry_total{" in out
     assert 'handler="GET /customers/{customer_id}/report"' in out
     assert "_bucket" not in out
-    if ALL_WATCHED:
-        assert result.returncode == 0, out + result.stderr
-        assert "Result: every request was answered and every hazard was caught." in out
-    else:
-        assert result.returncode == 1
-        assert "Result: FAILED: not caught:" in out
+    # A hazard this build does not watch is said, and does not fail the run.
+    assert result.returncode == 0, out + result.stderr
+    watched = "" if ALL_WATCHED else " watched by this build"
+    assert f"Result: every request was answered and every hazard{watched} was caught." in out
+    # Tasks left behind (a state, not an event) are shown from the gauge.
+    if WATCHED["H9"]:
+        assert re.search(r"^  H9 caught \(\d+ now\)", out, re.M), out
+        assert 'loopwatch_tasks{framework="fastapi",handler="GET /prices/{symbol}/watch"}' in out
+    if WATCHED["H8"]:
+        assert re.search(r"^  H8  threadpool_saturated anyio.to_thread.run_sync", out, re.M)
+        assert 'loopwatch_threadpool_wait_seconds_count{framework="fastapi",handler="GET ' \
+            '/invoices/{invoice_id}/pdf"}' in out
 
 
 @pytest.mark.slow
@@ -157,7 +166,8 @@ def test_demo_answers_every_request_and_shows_each_hazard() -> None:
 def test_demo_json_incidents(loop: str) -> None:
     result = run(loopwatch_cmd("demo", "--json", "--requests", "24", "--loop", loop))
     report = json.loads(result.stdout)
-    assert report["requests"]["sent"] == report["requests"]["answered"] == 24
+    sent = 24 + len(_demo.burst_requests())
+    assert report["requests"]["sent"] == report["requests"]["answered"] == sent
     assert report["loop"] == ("uvloop.Loop" if loop == "auto" and importlib.util.find_spec(
         "uvloop") else "asyncio._UnixSelectorEventLoop")
     by_kind: dict[str, list[dict[str, Any]]] = {}
@@ -171,6 +181,12 @@ def test_demo_json_incidents(loop: str) -> None:
             continue
         # Other incidents may come first (a module imported on the loop at a route's first
         # call is a real block of its own): the route's own one must be there.
+        if not route.kinds:  # caught by a gauge (H9): shown among the metrics
+            assert any(
+                f'handler="{route.handler}"' in line and line.startswith(route.metrics)
+                for line in report["metrics"]
+            ), (route, report["metrics"])
+            continue
         found = [
             i for kind in route.kinds for i in by_kind.get(kind, [])
             if i["handler"] == route.handler
@@ -197,7 +213,7 @@ def test_demo_json_incidents(loop: str) -> None:
     assert (reentry["api"], reentry["action"]) == ("asyncio.run", "offloaded")
     assert by_kind["cross_thread_run"][0]["action"] == "marshalled"
     assert any(line.startswith("loopwatch_reentry_total{") for line in report["metrics"])
-    assert result.returncode == (0 if ALL_WATCHED else 1)
+    assert result.returncode == 0
 
 
 @pytest.mark.slow
@@ -210,7 +226,8 @@ def test_demo_fails_when_a_request_is_not_answered() -> None:
     h1 = report["requests"]["by_route"]["GET /customers/{customer_id}/report"]
     assert set(h1["status"]) == {"500"}
     assert report["hazards"]["H1"]["caught"] is True
-    assert report["requests"]["answered"] == 12 - sum(h1["status"].values())
+    sent = 12 + len(_demo.burst_requests())
+    assert report["requests"]["answered"] == sent - sum(h1["status"].values())
     assert report["ok"] is False
 
 
@@ -265,9 +282,10 @@ def test_demo_serve_keeps_traffic_flowing_until_sigterm() -> None:
             status = proc.wait(timeout=20)
         finally:
             _stop(proc)
-    assert "Requests: 12 sent, 12 answered with 200" in out.text()
+    sent = 12 + len(_demo.burst_requests())
+    assert f"Requests: {sent} sent, {sent} answered with 200" in out.text()
     assert "stopping" in err.text()
-    assert status == (0 if ALL_WATCHED else 1)
+    assert status == 0
 
 
 # -- run -----------------------------------------------------------------------------------

@@ -424,3 +424,21 @@ def test_the_discord_adapter_checks_its_arguments_with_the_same_parser() -> None
         adapter.LoopwatchCog(make_bot(), metrics_addr="nowhere")
     with pytest.raises(loopwatch.ConfigError, match="latency_interval=0"):
         adapter.LoopwatchCog(make_bot(), latency_interval=0)
+
+
+def test_the_state_gauges_move_with_the_registry() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    loopwatch.install(registry=first)
+    loopwatch.install(registry=second)
+
+    async def leave_one_behind() -> None:
+        with loopwatch.handler_context("none", "job:left"):
+            task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
+        await asyncio.sleep(0)
+        # The scrape runs the refresh: the pending task shows on the new registry only.
+        labels = {"framework": "none", "handler": "job:left"}
+        assert second.get_sample_value("loopwatch_tasks", labels) == 1
+        assert first.get_sample_value("loopwatch_tasks", labels) is None
+        task.cancel()
+
+    asyncio.run(leave_one_behind())

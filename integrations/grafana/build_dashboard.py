@@ -164,6 +164,8 @@ def row(title: str) -> Panel:
 # -- the panels, top to bottom; each inner list is one line of the grid -------------------
 
 RANGE_NOTE = "over the dashboard's time range"
+# Waits for a pool thread under loopwatch's default block threshold (a histogram bucket).
+FAST = 'le="0.1"'
 
 LAYOUT: list[tuple[Panel, list[tuple[Panel, int, int]]]] = [
     (
@@ -400,6 +402,134 @@ LAYOUT: list[tuple[Panel, list[tuple[Panel, int, int]]]] = [
         ],
     ),
     (
+        row("Stuck handlers (H7)"),
+        [
+            (
+                timeseries(
+                    "Handlers in flight",
+                    "Requests, events and commands running now, by handler. A line that only "
+                    "climbs while throughput stays flat is work that does not finish.",
+                    [
+                        target(
+                            "sum by (framework, handler) "
+                            f"({sel('loopwatch_handlers_in_flight')})",
+                            "{{handler}}",
+                        )
+                    ],
+                    unit="short",
+                    stacked=True,
+                ),
+                12,
+                8,
+            ),
+            (
+                timeseries(
+                    "Stuck handlers by handler",
+                    "Handlers still running past stuck_after while the loop was healthy, per "
+                    "second (one stuck_handler incident each; the log has its await chain).",
+                    [
+                        target(
+                            "sum by (framework, handler) "
+                            f"({rate('loopwatch_stuck_handlers_total')})",
+                            "{{handler}}",
+                        )
+                    ],
+                    unit="cps",
+                    stacked=True,
+                ),
+                12,
+                8,
+            ),
+        ],
+    ),
+    (
+        row("Thread pools (H8)"),
+        [
+            (
+                timeseries(
+                    "Pool threads: busy / limit / waiting",
+                    "Sync work (def routes, run_in_threadpool, to_thread, run_in_executor) by "
+                    "pool: anyio is the default thread limiter, asyncio-default the loops' "
+                    "default executor. Busy at the limit with calls waiting is saturation.",
+                    [
+                        target(
+                            f"sum by (job, instance, pool) ({sel(f'loopwatch_threadpool_{m}')})",
+                            f"{m} {{{{pool}}}} {{{{instance}}}}",
+                            ref,
+                        )
+                        for m, ref in (("threads", "A"), ("limit", "B"), ("waiting", "C"))
+                    ],
+                    unit="short",
+                ),
+                8,
+                8,
+            ),
+            (
+                timeseries(
+                    "Wait for a thread p95 by route",
+                    "How long sync calls waited for a free pool thread, by the route that "
+                    "asked. A free thread answers in well under a millisecond.",
+                    [
+                        target(
+                            quantile(
+                                0.95, "loopwatch_threadpool_wait_seconds", "framework, handler"
+                            ),
+                            "{{handler}}",
+                        )
+                    ],
+                    unit="s",
+                ),
+                8,
+                8,
+            ),
+            (
+                timeseries(
+                    "Saturated waits by route",
+                    "Sync calls per second that waited more than 100 ms for a thread (the "
+                    "default block threshold: each is a threadpool_saturated incident, whose "
+                    "log line names the pool, its size and the queue).",
+                    [
+                        target(
+                            "sum by (framework, handler) "
+                            f"({rate('loopwatch_threadpool_wait_seconds_count')})"
+                            " - sum by (framework, handler) "
+                            f"(rate({sel('loopwatch_threadpool_wait_seconds_bucket', FAST)}"
+                            "[$__rate_interval]))",
+                            "{{handler}}",
+                        )
+                    ],
+                    unit="cps",
+                    stacked=True,
+                ),
+                8,
+                8,
+            ),
+        ],
+    ),
+    (
+        row("Tasks left behind (H9)"),
+        [
+            (
+                timeseries(
+                    "Pending tasks by the handler that created them",
+                    "Tasks still pending, by the route, event or command whose context "
+                    "created them (a running handler's own task included). Growth after "
+                    "requests end is tasks left behind.",
+                    [
+                        target(
+                            f"sum by (framework, handler) ({sel('loopwatch_tasks')})",
+                            "{{handler}}",
+                        )
+                    ],
+                    unit="short",
+                    stacked=True,
+                ),
+                24,
+                8,
+            ),
+        ],
+    ),
+    (
         row("Handlers"),
         [
             (
@@ -554,8 +684,9 @@ def build() -> dict[str, Any]:
     return {
         "title": "loopwatch: asyncio event loop",
         "uid": "loopwatch",
-        "description": "Re-entrant event loop runs, blocked loops, lost task exceptions "
-        "and never-awaited coroutines, by handler, from loopwatch's Prometheus metrics.",
+        "description": "Re-entrant event loop runs, blocked loops, lost task exceptions, "
+        "never-awaited coroutines, stuck handlers, full thread pools and tasks left behind, "
+        "by handler, from loopwatch's Prometheus metrics.",
         "tags": ["loopwatch", "asyncio", "python"],
         "editable": True,
         "graphTooltip": 1,

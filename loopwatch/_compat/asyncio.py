@@ -37,6 +37,7 @@ __all__ = [
     "clear_await_flag",
     "current_handle",
     "enter_task",
+    "executor_size",
     "get_running_loop",
     "is_foreign_loop_error",
     "is_stopping",
@@ -350,3 +351,16 @@ def waits_for_loop(
             if _refers_to(callback, waiter):
                 return repr(other)
     return ""
+
+
+# -- executors -----------------------------------------------------------------------------
+
+
+def executor_size(executor: Any) -> int | None:
+    """How many threads a ``concurrent.futures.ThreadPoolExecutor`` may run at once.
+
+    ``_max_workers`` (3.10-3.14; the constructor's ``max_workers`` after its default is
+    applied). ``None`` for an executor without it.
+    """
+    size = getattr(executor, "_max_workers", None)
+    return size if isinstance(size, int) else None

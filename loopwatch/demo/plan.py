@@ -13,7 +13,7 @@ from typing import TextIO
 
 __all__ = [
     "APP_MODULE", "HAZARDS", "INSTALL_HINT", "LOOPBACK", "ROUTES", "Client", "DemoError",
-    "DemoOptions", "Outcome", "Progress", "Route", "drive", "plan_requests",
+    "DemoOptions", "Outcome", "Progress", "Route", "burst_requests", "drive", "plan_requests",
 ]
 
 
@@ -42,11 +42,16 @@ class DemoOptions:
 class Route:
     """One route of the demo service and the hazard it exercises."""
 
-    hazard: str  # "H1".."H5", or "" for the healthy route
+    hazard: str  # "H1".."H9", or "" for the healthy route
     handler: str  # the label loopwatch gives it: method and route template
     path: str  # a request path; "{n}" becomes a number
     weight: int  # share of the traffic
     kinds: tuple[str, ...]  # incident kinds that mean "caught"
+    # Metrics whose non-zero series of this handler mean "caught" (hazards that are a
+    # state, not an event: tasks left behind).
+    metrics: tuple[str, ...] = ()
+    # Requests sent all at once before the mixed traffic (a queue needs company).
+    burst: int = 0
 
 
 ROUTES = (
@@ -57,6 +62,13 @@ ROUTES = (
     Route("H4", "GET /orders/{order_id}/notify", "/orders/{n}/notify", 2,
           ("unretrieved_exception", "pending_task_destroyed")),
     Route("H5", "GET /audit", "/audit", 2, ("never_awaited",)),
+    # Each request holds the lock for 2 s: one in the mix (the least any route gets), two
+    # at once in the burst, so one of them waits on the other.
+    Route("H7", "GET /exports/latest", "/exports/latest", 0, ("stuck_handler",), burst=2),
+    Route("H8", "GET /invoices/{invoice_id}/pdf", "/invoices/{n}/pdf", 1,
+          ("threadpool_saturated",), burst=8),
+    Route("H9", "GET /prices/{symbol}/watch", "/prices/{n}/watch", 1, (),
+          metrics=("loopwatch_tasks",)),
 )
 
 # hazard -> (what the route does, the loopwatch module that watches for it)
@@ -67,6 +79,11 @@ HAZARDS = {
     "H3": ("time.sleep(0.3) in an async route blocks the loop", "loopwatch._watchdog"),
     "H4": ("a fire-and-forget task fails and nobody retrieves its exception", "loopwatch._tasks"),
     "H5": ("a coroutine is created and never awaited", "loopwatch._tasks"),
+    "H7": ("a request waits on a lock another request holds for 2 s (stuck_after 1 s)",
+           "loopwatch._handlers"),
+    "H8": ("8 requests at once to a sync def route behind a thread limiter of 2",
+           "loopwatch._threadpool"),
+    "H9": ("a route starts a background task that never ends", "loopwatch._task_gauge"),
 }
 _HAZARD_OF_KIND = {kind: route.hazard for route in ROUTES for kind in route.kinds}
 _HAZARD_OF_KIND["foreign_patch"] = "H6"
@@ -86,6 +103,15 @@ class Outcome:
     route: Route
     status: int | None
     error: str | None = None
+
+
+def burst_requests() -> list[tuple[Route, str]]:
+    """The requests sent all at once before the mixed traffic (routes with a ``burst``)."""
+    return [
+        (route, route.path.replace("{n}", str(i + 1)))
+        for route in ROUTES
+        for i in range(route.burst)
+    ]
 
 
 def plan_requests(total: int, seed: int = 0) -> list[tuple[Route, str]]:

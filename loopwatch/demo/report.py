@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import http.client
 import linecache
@@ -45,12 +46,42 @@ class Report:
         return out
 
     @property
+    def signals(self) -> dict[str, list[str]]:
+        """Per hazard, the scraped non-zero series that show it (a state, not an event)."""
+        out: dict[str, list[str]] = {hazard: [] for hazard in HAZARDS}
+        for route in ROUTES:
+            handler = f'handler="{route.handler}"'
+            for line in self.metrics:
+                name = line.split("{", 1)[0]
+                if name in route.metrics and handler in line and route.hazard in out:
+                    out[route.hazard].append(line)
+        return out
+
+    def evidence(self) -> dict[str, float]:
+        """Per hazard, how often it was seen: incidents counted, or the series' values."""
+        caught, signals = self.caught, self.signals
+        out: dict[str, float] = {}
+        for hazard in HAZARDS:
+            total = float(sum(i.count for i in caught[hazard]))
+            for line in signals[hazard]:
+                with contextlib.suppress(ValueError):
+                    total += float(line.rsplit(" ", 1)[1])
+            out[hazard] = total
+        return out
+
+    @property
     def failed_requests(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status != 200]
 
     @property
+    def missed(self) -> list[str]:
+        """Hazards this build watches that the run did not catch."""
+        seen = self.evidence()
+        return [h for h in HAZARDS if h not in self.absent and not seen[h]]
+
+    @property
     def ok(self) -> bool:
-        return not self.failed_requests and all(self.caught.values())
+        return not self.failed_requests and not self.missed
 
     def by_route(self) -> dict[Route, collections.Counter[str]]:
         table: dict[Route, collections.Counter[str]] = {
@@ -62,7 +93,7 @@ class Report:
         return table
 
     def as_dict(self) -> dict[str, Any]:
-        caught = self.caught
+        seen = self.evidence()
         return {
             "ok": self.ok,
             "url": self.url,
@@ -82,8 +113,8 @@ class Report:
             "hazards": {
                 hazard: {
                     "what": what,
-                    "caught": bool(caught[hazard]),
-                    "count": sum(i.count for i in caught[hazard]),
+                    "caught": bool(seen[hazard]),
+                    "count": seen[hazard],
                     "monitor": module,
                     "monitor_present": hazard not in self.absent,
                 }
@@ -150,11 +181,13 @@ def render_text(report: Report) -> str:
         out.extend(_render_incident(incident, report.app_file))
     add("")
     add("Hazards:")
-    caught = report.caught
+    seen, signals = report.evidence(), report.signals
     for hazard, (what, module) in HAZARDS.items():
-        if caught[hazard]:
-            n = sum(i.count for i in caught[hazard])
-            add(f"  {hazard} caught ({n}x): {what}")
+        if seen[hazard] and signals[hazard] and not report.caught[hazard]:
+            add(f"  {hazard} caught ({seen[hazard]:g} now): {what}")
+            out.extend(f"     {line}" for line in signals[hazard])
+        elif seen[hazard]:
+            add(f"  {hazard} caught ({seen[hazard]:g}x): {what}")
         elif hazard in report.absent:
             add(f"  {hazard} NOT WATCHED: {what}")
             add(f"     ({module} is not part of this build)")
@@ -169,12 +202,13 @@ def render_text(report: Report) -> str:
             "(repeats folded per minute); --verbose shows them.")
     add("")
     if report.ok:
-        add("Result: every request was answered and every hazard was caught.")
+        watched = " watched by this build" if report.absent else ""
+        add(f"Result: every request was answered and every hazard{watched} was caught.")
     else:
         problems = []
         if failed:
             problems.append(f"{len(failed)} request(s) not answered with 200")
-        missing = [h for h, found in caught.items() if not found]
+        missing = report.missed
         if missing:
             problems.append(f"not caught: {', '.join(missing)}")
         add(f"Result: FAILED: {'; '.join(problems)}.")

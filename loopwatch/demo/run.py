@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.metadata
 import importlib.resources
@@ -24,6 +25,7 @@ from .plan import (
     DemoError,
     DemoOptions,
     Progress,
+    burst_requests,
     drive,
     plan_requests,
 )
@@ -136,11 +138,18 @@ def run_demo(
                       "other machines\n")
         client = Client(_client_host(options.host), port)
         url = _url(options.host, port)
+        burst = burst_requests()
         err.write(f"loopwatch demo: serving {url}; sending {options.requests} requests "
-                  f"from {options.concurrency} clients\n")
+                  f"from {options.concurrency} clients, and {len(burst)} at once\n")
         plan = plan_requests(options.requests)
-        progress = Progress(len(plan), err, live=err.isatty() and not options.verbose)
-        outcomes = drive(client, plan, options.concurrency, progress.advance)
+        progress = Progress(
+            len(plan) + len(burst), err, live=err.isatty() and not options.verbose
+        )
+        # The burst (requests that need company: a queue, a held lock) goes in parallel.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="demo-burst") as one:
+            bursting = one.submit(drive, client, burst, len(burst), progress.advance)
+            outcomes = drive(client, plan, options.concurrency, progress.advance)
+            outcomes = bursting.result() + outcomes
         seconds = progress.finish()
         absent = _absent_monitors()
 

@@ -2,17 +2,19 @@
 
 ``loopwatch demo`` runs a copy of this file from a temporary directory, so loopwatch treats
 it as your code (the user-frame rule skips loopwatch's own files) and every incident points
-at a line below. Each hazard is marked ``# H1`` … ``# H5``; the fix is in the hint loopwatch
-prints for it.
+at a line below. Each hazard is marked ``# H1`` … ``# H9``; the fix is in the hint loopwatch
+prints for it (H9, tasks left behind, shows in the ``loopwatch_tasks`` gauge).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from loopwatch.adapters.fastapi import instrument
@@ -22,11 +24,19 @@ from loopwatch.adapters.fastapi import instrument
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Kept so synchronous code can "drive the loop" later: the root of H2.
     app.state.loop = asyncio.get_running_loop()
+    # A small thread pool for sync routes (the default is 40), so 8 requests queue: H8.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = 2
+    app.state.watchers = set()
     yield
+    for watcher in app.state.watchers:
+        watcher.cancel()
 
 
+# A request running for more than a second counts as stuck here (the default is 10 s).
+os.environ.setdefault("LOOPWATCH_STUCK_AFTER", "1")
 app = FastAPI(title="loopwatch demo", lifespan=lifespan)
 instrument(app, handler_metrics=True)
+export_lock = asyncio.Lock()
 
 
 async def fetch_report(customer_id: int) -> dict[str, object]:
@@ -89,3 +99,31 @@ async def audit() -> dict[str, bool]:
     # The coroutine is created and dropped: the await is missing.
     record_audit("viewed")  # type: ignore[unused-coroutine]  # H5
     return {"audited": True}
+
+
+@app.get("/exports/latest")
+async def latest_export() -> dict[str, str]:
+    # No timeout: a request waits as long as the one before it holds the lock.
+    async with export_lock:  # H7: stuck on a lock held by another request
+        await asyncio.sleep(2.0)  # building the export holds the lock for 2 s
+    return {"export": "ready"}
+
+
+@app.get("/invoices/{invoice_id}/pdf")
+def invoice_pdf(invoice_id: int) -> dict[str, object]:
+    # A plain def route runs in the thread pool; with 2 threads the rest wait their turn.
+    time.sleep(0.25)  # H8: slow sync work holding one of the pool's threads
+    return {"invoice": invoice_id, "pages": 3}
+
+
+async def poll_price(symbol: int) -> None:
+    price_changed = asyncio.Event()  # a feed that never sends: the task waits forever
+    await price_changed.wait()
+
+
+@app.get("/prices/{symbol}/watch")
+async def watch_price(symbol: int) -> dict[str, object]:
+    # Started and kept, never stopped: the task outlives the request.
+    watcher = asyncio.create_task(poll_price(symbol))  # H9: a task left behind
+    app.state.watchers.add(watcher)
+    return {"watching": symbol}
