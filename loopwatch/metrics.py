@@ -236,7 +236,7 @@ class Metrics:
             ("framework", "handler"),
             buckets=_WAIT_BUCKETS,
         )
-        self.tasks = _make(
+        self.pending_tasks = _make(
             r,
             Gauge,
             "loopwatch_tasks",
@@ -355,9 +355,9 @@ class Metrics:
             gone = self._task_series - counts.keys()
             self._task_series = set(counts) | self._task_series
         for framework, handler in gone:
-            self.child(self.tasks, framework=framework, handler=handler).set(0)
+            self.child(self.pending_tasks, framework=framework, handler=handler).set(0)
         for (framework, handler), count in counts.items():
-            self.child(self.tasks, framework=framework, handler=handler).set(count)
+            self.child(self.pending_tasks, framework=framework, handler=handler).set(count)
 
     def before_collect(self, name: str, refresh: Callable[[], None] | None) -> None:
         """Run ``refresh`` whenever this registry is collected (``None``: stop).
