@@ -38,12 +38,18 @@ class Config:
     default_framework: str = "none"
     watchdog: bool = True
     lag_tick: float = 0.02
+    otel: bool = False
     registry: Any = None  # a prometheus_client CollectorRegistry; None means the default one
+    meter_provider: Any = None  # an OpenTelemetry MeterProvider; None means the global one
 
     def public_dict(self) -> dict[str, Any]:
         """The options as plain values (the registry by type only), for ``doctor`` and logs."""
-        out = dataclasses.asdict(self)
+        # Shallow: asdict() would deep-copy the registry and the meter provider (locks).
+        out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         out["registry"] = "default" if self.registry is None else type(self.registry).__name__
+        out["meter_provider"] = (
+            "global" if self.meter_provider is None else type(self.meter_provider).__name__
+        )
         return out
 
 
@@ -124,6 +130,12 @@ def _registry(name: str, value: Any) -> Any:
     return value
 
 
+def _meter_provider(name: str, value: Any) -> Any:
+    if value is not None and not hasattr(value, "get_meter"):
+        raise ConfigError(f"{name}={value!r} is not an OpenTelemetry MeterProvider")
+    return value
+
+
 # option -> (environment variable or None for keyword-only, parser)
 _OPTIONS: dict[str, tuple[str | None, Callable[[str, Any], Any]]] = {
     "on_reentry": ("LOOPWATCH_ON_REENTRY", _choice(POLICIES)),
@@ -137,7 +149,9 @@ _OPTIONS: dict[str, tuple[str | None, Callable[[str, Any], Any]]] = {
     "default_framework": ("LOOPWATCH_FRAMEWORK", _framework),
     "watchdog": ("LOOPWATCH_WATCHDOG", _flag),
     "lag_tick": ("LOOPWATCH_LAG_TICK", _seconds),
+    "otel": ("LOOPWATCH_OTEL", _flag),
     "registry": (None, _registry),
+    "meter_provider": (None, _meter_provider),
 }
 
 

@@ -11,22 +11,26 @@ and logged once (``_runtime.internal_error``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
 from ._compat import asyncio as aio
 from ._config import Config, load_config
-from ._errors import LoopwatchError
+from ._errors import ConfigError, LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
-from ._logging import LogSetup, LogSink, logger
+from ._logging import LogSetup, LogSink, logger, set_trace_ids
 from ._runtime import internal_error, loop_name
 from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
+
+if TYPE_CHECKING:
+    from ._otel import OtelSink
 
 __all__ = [
     "Monitor",
@@ -75,6 +79,9 @@ class Monitor:
         self._undo: dict[str, Callable[[], None]] = {}
         self._server: MetricsServer | None = None
         self._info_labels: tuple[str, ...] | None = None
+        # Span events and OTel instruments, while the ``otel`` option is on (_otel imports
+        # OpenTelemetry: it is imported only then).
+        self.otel: OtelSink | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +114,7 @@ class Monitor:
             internal_error("metrics", exc)
             self.metrics = NullMetrics()
         _runtime.set_internal_error_sink(self.metrics.count_internal_error)
+        self._apply_otel(config, old, first)
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
@@ -120,6 +128,39 @@ class Monitor:
                 self._undo["watchdog"] = _watchdog.install(self)
             else:
                 self._undo.pop("watchdog")()
+
+    def _apply_otel(self, config: Config, old: Config, first: bool) -> None:
+        """Start, restart or stop the OpenTelemetry sink to match ``config``."""
+        if not first and (config.otel, config.meter_provider) == (
+            old.otel, old.meter_provider
+        ):
+            if self.otel is not None and isinstance(self.metrics, Metrics):
+                self.metrics.set_mirror(self.otel.mirror)  # the registry may have changed
+            return
+        self._stop_otel()
+        if not config.otel:
+            return
+        try:
+            from . import _otel
+        except ImportError:
+            raise ConfigError(
+                "otel=True needs the OpenTelemetry API: pip install 'loopwatch[otel]'"
+            ) from None
+        sink = _otel.OtelSink(lambda: self.metrics, config.meter_provider)
+        sink.start()
+        if isinstance(self.metrics, Metrics):
+            self.metrics.set_mirror(sink.mirror)
+        set_trace_ids(_otel.trace_ids)
+        self.otel = sink
+
+    def _stop_otel(self) -> None:
+        sink, self.otel = self.otel, None
+        if sink is None:
+            return
+        set_trace_ids(None)
+        sink.stop()
+        if isinstance(self.metrics, Metrics):
+            self.metrics.set_mirror(None)
 
     def reconfigure(self, **options: Any) -> None:
         """Change options of the running monitor (raises :class:`ConfigError` on bad values)."""
@@ -184,6 +225,7 @@ class Monitor:
             self._server.close()
             self._server = None
         self._log_setup.undo()
+        self._stop_otel()
         _context.set_default_framework("none")
         _runtime.set_internal_error_sink(_count_on_default_registry)
 
@@ -215,8 +257,14 @@ class Monitor:
         detail: dict[str, str] | None = None,
         level: int | None = None,
         skip: int = 0,
+        context: contextvars.Context | None = None,
     ) -> Incident | None:
-        """Record one incident: keep, count, log (folded), tell listeners. Never raises."""
+        """Record one incident: keep, count, log (folded), tell listeners. Never raises.
+
+        ``context`` is the context of the task the incident belongs to when it is reported
+        from elsewhere (a blocked loop, a lost task exception): the log line and the span
+        event are made in it, so they carry that task's trace, not whatever runs now.
+        """
         try:
             incident = self._incident(
                 kind, api, action, duration, stack, site, hint, labels, task, loop, thread,
@@ -232,16 +280,44 @@ class Monitor:
                 metrics.record(incident)
             except Exception as exc:
                 internal_error("metrics", exc)
-        try:
-            self._log.emit(incident, self._level(incident, level))
-        except Exception as exc:
-            internal_error("logging", exc)
+        if context is None:
+            self._log_and_trace(incident, merged, level)
+        else:
+            context.copy().run(self._log_and_trace, incident, merged, level)
         for listener in list(self._listeners):
             try:
                 listener(incident)
             except Exception as exc:
                 internal_error("listener", exc)
         return merged
+
+    def _log_and_trace(self, incident: Incident, merged: Incident, level: int | None) -> None:
+        try:
+            self._log.emit(incident, self._level(incident, level))
+        except Exception as exc:
+            internal_error("logging", exc)
+        otel = self.otel
+        if otel is not None:
+            try:
+                otel.record(incident, merged.count)
+            except Exception as exc:
+                internal_error("otel", exc)
+
+    def block_seen(
+        self, context: contextvars.Context, stack: list[Frame], blocked_for: float,
+        labels: _context.Labels, task: str | None, thread: str, loop: object,
+    ) -> None:
+        """The watchdog sees a loop blocked by the task of ``context`` (while it lasts)."""
+        otel = self.otel
+        if otel is None:
+            return
+        try:
+            otel.block_seen(
+                context, stack, _frames.user_frame(stack), blocked_for,
+                self.config.block_threshold, labels, task, thread, loop_name(loop),
+            )
+        except Exception as exc:
+            internal_error("otel", exc)
 
     def progress(
         self,
