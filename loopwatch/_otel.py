@@ -150,7 +150,14 @@ class _MirroredHistogram:
         self._child.observe(amount, *args, **kwargs)
         self._otel.record(amount, self._attributes)
 
+    @property
+    def _labelvalues(self) -> Any:  # what the label cap reads (_compat.prometheus)
+        return getattr(self._child, "_labelvalues", ())
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            # Not the child's internals: a fast path built on them would skip the mirror.
+            raise AttributeError(name)
         return getattr(self._child, name)  # anything else (time(), labels) is Prometheus's
 
 

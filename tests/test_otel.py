@@ -408,6 +408,37 @@ def test_metrics_reach_the_meter_provider(
     ) == 1
 
 
+def test_handler_durations_reach_the_meter_provider(
+    reader: tuple[InMemoryMetricReader, MeterProvider], registry: CollectorRegistry
+) -> None:
+    metric_reader, provider = reader
+    loopwatch.install(otel=True, meter_provider=provider, registry=registry)
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    lw_instrument(app, metrics_path=None, registry=registry, handler_metrics=True)
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            for i in range(3):
+                assert (await client.get(f"/items/{i}")).status_code == 200
+
+    asyncio.run(main())
+    (point,) = metric_points(metric_reader)["loopwatch.handler_duration"]
+    assert point.count == 3
+    assert dict(point.attributes) == {
+        "framework": "fastapi", "handler": "GET /items/{item_id}", "outcome": "ok",
+    }
+    assert registry.get_sample_value(
+        "loopwatch_handler_duration_seconds_count",
+        {"framework": "fastapi", "handler": "GET /items/{item_id}", "outcome": "ok"},
+    ) == 3
+
+
 def test_uninstall_detaches_the_instruments(
     reader: tuple[InMemoryMetricReader, MeterProvider], registry: CollectorRegistry
 ) -> None:
