@@ -312,6 +312,7 @@ class Monitor:
         if otel is None:
             return
         try:
+            stack = _frames.without_own_frames(list(stack))
             otel.block_seen(
                 context, stack, _frames.user_frame(stack), blocked_for,
                 self.config.block_threshold, labels, task, thread, loop_name(loop),

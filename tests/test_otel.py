@@ -9,6 +9,7 @@ decodes them with opentelemetry-proto.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import http.server
 import io
@@ -234,7 +235,13 @@ def test_blocked_loop_is_on_the_blocking_request_span_not_its_neighbour(
     loopwatch.install(otel=True, registry=registry, block_threshold=0.1)
     _waiting.clear()
     app = make_app(tracing, registry)
-    with serve_uvicorn(app, loop) as url:
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(_logging.JsonFormatter())
+    _logging.logger.addHandler(handler)
+    with contextlib.ExitStack() as stack:
+        stack.callback(_logging.logger.removeHandler, handler)
+        url = stack.enter_context(serve_uvicorn(app, loop))
         results: dict[str, Any] = {}
 
         def get(path: str) -> None:
@@ -261,6 +268,21 @@ def test_blocked_loop_is_on_the_blocking_request_span_not_its_neighbour(
     assert attrs["loopwatch.blocked_for"] >= 0.1
     assert blocking.start_time <= event.timestamp <= blocking.end_time
     assert events(waiting, "loopwatch.blocked_loop") == []
+    own = os.path.dirname(loopwatch.__file__) + os.sep
+    assert own not in str(attrs["code.stacktrace"])  # the stack shows the app, not loopwatch
+    # The incident's log line, written when the block ended, joins the same span.
+    blocked = [
+        json.loads(text) for text in lines.getvalue().splitlines()
+        if json.loads(text)["loopwatch"]["kind"] == "blocked_loop"
+    ]
+    mine = [b for b in blocked if b["loopwatch"]["handler"] == "GET /block"]
+    assert len(mine) == 1, blocked
+    line = mine[0]
+    context = blocking.get_span_context()
+    assert context is not None
+    assert line["trace_id"] == trace.format_trace_id(context.trace_id)
+    assert line["span_id"] == trace.format_span_id(context.span_id)
+    assert line["loopwatch"]["duration"] >= 0.25
     for span in (blocking, waiting):
         assert span.status.status_code == StatusCode.UNSET
     assert (blocking.name, waiting.name) == ("GET /block", "GET /wait")
