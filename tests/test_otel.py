@@ -203,6 +203,24 @@ def test_loopwatch_run_otel_flag_turns_it_on() -> None:
     assert off.stdout.split() == ["False", "False", "False"], off.stderr
 
 
+def test_without_the_api_installed_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"  # as if it were not installed
+        "import loopwatch\n"
+        "try:\n    loopwatch.install(otel=True)\n"
+        "except loopwatch.ConfigError as exc:\n    print(exc)\n"
+        "print(loopwatch._monitor.current())"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOOPWATCH_")}
+    environ["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.splitlines() == [
+        "otel=True needs the OpenTelemetry API: pip install 'loopwatch[otel]'", "None",
+    ], result.stderr
+
+
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOPWATCH_OTEL", "maybe")
     with pytest.raises(loopwatch.ConfigError, match="LOOPWATCH_OTEL='maybe'"):
