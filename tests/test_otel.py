@@ -492,6 +492,36 @@ def test_handler_durations_reach_the_meter_provider(
     ) == 3
 
 
+def test_a_global_provider_set_after_install_is_used() -> None:
+    # What `loopwatch run --otel` does: loopwatch first, the app's SDK setup later.
+    code = """if True:
+        import asyncio
+        import loopwatch
+        loopwatch.install(otel=True)
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        async def answer():
+            return 1
+        async def main():
+            asyncio.run(answer())
+        asyncio.run(main())
+        for resource in reader.get_metrics_data().resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == "loopwatch.reentry":
+                        print(metric.name, metric.data.data_points[0].value)
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOOPWATCH_")}
+    environ["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.split() == ["loopwatch.reentry", "1.0"], result.stderr
+
+
 def test_uninstall_detaches_the_instruments(
     reader: tuple[InMemoryMetricReader, MeterProvider], registry: CollectorRegistry
 ) -> None:
