@@ -139,20 +139,17 @@ def event_attributes(incident: Incident, count: int) -> dict[str, Any]:
 class _MirroredHistogram:
     """A Prometheus histogram child that also records into an OTel histogram."""
 
-    __slots__ = ("_attributes", "_child", "_otel")
+    __slots__ = ("__wrapped__", "_attributes", "_child", "_otel")
 
     def __init__(self, child: Any, otel: Any, attributes: dict[str, str]) -> None:
         self._child = child
+        self.__wrapped__ = child  # what label_values() reads the labels of
         self._otel = otel
         self._attributes = attributes
 
     def observe(self, amount: float, *args: Any, **kwargs: Any) -> None:
         self._child.observe(amount, *args, **kwargs)
         self._otel.record(amount, self._attributes)
-
-    @property
-    def _labelvalues(self) -> Any:  # what the label cap reads (_compat.prometheus)
-        return getattr(self._child, "_labelvalues", ())
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -35,8 +35,11 @@ def label_names(metric: Any) -> tuple[str, ...]:
 
 
 def label_values(child: Any) -> tuple[str, ...]:
-    """The label values of a labelled child (``_labelvalues``); empty for anything else."""
-    return tuple(getattr(child, "_labelvalues", ()))
+    """The label values of a labelled child (``_labelvalues``); empty for anything else.
+
+    A child wrapped by loopwatch (``__wrapped__``, the OpenTelemetry mirror) gives its own.
+    """
+    return tuple(getattr(getattr(child, "__wrapped__", child), "_labelvalues", ()))
 
 
 def bucket_bounds(metric: Any) -> tuple[float, ...]:
