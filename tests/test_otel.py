@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry
 
 import loopwatch
 from loopwatch import _logging
+from loopwatch._compat import prometheus as prom
 from loopwatch._otel import instrument_name
 from loopwatch.adapters.fastapi import instrument as lw_instrument
 
@@ -465,7 +466,7 @@ def test_handler_durations_reach_the_meter_provider(
     reader: tuple[InMemoryMetricReader, MeterProvider], registry: CollectorRegistry
 ) -> None:
     metric_reader, provider = reader
-    loopwatch.install(otel=True, meter_provider=provider, registry=registry)
+    monitor = loopwatch.install(otel=True, meter_provider=provider, registry=registry)
     app = FastAPI()
 
     @app.get("/items/{item_id}")
@@ -490,6 +491,15 @@ def test_handler_durations_reach_the_meter_provider(
         "loopwatch_handler_duration_seconds_count",
         {"framework": "fastapi", "handler": "GET /items/{item_id}", "outcome": "ok"},
     ) == 3
+    # The mirror keeps the child's labels readable: the middleware caches it (label cap).
+    metrics = monitor.metrics
+    assert metrics is not None
+    child = metrics.child(
+        metrics.handler_duration_seconds, framework="fastapi", handler="GET /items/{item_id}",
+        outcome="ok",
+    )
+    assert type(child).__name__ == "_MirroredHistogram"
+    assert prom.label_values(child) == ("fastapi", "GET /items/{item_id}", "ok")
 
 
 def test_a_global_provider_set_after_install_is_used() -> None:
