@@ -225,10 +225,10 @@ class Metrics:
                 self._children[key] = found
             return found
 
-
     def _wrap(self, metric: Any, labels: dict[str, str], child: Any) -> Any:
         mirror = self._mirror
         return child if mirror is None else mirror(metric, labels, child)
+
 
     def record(self, incident: Incident) -> None:
         """Count one occurrence of ``incident`` in the metrics of its kind."""
