@@ -7,6 +7,9 @@ that matches routes again). Variants, each measured in the same run:
 * bare — the app alone;
 * loopwatch — ``LoopwatchMiddleware`` with defaults (labels only);
 * loopwatch + handler_metrics — also ``loopwatch_handler_duration_seconds``;
+* the same two with ``install(otel=True)`` on an OpenTelemetry SDK ``MeterProvider`` (skipped
+  when opentelemetry-sdk is not installed): span events cost nothing per request, the
+  handler histogram is also recorded as an OTel histogram;
 * prometheus-fastapi-instrumentator and starlette-exporter with their defaults.
 
 Each variant is timed in batches paired with batches of the bare app, back to back and
@@ -16,6 +19,10 @@ is the fastest batch of the variant minus the fastest bare batch, close to the c
 an idle machine. Run it with::
 
     python benchmarks/asgi_overhead.py        # --pairs 600 --batch 20 --loop asyncio
+
+"otel adds" at the end comes from the middleware-alone run, where each otel variant is
+paired with the same middleware without otel: the median of those differences, with their
+25th–75th percentiles.
 """
 
 from __future__ import annotations
@@ -35,16 +42,27 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+import loopwatch
 from loopwatch.adapters.asgi import LoopwatchMiddleware
+
+try:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+except ImportError:  # the otel variants need the SDK; the others run without it
+    MeterProvider = None
 
 VARIANTS = (
     "bare",
     "loopwatch",
     "loopwatch + handler_metrics",
+    *(("loopwatch, otel", "loopwatch + handler_metrics, otel") if MeterProvider else ()),
     "prometheus-fastapi-instrumentator",
     "starlette-exporter",
 )
 PEERS = ("prometheus-fastapi-instrumentator", "starlette-exporter")
+# The registry of the installed monitor: otel=True mirrors its metrics (one monitor per
+# process, so one such registry).
+OTEL_REGISTRY = CollectorRegistry()
 
 
 async def endpoint(request: Request) -> PlainTextResponse:
@@ -57,6 +75,10 @@ def make_app(routes: int, variant: str) -> Starlette:
         app.add_middleware(LoopwatchMiddleware, registry=CollectorRegistry())
     elif variant == "loopwatch + handler_metrics":
         app.add_middleware(LoopwatchMiddleware, registry=CollectorRegistry(), handler_metrics=True)
+    elif variant == "loopwatch, otel":
+        app.add_middleware(LoopwatchMiddleware, registry=OTEL_REGISTRY)
+    elif variant == "loopwatch + handler_metrics, otel":
+        app.add_middleware(LoopwatchMiddleware, registry=OTEL_REGISTRY, handler_metrics=True)
     elif variant == "prometheus-fastapi-instrumentator":
         from prometheus_fastapi_instrumentator import Instrumentator
 
@@ -174,12 +196,24 @@ async def middleware_alone(pairs: int, batch: int) -> dict[str, dict[str, float]
             app, framework="starlette", handler_metrics=True, registry=CollectorRegistry()
         ),
     }
+    # With otel on, each is timed against the same middleware without it (not the bare app):
+    # the difference is what otel adds.
+    against: dict[str, Any] = {}
+    if MeterProvider is not None:
+        for name in ("loopwatch", "loopwatch + handler_metrics"):
+            variants[f"{name}, otel"] = LoopwatchMiddleware(
+                app, framework="starlette", handler_metrics="handler" in name,
+                registry=OTEL_REGISTRY,
+            )
+            against[f"{name}, otel"] = variants[name]
     scope = scope_for("/items/42")
     for wrapped in variants.values():
         await time_requests(wrapped, scope, 500)
     result: dict[str, dict[str, float]] = {}
     for name, wrapped in variants.items():
-        bare_times, other_times, added = await paired(app, wrapped, scope, pairs, batch)
+        bare_times, other_times, added = await paired(
+            against.get(name, app), wrapped, scope, pairs, batch
+        )
         result[name] = {
             "us": statistics.median(other_times),
             "added": statistics.median(added),
@@ -224,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
 
         factory = uvloop.new_event_loop
     results: dict[int, dict[str, dict[str, float]]] = {}
+    if MeterProvider is not None:
+        # An SDK provider that aggregates in memory: the work an exporting one does per
+        # observation, without the network.
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        loopwatch.install(otel=True, registry=OTEL_REGISTRY, meter_provider=provider,
+                          watchdog=False)
     loop = factory()
     try:
         alone = loop.run_until_complete(middleware_alone(args.pairs, 200))
@@ -239,10 +279,11 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     print("\nThe middleware alone, around an app that only sets scope['route'] and answers "
           f"({args.pairs} paired batches × 200 requests):\n")
-    print("| middleware | added µs, median | p25 – p75 | added µs, best-of |")
-    print("|---|---:|---:|---:|")
+    print("| middleware | against | added µs, median | p25 – p75 | added µs, best-of |")
+    print("|---|---|---:|---:|---:|")
     for name, row in alone.items():
-        print(f"| {name} | {row['added']:.2f} | {row['p25']:.2f} – {row['p75']:.2f} "
+        against = name.removesuffix(", otel") if name.endswith(", otel") else "bare app"
+        print(f"| {name} | {against} | {row['added']:.2f} | {row['p25']:.2f} – {row['p75']:.2f} "
               f"| {row['best']:.2f} |")
     for routes, rows in results.items():
         ours = rows["loopwatch"]["added"]
@@ -250,6 +291,13 @@ def main(argv: list[str] | None = None) -> None:
         peers = ", ".join(f"{p} {rows[p]['added']:.1f} µs" for p in PEERS)
         print(f"\n{routes} routes: loopwatch adds {ours:.2f} µs (handler_metrics: {timed:.2f} µs); "
               f"{peers}.")
+    for base in ("loopwatch", "loopwatch + handler_metrics"):
+        on = alone.get(f"{base}, otel")
+        if on is not None:
+            print(f"\notel adds {on['added']:.2f} µs per request to {base} (median of paired "
+                  f"differences, p25 – p75 {on['p25']:.2f} – {on['p75']:.2f}, best-of "
+                  f"{on['best']:.2f})", end="")
+    print()
 
 
 if __name__ == "__main__":

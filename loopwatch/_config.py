@@ -147,6 +147,12 @@ def _count(name: str, value: Any) -> int:
     return number
 
 
+def _meter_provider(name: str, value: Any) -> Any:
+    if value is not None and not hasattr(value, "get_meter"):
+        raise ConfigError(f"{name}={value!r} is not an OpenTelemetry MeterProvider")
+    return value
+
+
 def _registry(name: str, value: Any) -> Any:
     if value is not None and not (hasattr(value, "register") and hasattr(value, "collect")):
         raise ConfigError(f"{name}={value!r} is not a prometheus_client CollectorRegistry")
@@ -201,9 +207,17 @@ _TABLE = (
            _flag),
     Option("lag_tick", "LOOPWATCH_LAG_TICK", "float", 0.02, "seconds > 0",
            "At most one loop-lag sample per loop per this many seconds.", parse_seconds),
+    Option("otel", "LOOPWATCH_OTEL", "bool", False, "1 | 0 | true | false | yes | no",
+           "Add incidents as events to the current OpenTelemetry span and mirror the metrics "
+           "as OTel instruments (needs loopwatch[otel]; nothing is imported while off).",
+           _flag),
     Option("registry", None, "CollectorRegistry | None", None,
            "a prometheus_client CollectorRegistry, or None",
            "Where the metrics go (None: prometheus_client's default registry).", _registry),
+    Option("meter_provider", None, "MeterProvider | None", None,
+           "an OpenTelemetry MeterProvider, or None",
+           "Where the OTel instruments go with otel on (None: the global provider).",
+           _meter_provider),
 )
 
 OPTIONS: Final[Mapping[str, Option]] = {option.name: option for option in _TABLE}
@@ -243,12 +257,18 @@ class Config:
     default_framework: str = _DEFAULTS["default_framework"]
     watchdog: bool = _DEFAULTS["watchdog"]
     lag_tick: float = _DEFAULTS["lag_tick"]
+    otel: bool = _DEFAULTS["otel"]
     registry: Any = _DEFAULTS["registry"]  # a CollectorRegistry; None means the default one
+    meter_provider: Any = _DEFAULTS["meter_provider"]  # None means OTel's global provider
 
     def public_dict(self) -> dict[str, Any]:
-        """The options as plain values (the registry by type only), for ``doctor`` and logs."""
+        """The options as plain values (objects by type only), for ``doctor`` and logs."""
+        # Shallow: a deep copy of the registry or the meter provider would copy their locks.
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["registry"] = "default" if self.registry is None else type(self.registry).__name__
+        out["meter_provider"] = (
+            "global" if self.meter_provider is None else type(self.meter_provider).__name__
+        )
         return out
 
 

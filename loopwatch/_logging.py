@@ -17,6 +17,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._frames import is_user_file
@@ -24,7 +25,9 @@ from ._frames import is_user_file
 if TYPE_CHECKING:
     from ._incidents import Incident
 
-__all__ = ["JsonFormatter", "LogSetup", "LogSink", "TextFormatter", "logger"]
+__all__ = [
+    "JsonFormatter", "LogSetup", "LogSink", "TextFormatter", "logger", "set_trace_ids",
+]
 
 logger = logging.getLogger("loopwatch")
 
@@ -53,8 +56,22 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# While OpenTelemetry is on: the current span's (trace id, span id) in hex, or None.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_ids(reader: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Where JSON lines read the current span's ids (``None``: they carry none)."""
+    global _trace_ids
+    _trace_ids = reader
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; newlines and quotes inside values are escaped by ``json``."""
+    """One JSON object per line; newlines and quotes inside values are escaped by ``json``.
+
+    With OpenTelemetry on, a line written inside a span carries its ``trace_id`` and
+    ``span_id``, so log search and traces join.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -64,6 +81,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        reader = _trace_ids
+        ids = reader() if reader is not None else None
+        if ids is not None:
+            payload["trace_id"], payload["span_id"] = ids
         data = getattr(record, "loopwatch", None)
         if isinstance(data, dict):
             payload["loopwatch"] = data

@@ -11,6 +11,7 @@ and logged once (``_runtime.internal_error``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sys
 import threading
@@ -21,15 +22,17 @@ from typing import TYPE_CHECKING, Any
 from . import _context, _frames, _reentry, _runtime, _task_gauge, _tasks, _threadpool, _watchdog
 from ._compat import asyncio as aio
 from ._config import UNSET, Config, LogFormat, Policy, Unset, check_environment, load_config
-from ._errors import LoopwatchError
+from ._errors import ConfigError, LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
-from ._logging import LogSetup, LogSink, logger
+from ._logging import LogSetup, LogSink, logger, set_trace_ids
 from ._runtime import internal_error, loop_name
 from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from ._otel import OtelSink
 
 __all__ = [
     "Monitor",
@@ -81,6 +84,9 @@ class Monitor:
         self._server: MetricsServer | None = None
         self._info_labels: tuple[str, ...] | None = None  # the live info series, if any
         self._info_loop: str | None = None  # the loop type a loop start told us about
+        # Span events and OTel instruments, while the ``otel`` option is on (_otel imports
+        # OpenTelemetry: it is imported only then).
+        self.otel: OtelSink | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,6 +132,7 @@ class Monitor:
                 except Exception as exc:
                     internal_error("metrics", exc)
                 self._info_labels = None
+        self._apply_otel(config, old, first)
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
@@ -160,7 +167,9 @@ class Monitor:
         default_framework: str | Unset = UNSET,
         watchdog: bool | Unset = UNSET,
         lag_tick: float | Unset = UNSET,
+        otel: bool | Unset = UNSET,
         registry: CollectorRegistry | Unset | None = UNSET,
+        meter_provider: Any = UNSET,
     ) -> None:
         """Change options of the running monitor; those not given keep their values.
 
@@ -174,8 +183,41 @@ class Monitor:
             metrics_port=metrics_port, metrics_addr=metrics_addr,
             offload_timeout=offload_timeout, label_cap=label_cap,
             default_framework=default_framework, watchdog=watchdog, lag_tick=lag_tick,
-            registry=registry,
+            otel=otel, registry=registry, meter_provider=meter_provider,
         ))
+
+    def _apply_otel(self, config: Config, old: Config, first: bool) -> None:
+        """Start, restart or stop the OpenTelemetry sink to match ``config``."""
+        if not first and (config.otel, config.meter_provider) == (
+            old.otel, old.meter_provider
+        ):
+            if self.otel is not None and isinstance(self.metrics, Metrics):
+                self.metrics.set_mirror(self.otel.mirror)  # the registry may have changed
+            return
+        self._stop_otel()
+        if not config.otel:
+            return
+        try:
+            from . import _otel
+        except ImportError:
+            raise ConfigError(
+                "otel=True needs the OpenTelemetry API: pip install 'loopwatch[otel]'"
+            ) from None
+        sink = _otel.OtelSink(lambda: self.metrics, config.meter_provider)
+        sink.start()
+        if isinstance(self.metrics, Metrics):
+            self.metrics.set_mirror(sink.mirror)
+        set_trace_ids(_otel.trace_ids)
+        self.otel = sink
+
+    def _stop_otel(self) -> None:
+        sink, self.otel = self.otel, None
+        if sink is None:
+            return
+        set_trace_ids(None)
+        sink.stop()
+        if isinstance(self.metrics, Metrics):
+            self.metrics.set_mirror(None)
 
     def _change(self, options: dict[str, Any]) -> None:
         self._apply(load_config(options, base=self.config))
@@ -270,6 +312,7 @@ class Monitor:
             self._server.close()
             self._server = None
         self._log_setup.undo()
+        self._stop_otel()
         _context.set_default_framework("none")
         _runtime.set_internal_error_sink(_count_on_default_registry)
 
@@ -301,8 +344,14 @@ class Monitor:
         detail: dict[str, str] | None = None,
         level: int | None = None,
         skip: int = 0,
+        context: contextvars.Context | None = None,
     ) -> Incident | None:
-        """Record one incident: keep, count, log (folded), tell listeners. Never raises."""
+        """Record one incident: keep, count, log (folded), tell listeners. Never raises.
+
+        ``context`` is the context of the task the incident belongs to when it is reported
+        from elsewhere (a blocked loop, a lost task exception): the log line and the span
+        event are made in it, so they carry that task's trace, not whatever runs now.
+        """
         try:
             incident = self._incident(
                 kind, api, action, duration, stack, site, hint, labels, task, loop, thread,
@@ -318,16 +367,45 @@ class Monitor:
                 metrics.record(incident)
             except Exception as exc:
                 internal_error("metrics", exc)
-        try:
-            self._log.emit(incident, self._level(incident, level))
-        except Exception as exc:
-            internal_error("logging", exc)
+        if context is None:
+            self._log_and_trace(incident, merged, level)
+        else:
+            context.copy().run(self._log_and_trace, incident, merged, level)
         for listener in list(self._listeners):
             try:
                 listener(incident)
             except Exception as exc:
                 internal_error("listener", exc)
         return merged
+
+    def _log_and_trace(self, incident: Incident, merged: Incident, level: int | None) -> None:
+        try:
+            self._log.emit(incident, self._level(incident, level))
+        except Exception as exc:
+            internal_error("logging", exc)
+        otel = self.otel
+        if otel is not None:
+            try:
+                otel.record(incident, merged.count)
+            except Exception as exc:
+                internal_error("otel", exc)
+
+    def block_seen(
+        self, context: contextvars.Context, stack: list[Frame], blocked_for: float,
+        labels: _context.Labels, task: str | None, thread: str, loop: object,
+    ) -> None:
+        """The watchdog sees a loop blocked by the task of ``context`` (while it lasts)."""
+        otel = self.otel
+        if otel is None:
+            return
+        try:
+            stack = _frames.without_own_frames(list(stack))
+            otel.block_seen(
+                context, stack, _frames.user_frame(stack), blocked_for,
+                self.config.block_threshold, labels, task, thread, loop_name(loop),
+            )
+        except Exception as exc:
+            internal_error("otel", exc)
 
     def progress(
         self,
@@ -450,7 +528,9 @@ def install(
     default_framework: str | Unset = UNSET,
     watchdog: bool | Unset = UNSET,
     lag_tick: float | Unset = UNSET,
+    otel: bool | Unset = UNSET,
     registry: CollectorRegistry | Unset | None = UNSET,
+    meter_provider: Any = UNSET,
 ) -> Monitor:
     """Install the guard in this process and return the :class:`Monitor`.
 
@@ -486,15 +566,20 @@ def install(
             included (``LOOPWATCH_WATCHDOG``, default on).
         lag_tick: at most one loop-lag sample per loop per this many seconds
             (``LOOPWATCH_LAG_TICK``, default 0.02).
+        otel: add every incident as an event to the OpenTelemetry span of the work it
+            belongs to and mirror the metrics as OTel instruments (``LOOPWATCH_OTEL``,
+            default off; needs ``loopwatch[otel]``, and nothing of it is imported while off).
         registry: the prometheus_client ``CollectorRegistry`` the metrics go to (keyword
             only; default: prometheus_client's own).
+        meter_provider: the OpenTelemetry ``MeterProvider`` the instruments go to with
+            ``otel`` on (keyword only; default: the global one).
     """
     return _install(dict(
         on_reentry=on_reentry, block_threshold=block_threshold, log_format=log_format,
         metrics_port=metrics_port, metrics_addr=metrics_addr, disable=disable,
         offload_timeout=offload_timeout, label_cap=label_cap,
         default_framework=default_framework, watchdog=watchdog, lag_tick=lag_tick,
-        registry=registry,
+        otel=otel, registry=registry, meter_provider=meter_provider,
     ), explicit=True)
 
 

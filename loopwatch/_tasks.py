@@ -136,8 +136,11 @@ class _Hooks:
             stack = traceback_frames(exc.__traceback__) or _code_frame(coro)
         else:
             stack = suspended_frames(coro) or _code_frame(coro)
+        # The task's own context: its span gets the event, not whatever runs at collection.
+        own = task_context(future) if isinstance(future, asyncio.Task) else None
         self.monitor.report(
-            kind, api=api, stack=stack, labels=labels, task=task_name, loop=loop, detail=detail
+            kind, api=api, stack=stack, labels=labels, task=task_name, loop=loop, detail=detail,
+            context=own,
         )
 
     # -- H5 --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import os
 import threading
@@ -120,8 +121,8 @@ class _Block:
     """What the watchdog learnt about one block while it went on."""
 
     __slots__ = (
-        "cpu", "gcs", "labels", "last", "next_sample", "samples", "seen_at", "since",
-        "still_logged", "task",
+        "announced", "context", "cpu", "gcs", "labels", "last", "next_sample", "samples",
+        "seen_at", "since", "still_logged", "task",
     )
 
     def __init__(self, since: float, threshold: float, thread_id: int) -> None:
@@ -134,6 +135,9 @@ class _Block:
         self.next_sample = threshold
         self.labels: _context.Labels | None = None
         self.task: str | None = None
+        # A snapshot of that task's context when it was found blocking (its span, for one).
+        self.context: contextvars.Context | None = None
+        self.announced = False  # the monitor was told whose task this block is (block_seen)
         self.still_logged = False
 
     def all_samples(self) -> list[_blocks.Sample]:
@@ -177,7 +181,8 @@ class Watchdog:
         self._wake = _Wake()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.lag = monitor.metrics.event_loop_lag_seconds if monitor.metrics is not None else None
+        metrics = monitor.metrics
+        self.lag = metrics.child(metrics.event_loop_lag_seconds) if metrics is not None else None
 
     # -- probes (called in loop threads) ---------------------------------------------------
 
@@ -367,6 +372,9 @@ class Watchdog:
             still = self._poll(probe, block, late, threshold)
         if still:
             self._log_still_blocked(probe, block, late)
+        if block.context is not None and not block.announced:
+            block.announced = True
+            self._announce(probe, block)
         return poll
 
     @staticmethod
@@ -406,6 +414,16 @@ class Watchdog:
             probe.cpu_seen = cpu
         return active
 
+    def _announce(self, probe: Probe, block: _Block) -> None:
+        """Tell the monitor, once, which task's context holds the loop (outside the lock)."""
+        sample = next((s for s in reversed(block.all_samples()) if s.cause != "idle"), None)
+        if sample is None or sample.reentry or block.context is None:
+            return  # a nested call's stall: the re-entry incident covers it
+        self.monitor.block_seen(
+            block.context, sample.stack, sample.late, block.labels or default_labels(),
+            block.task, probe.thread_name, probe.loop(),
+        )
+
     def _poll(self, probe: Probe, block: _Block, late: float, threshold: float) -> bool:
         """Sample a block in progress; True when it is time for the "still blocked" line."""
         sample = _blocks.sample_thread(probe.thread_id, late, self._idle_at(probe))
@@ -437,6 +455,9 @@ class Watchdog:
             labels = task_labels(task)
             if labels is not None and labels.handler == _context.NO_HANDLER:
                 labels = None
+            if block.context is None:
+                context = aio.task_context(task)
+                block.context = context.copy() if context is not None else None
         block.labels = labels or sample.code_labels
 
     def _log_still_blocked(self, probe: Probe, block: _Block, late: float) -> None:
@@ -508,8 +529,9 @@ class Watchdog:
             return
         self.monitor.report(
             "blocked_loop", api="", action="", duration=duration, stack=stack, site=site,
-            hint=_blocks.hint_of(cause, samples), labels=labels, task=block.task if block else None,
-            loop=loop, thread=probe.thread_name, detail=detail,
+            hint=_blocks.hint_of(cause, samples), labels=labels,
+            task=block.task if block else None, loop=loop, thread=probe.thread_name, detail=detail,
+            context=block.context if block is not None else None,
         )
 
 

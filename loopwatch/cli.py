@@ -52,6 +52,10 @@ _RUN_FLAGS = (
     ("--metrics-addr", "metrics_addr", "ADDR", "address for --metrics-port (default 127.0.0.1)"),
     ("--offload-timeout", "offload_timeout", "SECONDS",
      "bound on every offloaded or marshalled call (default 30)"),
+    # A switch (no value): metavar None.
+    ("--otel", "otel", None,
+     "incidents as events on the current OpenTelemetry span, metrics as OTel instruments "
+     "(needs loopwatch[otel])"),
 )
 
 
@@ -115,7 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         "no code change in the app. Example: loopwatch run -- uvicorn app:app",
     )
     for flag, option, metavar, text in _RUN_FLAGS:
-        run.add_argument(flag, dest=option, metavar=metavar, help=text)
+        if metavar is None:
+            run.add_argument(flag, dest=option, action="store_const", const="1", help=text)
+        else:
+            run.add_argument(flag, dest=option, metavar=metavar, help=text)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="the command to run")
     run.set_defaults(func=_run)
 

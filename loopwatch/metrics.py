@@ -249,6 +249,16 @@ class Metrics:
         self._handlers: dict[str, set[str]] = {}
         self._task_series: set[tuple[str, str]] = set()
         self._wait_observers: dict[tuple[str, str], Callable[[float], None]] = {}
+        # While OpenTelemetry is on, every child handed out goes through this (it wraps
+        # histograms so each observation is recorded there too).
+        self._mirror: Callable[[Any, dict[str, str], Any], Any] | None = None
+
+    def set_mirror(self, mirror: Callable[[Any, dict[str, str], Any], Any] | None) -> None:
+        """Wrap every child :meth:`child` hands out from now on (``None``: stop wrapping)."""
+        with self._lock:
+            self._mirror = mirror
+            self._children.clear()  # the cached ones are wrapped (or not) the old way
+            self._wait_observers.clear()
 
     def child(self, metric: Any, **labels: str) -> Any:
         """The labelled child of ``metric``, cached; caps distinct ``handler`` values."""
@@ -269,12 +279,17 @@ class Metrics:
                         self.label_overflow_total.labels(metric=name).inc()
                         labels = {**labels, "handler": "__other__"}
                         # Not cached under the raw value: each overflow is counted.
-                        return metric.labels(**labels)
+                        return self._wrap(metric, labels, metric.labels(**labels))
                     seen.add(handler)
-            found = metric.labels(**labels)
+            # A metric without labels is its own child (the lag histogram).
+            found = self._wrap(metric, labels, metric.labels(**labels) if labels else metric)
             if len(self._children) < 100_000:
                 self._children[key] = found
             return found
+
+    def _wrap(self, metric: Any, labels: dict[str, str], child: Any) -> Any:
+        mirror = self._mirror
+        return child if mirror is None else mirror(metric, labels, child)
 
 
     def record(self, incident: Incident) -> None:

@@ -259,6 +259,7 @@ def test_prometheus_internals() -> None:
     assert fast is not histogram.labels("a").observe  # the shortcut applies
     fast(0.5)
     assert registry.get_sample_value("canary_seconds_bucket", {"h": "a", "le": "1.0"}) == 1
+    assert prometheus.bucket_bounds(histogram) == (0.1, 1.0, float("inf"))
 
 
 # -- nest_asyncio --------------------------------------------------------------------------

@@ -14,7 +14,9 @@ try:
 except ImportError:  # pragma: no cover - a prometheus-client without it
     _MutexValue = None  # type: ignore[assignment,misc]
 
-__all__ = ["exposed_name", "fast_observe", "label_names", "label_values", "registered"]
+__all__ = [
+    "bucket_bounds", "exposed_name", "fast_observe", "label_names", "label_values", "registered",
+]
 
 
 def registered(registry: Any, name: str) -> Any:
@@ -33,8 +35,17 @@ def label_names(metric: Any) -> tuple[str, ...]:
 
 
 def label_values(child: Any) -> tuple[str, ...]:
-    """The label values of a labelled child (``_labelvalues``); empty for anything else."""
-    return tuple(getattr(child, "_labelvalues", ()))
+    """The label values of a labelled child (``_labelvalues``); empty for anything else.
+
+    A child wrapped by loopwatch (``__wrapped__``, the OpenTelemetry mirror) gives its own.
+    """
+    return tuple(getattr(getattr(child, "__wrapped__", child), "_labelvalues", ()))
+
+
+def bucket_bounds(metric: Any) -> tuple[float, ...]:
+    """A histogram's bucket upper bounds, ``+Inf`` last (``_upper_bounds``); empty if unknown."""
+    bounds = getattr(metric, "_upper_bounds", None)
+    return tuple(bounds) if isinstance(bounds, list) else ()
 
 
 def exposed_name(metric: Any) -> str:
