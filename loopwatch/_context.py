@@ -27,7 +27,10 @@ __all__ = [
     "set_lazy_labels",
 ]
 
-FRAMEWORKS = frozenset({"starlette", "fastapi", "discord", "jupyter", "none"})
+FRAMEWORKS = frozenset({
+    "starlette", "fastapi", "aiohttp", "litestar", "discord", "nextcord", "disnake", "pycord",
+    "jupyter", "none",
+})
 NO_HANDLER = "__none__"
 
 
