@@ -56,6 +56,10 @@ ROUTE_TESTS = (
     "tests/test_asgi_routes.py",
     "tests/test_compat_starlette.py",
 )
+# discord.py's forks, each in an environment of its own (py-cord installs as `discord`, the
+# others clash with discord.py's dependencies): the adapter and canary tests of that fork.
+FORKS = ("nextcord", "disnake", "pycord")
+FORK_TESTS = ("tests/test_discord_forks.py", "tests/test_compat_forks.py")
 
 
 def say(message: str) -> None:
@@ -177,6 +181,9 @@ def test(args: list[str]) -> int:
     )
     run(bin_of(oldest, "python"), "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
         *ROUTE_TESTS)
+    for fork in FORKS:
+        env = ensure_env(ROOT / f".venv-{fork}", sys.executable, f"test{fork}")
+        run(bin_of(env, "python"), "-m", "pytest", "-p", "no:cacheprovider", *FORK_TESTS)
     if missing:
         say(f"no interpreter found for Python {', '.join(missing)}: core tests not run there")
         if IN_CI:
