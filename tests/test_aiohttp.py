@@ -233,3 +233,32 @@ def test_disabled_leaves_the_app_alone(
     monitor = instrument(app)
     assert not monitor.enabled
     assert (list(app.middlewares), len(list(app.router.routes()))) == before
+
+
+def test_a_static_directory_at_the_root_is_labelled(
+    loop_factory: Factory, registry: CollectorRegistry, static_dir: Path
+) -> None:
+    """aiohttp keeps the prefix of ``add_static("/", ...)`` as "": still a template."""
+    app = web.Application()
+    app.router.add_get("/plain", labels_handler)
+    app.router.add_static("/", static_dir)
+    instrument(app, registry=registry, handler_metrics=True, metrics_path=None)
+
+    async def go() -> list[int]:
+        async with served(app) as base, aiohttp.ClientSession() as session:
+            statuses = []
+            for method, path in (("GET", "/a.txt"), ("GET", "/zz"), ("DELETE", "/a.txt")):
+                async with session.request(method, base + path) as response:
+                    statuses.append(response.status)
+            return statuses
+
+    assert run_on(loop_factory, go()) == [200, 404, 405]
+
+    def count(handler: str) -> float | None:
+        return registry.get_sample_value(
+            "loopwatch_handler_duration_seconds_count",
+            {"framework": "aiohttp", "handler": handler, "outcome": "ok"},
+        )
+
+    assert count("GET /{filename}") == 2
+    assert count("DELETE /{filename}") == 1

@@ -255,11 +255,12 @@ def template_of(resource: web.AbstractResource) -> str | None:
     (aiohttp adds them to the resources when the sub-application is added), plus
     ``/{filename}`` for a static directory. ``None`` for a resource without one."""
     canonical = resource.canonical
-    if not isinstance(canonical, str) or not canonical.startswith("/"):
+    if not isinstance(canonical, str):
         return None
     if isinstance(resource, web.StaticResource):
+        # A directory served at the root has the prefix "" (aiohttp drops the slash).
         return canonical.rstrip("/") + _STATIC_TAIL
-    return canonical
+    return canonical if canonical.startswith("/") else None
 
 
 def _is_websocket(request: web.Request) -> bool:
@@ -273,13 +274,16 @@ def _resource_allowing_not(request: web.Request) -> web.AbstractResource | None:
     """For a 405: the resource whose path matched (aiohttp's error keeps only the allowed
     methods). Found by asking each resource whether it matches the path, on this rare
     path only; ``None`` when it cannot tell."""
+    target = request.rel_url.path
     for resource in _leaf_resources(request.app.router, 0):
-        if isinstance(resource, web.StaticResource):
-            continue  # a static directory answers GET/HEAD only, under its prefix
         info = resource.get_info()
+        if isinstance(resource, web.StaticResource):
+            # A static directory answers GET/HEAD for every path below its prefix.
+            if target.startswith(str(info.get("prefix", "")).rstrip("/") + "/"):
+                return resource
+            continue
         pattern = info.get("pattern")
         path = info.get("path")
-        target = request.rel_url.path
         if (pattern is not None and pattern.fullmatch(target)) or (
             path is not None and path == target
         ):
