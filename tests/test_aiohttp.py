@@ -262,3 +262,11 @@ def test_a_static_directory_at_the_root_is_labelled(
 
     assert count("GET /{filename}") == 2
     assert count("DELETE /{filename}") == 1
+
+
+@pytest.mark.parametrize("framework", ["aiohttp", "litestar", "nextcord", "disnake", "pycord"])
+def test_the_new_framework_values_are_accepted_labels(framework: str) -> None:
+    from loopwatch import handler_context
+
+    with handler_context(framework, "event:on_x") as labels:
+        assert tuple(current_labels()) == tuple(labels) == (framework, "event:on_x")
