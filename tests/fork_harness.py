@@ -94,3 +94,13 @@ def sample(registry: Any, name: str, **labels: str) -> float:
     """A sample of ``registry`` under this fork's ``framework`` label (0 when absent)."""
     value = registry.get_sample_value(name, {"framework": FORK or "", **labels})
     return float(value or 0.0)
+
+
+def slash_interaction(bot: Any, name: str, options: list[dict[str, Any]] | None = None) -> Any:
+    """A real application-command ``Interaction`` of the fork, as the gateway delivers it."""
+    payload = {
+        "id": str(next(_ids)), "application_id": str(next(_ids)), "type": 2, "token": "t",
+        "version": 1, "channel_id": "123", "user": {**_USER, "id": str(next(_ids))},
+        "data": {"id": str(next(_ids)), "name": name, "type": 1, "options": options or []},
+    }
+    return lib.Interaction(data=payload, state=bot._connection)

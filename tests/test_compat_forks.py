@@ -61,6 +61,15 @@ def test_no_command_tree_and_no_dynamic_items() -> None:
     assert compat.dynamic_item_runner_owner() is None
 
 
+def test_application_command_invoker() -> None:
+    if FORK != "pycord":
+        assert compat.APP_COMMAND_RUNNER is None
+        return
+    runner = getattr(lib.Bot, compat.APP_COMMAND_RUNNER)
+    assert inspect.iscoroutinefunction(runner)
+    assert _params(runner)[:2] == ["self", "ctx"]
+
+
 def test_view_item_runner() -> None:
     owner = compat.view_item_runner_owner()
     assert owner is not None and issubclass(lib.ui.View, owner)

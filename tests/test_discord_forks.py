@@ -11,7 +11,17 @@ import asyncio
 from typing import Any
 
 import pytest
-from fork_harness import EXTENSION, FORK, commands, drain, make_bot, message, sample, tasks
+from fork_harness import (
+    EXTENSION,
+    FORK,
+    commands,
+    drain,
+    make_bot,
+    message,
+    sample,
+    slash_interaction,
+    tasks,
+)
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -155,6 +165,50 @@ def test_prefix_commands_and_subcommands_are_labelled(registry: CollectorRegistr
     assert handled(registry, "command:ping") == 1
     assert handled(registry, "command:admin ban") == 1
     assert handled(registry, "command:fail", "error") == 1
+
+
+@pytest.mark.skipif(FORK != "pycord", reason="py-cord's application-command invoker")
+def test_pycord_application_commands_are_labelled(registry: CollectorRegistry) -> None:
+    loopwatch.install(registry=registry)
+    seen: list[tuple[Any, tuple[str, str]]] = []
+
+    async def main() -> None:
+        bot = make_bot()
+
+        @bot.slash_command(name="report")
+        async def report(ctx: Any) -> None:
+            seen.append((nested(4), tuple(current_labels())))
+
+        admin = bot.create_group("admin")
+
+        @admin.command(name="ban")
+        async def ban(ctx: Any) -> None:
+            seen.append(("ban", tuple(current_labels())))
+
+        @bot.slash_command(name="broken")
+        async def broken(ctx: Any) -> None:
+            raise RuntimeError("boom")
+
+        @bot.event
+        async def on_application_command_error(ctx: Any, error: Exception) -> None:
+            seen.append(("error", tuple(current_labels())))
+
+        bot.load_extension(EXTENSION)
+        await bot.process_application_commands(slash_interaction(bot, "report"))
+        sub = [{"name": "ban", "type": 1, "options": []}]
+        await bot.process_application_commands(slash_interaction(bot, "admin", sub))
+        await bot.process_application_commands(slash_interaction(bot, "broken"))
+        await drain()
+        bot.unload_extension(EXTENSION)
+        await bot.close()
+
+    asyncio.run(main())
+    assert seen[:2] == [(8, ("pycord", "app_command:report")),
+                        ("ban", ("pycord", "app_command:admin ban"))]
+    assert seen[2] == ("error", ("pycord", "event:on_application_command_error"))
+    assert reentries(registry, "app_command:report") == 1
+    assert handled(registry, "app_command:admin ban") == 1
+    assert handled(registry, "app_command:broken", "error") == 1
 
 
 def test_a_cog_made_by_hand_attaches_and_detaches(registry: CollectorRegistry) -> None:

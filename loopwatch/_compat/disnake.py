@@ -19,6 +19,7 @@ import disnake.ui
 from disnake.ext import tasks
 
 __all__ = [
+    "APP_COMMAND_RUNNER",
     "DYNAMIC_ITEM_RUNNER",
     "EVENT_RUNNER",
     "LOOP_HOOK_RUNNER",
@@ -35,6 +36,9 @@ __all__ = [
 # ``Client._run_event(coro, event_name, *args, **kwargs)``: every event handler, listeners
 # included, is scheduled through it and it calls the client's ``on_error``. 2.9–2.12.
 EVENT_RUNNER = "_run_event"
+
+# disnake has no separate invoker of application commands to hook.
+APP_COMMAND_RUNNER: str | None = None
 
 # ``Loop._call_loop_function(name, *args)``: runs ``before_loop``, ``after_loop`` and the
 # ``error`` handler, kept as ``_before_loop``/``_after_loop``/``_error``. 2.9–2.12.

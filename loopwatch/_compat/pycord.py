@@ -20,6 +20,7 @@ import discord.ui
 from discord.ext import tasks
 
 __all__ = [
+    "APP_COMMAND_RUNNER",
     "DYNAMIC_ITEM_RUNNER",
     "EVENT_RUNNER",
     "LOOP_HOOK_RUNNER",
@@ -37,6 +38,10 @@ __all__ = [
 # ``Client._run_event(coro, event_name, *args, **kwargs)``: every event handler, listeners
 # included, is scheduled through it and it calls the client's ``on_error``. 2.6–2.8.
 EVENT_RUNNER = "_run_event"
+
+# ``Bot.invoke_application_command(ctx)``: every slash command, subcommand and context
+# menu, with its ``ApplicationContext`` (a public method, on the bot instance). 2.6–2.8.
+APP_COMMAND_RUNNER: str | None = "invoke_application_command"
 
 # ``Loop._call_loop_function(name, *args)``: runs ``before_loop``, ``after_loop`` and the
 # ``error`` handler, kept as ``_before_loop``/``_after_loop``/``_error``. 2.6–2.8.

@@ -474,6 +474,10 @@ class Instrumentation:
             getattr(client, compat.EVENT_RUNNER)))
         if isinstance(client, self.flavour.commands.Bot):
             self._patches.set(client, "invoke", self._wrap_invoke(client.invoke))
+        app_runner = compat.APP_COMMAND_RUNNER
+        if app_runner is not None and callable(getattr(client, app_runner, None)):
+            self._patches.set(client, app_runner, self._wrap_app_invoke(
+                getattr(client, app_runner)))
         self._attach_tree()
         setattr(client, _STATE_ATTR, self)
         self.flavour.hub.join(self)
@@ -603,6 +607,23 @@ class Instrumentation:
 
         return invoke
 
+    def _wrap_app_invoke(self, original: CoroFunc) -> CoroFunc:
+        """A client's own application-command invoker (py-cord): the context knows the
+        command, subcommands of groups included."""
+
+        async def invoke_application_command(ctx: Any, /) -> None:
+            command = getattr(ctx, "command", None)
+            if not self.active or command is None:
+                return await original(ctx)  # type: ignore[no-any-return]
+            # Errors go to the command's error dispatch, which marks the context failed.
+            await self._labelled(
+                "app_command:" + _app_command_name(ctx), lambda: original(ctx),
+                lambda: bool(getattr(ctx, "command_failed", False)),
+            )
+            return None
+
+        return invoke_application_command
+
     def _wrap_tree_call(self, original: CoroFunc) -> CoroFunc:
         async def _call(interaction: Any, /) -> None:
             if not self.active:
@@ -725,6 +746,34 @@ def _command_name(flavour: Flavour, ctx: Any) -> str:
                 command = sub
         finally:
             view.index, view.previous = index, previous
+    return str(command.qualified_name)
+
+
+def _app_command_name(ctx: Any) -> str:
+    """The qualified name of the application command that will run (py-cord).
+
+    The context holds the top-level command; a group picks its subcommand later from the
+    interaction's options, so follow them here, through the group's own subcommands only
+    (a name is never taken from the payload unless a subcommand has it).
+    """
+    command = ctx.command
+    data = getattr(getattr(ctx, "interaction", None), "data", None)
+    options = data.get("options") if isinstance(data, dict) else None
+    for _ in range(3):  # groups nest two levels deep at most
+        subcommands = getattr(command, "subcommands", None)
+        if not subcommands or not isinstance(options, list):
+            break
+        # Option types 1 and 2: a subcommand and a subcommand group.
+        chosen: dict[str, Any] | None = next(
+            (o for o in options if isinstance(o, dict) and o.get("type") in (1, 2)), None
+        )
+        if chosen is None:
+            break
+        name = chosen.get("name")
+        sub = next((c for c in subcommands if getattr(c, "name", None) == name), None)
+        if sub is None:
+            break
+        command, options = sub, chosen.get("options")
     return str(command.qualified_name)
 
 

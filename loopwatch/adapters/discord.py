@@ -12,8 +12,9 @@ A plain :class:`discord.Client` has no cogs: call :func:`instrument` and :func:`
 
 py-cord installs as the same ``discord`` package: this module recognises it, labels its work
 ``framework="pycord"`` and loads with py-cord's ``bot.load_extension(...)`` (not awaited:
-py-cord calls ``setup`` synchronously). Its labels are those below, without application
-commands, modals and dynamic items (py-cord runs them its own way); see ``docs/frameworks.md``.
+py-cord calls ``setup`` synchronously). Its labels are those below; application commands
+come through ``Bot.invoke_application_command`` (``app_command:<qualified name>``, no
+autocomplete label), and py-cord has no modal runner and no dynamic items to hook.
 nextcord and disnake have adapters of their own, ``loopwatch.adapters.nextcord`` and
 ``loopwatch.adapters.disnake``, built from the same code.
 
