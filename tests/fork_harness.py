@@ -104,3 +104,25 @@ def slash_interaction(bot: Any, name: str, options: list[dict[str, Any]] | None 
         "data": {"id": str(next(_ids)), "name": name, "type": 1, "options": options or []},
     }
     return lib.Interaction(data=payload, state=bot._connection)
+
+
+def press(bot: Any, custom_id: str) -> None:
+    """Deliver a button press to ``bot`` as the gateway would (``INTERACTION_CREATE``)."""
+    author = {**_USER, "id": str(next(_ids))}
+    channel_message = {
+        "id": str(next(_ids)), "channel_id": "123", "type": 0, "content": "panel",
+        "author": {**_USER, "id": str(next(_ids))}, "attachments": [], "embeds": [],
+        "mentions": [], "mention_roles": [], "pinned": False, "mention_everyone": False,
+        "tts": False, "timestamp": "2024-01-01T00:00:00+00:00", "edited_timestamp": None,
+        "flags": 0, "components": [],
+    }
+    payload = {
+        "id": str(next(_ids)), "application_id": str(next(_ids)), "type": 3, "token": "t",
+        "version": 1, "channel_id": "123", "user": author, "locale": "en-US",
+        "data": {"custom_id": custom_id, "component_type": 2}, "message": channel_message,
+        # Fields some forks require of every interaction payload.
+        "channel": {"id": "123", "type": 1, "recipients": [author]}, "app_permissions": "0",
+        "entitlements": [], "authorizing_integration_owners": {},
+        "attachment_size_limit": 8_388_608,
+    }
+    bot._connection.parse_interaction_create(payload)

@@ -16,8 +16,10 @@ from fork_harness import (
     FORK,
     commands,
     drain,
+    lib,
     make_bot,
     message,
+    press,
     sample,
     slash_interaction,
     tasks,
@@ -165,6 +167,35 @@ def test_prefix_commands_and_subcommands_are_labelled(registry: CollectorRegistr
     assert handled(registry, "command:ping") == 1
     assert handled(registry, "command:admin ban") == 1
     assert handled(registry, "command:fail", "error") == 1
+
+
+def test_a_nesting_view_button_is_answered_and_labelled(registry: CollectorRegistry) -> None:
+    loopwatch.install(registry=registry)
+    seen: list[tuple[int, tuple[str, str]]] = []
+
+    class Panel(lib.ui.View):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__(timeout=None)
+
+        @lib.ui.button(label="go", custom_id="panel:go")
+        async def go(self, *args: Any) -> None:  # the forks order (button, interaction)
+            seen.append((nested(3), tuple(current_labels())))
+
+    async def main() -> None:
+        bot = make_bot()
+        bot.load_extension(EXTENSION)
+        bot.add_view(Panel())
+        press(bot, "panel:go")
+        await drain()
+        bot.unload_extension(EXTENSION)
+        press(bot, "panel:go")  # after unloading: answered, not labelled
+        await drain()
+        await bot.close()
+
+    asyncio.run(main())
+    assert seen == [(6, (FORK, "view:Panel.go")), (6, ("none", "__none__"))]
+    assert reentries(registry, "view:Panel.go") == 1
+    assert handled(registry, "view:Panel.go") == 1
 
 
 @pytest.mark.skipif(FORK != "pycord", reason="py-cord's application-command invoker")
