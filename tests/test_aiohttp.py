@@ -77,6 +77,9 @@ def make_app(static_dir: Path) -> web.Application:
     app.router.add_get("/fail", failing)
     app.router.add_static("/static", static_dir)
     app.add_subapp("/api/", api)
+    tenant = web.Application()
+    tenant.router.add_get("/home/{page}", labels_handler)
+    app.add_domain("tenant.example", tenant)
     return app
 
 
@@ -115,6 +118,9 @@ def test_routes_are_labelled_by_template(
                 seen["PURGE /cache"] = (await response.json())["handler"]
             async with session.post(base + "/users/9/edit") as response:
                 seen["POST edit"] = (await response.json())["handler"]
+            headers = {"Host": "tenant.example"}
+            async with session.get(base + "/home/about", headers=headers) as response:
+                seen["domain"] = (await response.json())["handler"]
             async with session.ws_connect(base + "/ws/lobby") as ws:
                 seen["ws"] = json.loads(await ws.receive_str())["handler"]
             for path in ("/static/a.txt", "/nowhere", "/users/x", "/static/missing"):
@@ -135,6 +141,7 @@ def test_routes_are_labelled_by_template(
         "PURGE /cache": "OTHER /cache",
         "POST edit": "POST /users/{uid}/edit",
         "ws": "WEBSOCKET /ws/{room}",
+        "domain": "GET /home/{page}",  # the host is not part of the template
         "/static/a.txt": 200, "/nowhere": 404, "/users/x": 404, "/static/missing": 404,
         "DELETE /plain": 405, "/fail": 500,
     }
