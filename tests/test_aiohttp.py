@@ -277,3 +277,27 @@ def test_the_new_framework_values_are_accepted_labels(framework: str) -> None:
 
     with handler_context(framework, "event:on_x") as labels:
         assert tuple(current_labels()) == tuple(labels) == (framework, "event:on_x")
+
+
+def test_an_app_started_again_holds_loopwatch_again(
+    loop_factory: Factory, registry: CollectorRegistry, static_dir: Path
+) -> None:
+    app = make_app(static_dir)
+    instrument(app, registry=registry)
+
+    async def once() -> tuple[bool, str]:
+        async with served(app) as base, aiohttp.ClientSession() as session:
+            async with session.get(base + "/nested/2") as response:
+                answer = await response.json()
+            return _monitor.current() is not None, answer["handler"]
+
+    async def twice() -> list[tuple[bool, str]]:
+        return [await once(), await once()]
+
+    assert run_on(loop_factory, twice()) == [(True, "GET /nested/{n}")] * 2
+    assert _monitor.current() is None
+    assert registry.get_sample_value(
+        "loopwatch_reentry_total",
+        {"framework": "aiohttp", "handler": "GET /nested/{n}", "api": "asyncio.run",
+         "action": "offloaded"},
+    ) == 2
