@@ -41,12 +41,13 @@ from loopwatch.metrics import (
 __all__ = ["CogState", "Flavour", "Instrumentation", "flavour", "instrument", "uninstrument"]
 
 # The per-client state lives on the client: it survives ``reload_extension``, which
-# re-imports this module and drops its globals.
+# re-imports the adapter module and drops its globals.
 _STATE_ATTR = "_loopwatch_discord"
 _LATENCY_INTERVAL = 5.0
 # Marks the functions loopwatch put in place, so a loop is never wrapped twice.
 _OURS = "__loopwatch_hook__"
 _HUB_ATTR = "__loopwatch_hub__"
+
 
 class Flavour:
     """One discord.py-style library as the shared code sees it.
