@@ -126,3 +126,17 @@ def press(bot: Any, custom_id: str) -> None:
         "attachment_size_limit": 8_388_608,
     }
     bot._connection.parse_interaction_create(payload)
+
+
+def run_slash(bot: Any, name: str, options: list[dict[str, Any]] | None = None) -> None:
+    """Deliver a slash command to ``bot`` as the gateway would (``INTERACTION_CREATE``)."""
+    author = {**_USER, "id": str(next(_ids))}
+    payload = {
+        "id": str(next(_ids)), "application_id": str(next(_ids)), "type": 2, "token": "t",
+        "version": 1, "channel_id": "123", "user": author, "locale": "en-US",
+        "data": {"id": str(next(_ids)), "name": name, "type": 1, "options": options or []},
+        "channel": {"id": "123", "type": 1, "recipients": [author]}, "app_permissions": "0",
+        "entitlements": [], "authorizing_integration_owners": {},
+        "attachment_size_limit": 8_388_608,
+    }
+    bot._connection.parse_interaction_create(payload)

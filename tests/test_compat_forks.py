@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 import pytest
-from fork_harness import FORK, drain, lib, make_bot, tasks
+from fork_harness import FORK, commands, drain, lib, make_bot, tasks
 
 pytestmark = pytest.mark.skipif(FORK is None, reason="no discord.py fork installed here")
 
@@ -68,6 +68,28 @@ def test_application_command_invoker() -> None:
     runner = getattr(lib.Bot, compat.APP_COMMAND_RUNNER)
     assert inspect.iscoroutinefunction(runner)
     assert _params(runner)[:2] == ["self", "ctx"]
+
+
+def test_application_command_processor() -> None:
+    if FORK != "disnake":
+        assert compat.APP_COMMAND_PROCESSOR is None
+        return
+    runner = getattr(commands.InteractionBot, compat.APP_COMMAND_PROCESSOR)
+    assert inspect.iscoroutinefunction(runner)
+    assert _params(runner)[:2] == ["self", "interaction"]
+    # The command tables and the option types app_command_name reads.
+    bot_attrs = ("all_slash_commands", "all_user_commands", "all_message_commands")
+
+    async def tables() -> list[bool]:
+        bot = make_bot()
+        try:
+            return [isinstance(getattr(bot, a, None), dict) for a in bot_attrs]
+        finally:
+            await bot.close()
+
+    assert asyncio.run(tables()) == [True] * 3
+    assert lib.OptionType.sub_command.value == 1
+    assert lib.OptionType.sub_command_group.value == 2
 
 
 def test_view_item_runner() -> None:

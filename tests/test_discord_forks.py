@@ -20,6 +20,7 @@ from fork_harness import (
     make_bot,
     message,
     press,
+    run_slash,
     sample,
     slash_interaction,
     tasks,
@@ -240,6 +241,61 @@ def test_pycord_application_commands_are_labelled(registry: CollectorRegistry) -
     assert reentries(registry, "app_command:report") == 1
     assert handled(registry, "app_command:admin ban") == 1
     assert handled(registry, "app_command:broken", "error") == 1
+
+
+@pytest.mark.skipif(FORK != "disnake", reason="disnake's application-command processor")
+def test_disnake_application_commands_are_labelled(registry: CollectorRegistry) -> None:
+    loopwatch.install(registry=registry)
+    seen: list[tuple[Any, tuple[str, str]]] = []
+
+    async def main() -> None:
+        bot = make_bot()
+
+        @bot.slash_command(name="report", description="r")
+        async def report(inter) -> None:  # disnake reads the parameter, unannotated
+            seen.append((nested(4), tuple(current_labels())))
+
+        @bot.slash_command(name="admin", description="a")
+        async def admin(inter) -> None:  # disnake reads the parameter, unannotated
+            pass
+
+        @admin.sub_command(name="ban", description="b")
+        async def ban(inter) -> None:  # disnake reads the parameter, unannotated
+            seen.append(("ban", tuple(current_labels())))
+
+        @bot.slash_command(name="broken", description="b")
+        async def broken(inter) -> None:  # disnake reads the parameter, unannotated
+            raise RuntimeError("boom")
+
+        @bot.event
+        async def on_slash_command_error(inter: Any, error: Exception) -> None:
+            seen.append(("error", tuple(current_labels())))
+
+        bot.load_extension(EXTENSION)
+        run_slash(bot, "report")
+        run_slash(bot, "admin", [{"name": "ban", "type": 1, "options": []}])
+        run_slash(bot, "broken")
+        run_slash(bot, "nobody-knows")  # unknown: the event's label, no command label
+        await drain()
+        bot.unload_extension(EXTENSION)
+        await bot.close()
+
+    asyncio.run(main())
+    assert seen[:2] == [(8, ("disnake", "app_command:report")),
+                        ("ban", ("disnake", "app_command:admin ban"))]
+    assert seen[2] == ("error", ("disnake", "event:on_slash_command_error"))
+    assert reentries(registry, "app_command:report") == 1
+    assert handled(registry, "app_command:admin ban") == 1
+    assert handled(registry, "app_command:broken", "error") == 1
+    assert not any("nobody" in h for h in _handlers(registry))
+
+
+def _handlers(registry: CollectorRegistry) -> set[str]:
+    return {
+        s.labels["handler"]
+        for m in registry.collect() if m.name == "loopwatch_handler_duration_seconds"
+        for s in m.samples
+    }
 
 
 def test_a_cog_made_by_hand_attaches_and_detaches(registry: CollectorRegistry) -> None:

@@ -19,12 +19,14 @@ import disnake.ui
 from disnake.ext import tasks
 
 __all__ = [
+    "APP_COMMAND_PROCESSOR",
     "APP_COMMAND_RUNNER",
     "DYNAMIC_ITEM_RUNNER",
     "EVENT_RUNNER",
     "LOOP_HOOK_RUNNER",
     "TREE_RUNNER",
     "VIEW_ITEM_RUNNER",
+    "app_command_name",
     "command_tree",
     "dynamic_item_runner_owner",
     "loop_has_hook",
@@ -39,6 +41,12 @@ EVENT_RUNNER = "_run_event"
 
 # disnake has no separate invoker of application commands to hook.
 APP_COMMAND_RUNNER: str | None = None
+
+# ``Bot.process_application_commands(interaction)`` (a public method, called on the bot by
+# its ``on_application_command`` event): looks the command up by type and name and invokes
+# it; errors go to the command's error dispatch, which sets ``interaction.command_failed``.
+# 2.9–2.12.
+APP_COMMAND_PROCESSOR: str | None = "process_application_commands"
 
 # ``Loop._call_loop_function(name, *args)``: runs ``before_loop``, ``after_loop`` and the
 # ``error`` handler, kept as ``_before_loop``/``_after_loop``/``_error``. 2.9–2.12.
@@ -57,6 +65,34 @@ DYNAMIC_ITEM_RUNNER = "schedule_dynamic_item_call"
 def command_tree(client: Any) -> None:
     """disnake has no command tree: application commands are the client's own."""
     return None
+
+
+def app_command_name(client: Any, interaction: Any) -> str | None:
+    """The qualified name of the command ``process_application_commands`` will run, found
+    as disnake finds it (by the command's type and name among the bot's global commands,
+    then the sub-command options among its own children); ``None`` when unknown."""
+    data = interaction.data
+    tables = {
+        disnake.ApplicationCommandType.chat_input: "all_slash_commands",
+        disnake.ApplicationCommandType.user: "all_user_commands",
+        disnake.ApplicationCommandType.message: "all_message_commands",
+    }
+    table = getattr(client, tables.get(data.type, ""), None)
+    command = table.get(data.name) if isinstance(table, dict) else None
+    if command is None:
+        return None
+    options = list(getattr(data, "options", None) or [])
+    for _ in range(2):  # a group and its sub-command at most
+        children = getattr(command, "children", None)
+        chosen = next((o for o in options if o.type in _SUB_OPTIONS), None)
+        if not children or chosen is None or chosen.name not in children:
+            break
+        command = children[chosen.name]
+        options = list(getattr(chosen, "options", None) or [])
+    return str(command.qualified_name)
+
+
+_SUB_OPTIONS = (disnake.OptionType.sub_command, disnake.OptionType.sub_command_group)
 
 
 def _defining_class(cls: type, name: str) -> type | None:

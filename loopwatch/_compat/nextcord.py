@@ -19,6 +19,7 @@ import nextcord.ui
 from nextcord.ext import tasks
 
 __all__ = [
+    "APP_COMMAND_PROCESSOR",
     "APP_COMMAND_RUNNER",
     "DYNAMIC_ITEM_RUNNER",
     "EVENT_RUNNER",
@@ -39,6 +40,9 @@ EVENT_RUNNER = "_run_event"
 
 # nextcord has no separate invoker of application commands to hook.
 APP_COMMAND_RUNNER: str | None = None
+# The processor of application-command interactions whose command the compat module can
+# name (``app_command_name``): disnake only.
+APP_COMMAND_PROCESSOR: str | None = None
 
 # ``Loop._call_loop_function(name, *args)``: runs ``before_loop``, ``after_loop`` and the
 # ``error`` handler, kept as ``_before_loop``/``_after_loop``/``_error``. 2.6.

@@ -20,6 +20,7 @@ import discord.ui
 from discord.ext import tasks
 
 __all__ = [
+    "APP_COMMAND_PROCESSOR",
     "APP_COMMAND_RUNNER",
     "DYNAMIC_ITEM_RUNNER",
     "EVENT_RUNNER",
@@ -42,6 +43,9 @@ EVENT_RUNNER = "_run_event"
 # ``Bot.invoke_application_command(ctx)``: every slash command, subcommand and context
 # menu, with its ``ApplicationContext`` (a public method, on the bot instance). 2.6–2.8.
 APP_COMMAND_RUNNER: str | None = "invoke_application_command"
+# The processor of application-command interactions whose command the compat module can
+# name (``app_command_name``): disnake only.
+APP_COMMAND_PROCESSOR: str | None = None
 
 # ``Loop._call_loop_function(name, *args)``: runs ``before_loop``, ``after_loop`` and the
 # ``error`` handler, kept as ``_before_loop``/``_after_loop``/``_error``. 2.6–2.8.

@@ -479,6 +479,10 @@ class Instrumentation:
         if app_runner is not None and callable(getattr(client, app_runner, None)):
             self._patches.set(client, app_runner, self._wrap_app_invoke(
                 getattr(client, app_runner)))
+        processor = compat.APP_COMMAND_PROCESSOR
+        if processor is not None and callable(getattr(client, processor, None)):
+            self._patches.set(client, processor, self._wrap_app_process(
+                getattr(client, processor)))
         self._attach_tree()
         setattr(client, _STATE_ATTR, self)
         self.flavour.hub.join(self)
@@ -624,6 +628,30 @@ class Instrumentation:
             return None
 
         return invoke_application_command
+
+    def _wrap_app_process(self, original: CoroFunc) -> CoroFunc:
+        """A client's processor of application-command interactions (disnake): the command
+        is looked up the way the library will, by the compat module."""
+        compat = self.flavour.compat
+
+        async def process_application_commands(interaction: Any, /, *args: Any,
+                                               **kwargs: Any) -> None:
+            name = None
+            if self.active:
+                try:
+                    name = compat.app_command_name(self.client, interaction)
+                except Exception as exc:  # an unexpected payload: leave it unlabelled
+                    _monitor.internal_error("discord.app_commands", exc)
+            if name is None:  # an unknown command: the library ignores or answers it
+                return await original(interaction, *args, **kwargs)  # type: ignore[no-any-return]
+            # Errors go to the command's error dispatch, which marks the interaction failed.
+            await self._labelled(
+                "app_command:" + name, lambda: original(interaction, *args, **kwargs),
+                lambda: bool(getattr(interaction, "command_failed", False)),
+            )
+            return None
+
+        return process_application_commands
 
     def _wrap_tree_call(self, original: CoroFunc) -> CoroFunc:
         async def _call(interaction: Any, /) -> None:

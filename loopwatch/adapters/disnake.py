@@ -14,9 +14,9 @@ A plain ``disnake.Client``: call :func:`instrument` and :func:`uninstrument`.
 Labels are discord.py's: ``event:on_<name>`` (client methods, ``bot.listen()``,
 ``Cog.listener()``), ``command:<qualified name>`` (prefix commands),
 ``task:<qualname>`` and its ``:before_loop``/``:after_loop`` hooks (``tasks`` loops),
-``view:<View class>.<item>`` and ``modal:<Modal class>``. Application commands run
-through disnake's own dispatch, inside the ``event:`` label of the event that runs them;
-they have no label of their own yet.
+``view:<View class>.<item>``, ``modal:<Modal class>`` and ``app_command:<qualified
+name>`` (global slash, user and message commands, sub-commands included; autocomplete
+runs under its event's label).
 """
 
 from __future__ import annotations
