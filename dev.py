@@ -66,6 +66,10 @@ ROUTE_TESTS = (
     "tests/test_asgi_routes.py",
     "tests/test_compat_starlette.py",
 )
+# discord.py's forks, each in an environment of its own (py-cord installs as `discord`, the
+# others clash with discord.py's dependencies): the adapter and canary tests of that fork.
+FORKS = ("nextcord", "disnake", "pycord")
+FORK_TESTS = ("tests/test_discord_forks.py", "tests/test_compat_forks.py")
 
 
 def say(message: str) -> None:
@@ -214,6 +218,8 @@ def test(args: list[str]) -> int:
         ensure_env, ROOT / ".venv-oldest-web", sys.executable, "uvloop,fastapi,testcore",
         OLDEST_WEB,
     )
+    for fork in FORKS:
+        builds[fork] = partial(ensure_env, ROOT / f".venv-{fork}", sys.executable, f"test{fork}")
     with ThreadPoolExecutor(max_workers=4) as pool:
         envs = dict(zip(builds, pool.map(lambda build: build(), builds.values()), strict=True))
     say(f"environments ready in {time.monotonic() - started:.0f}s")
@@ -249,6 +255,9 @@ def test(args: list[str]) -> int:
         "oldest starlette-fastapi", bin_of(envs["oldest-web"], "python"), "-m", "pytest",
         "-m", "not slow", "-p", "no:cacheprovider", *ROUTE_TESTS,
     ))
+    for fork in FORKS:
+        other_lane.append(Stage(f"{fork}", bin_of(envs[fork], "python"), "-m", "pytest",
+                                "-p", "no:cacheprovider", *FORK_TESTS))
     passed = run_lanes([main_lane, other_lane])
     stages = main_lane + other_lane
     say("stage times: " + ", ".join(f"{s.name} {s.seconds:.0f}s" for s in stages))

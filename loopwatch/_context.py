@@ -27,7 +27,10 @@ __all__ = [
     "set_lazy_labels",
 ]
 
-FRAMEWORKS = frozenset({"starlette", "fastapi", "discord", "jupyter", "none"})
+FRAMEWORKS = frozenset({
+    "starlette", "fastapi", "aiohttp", "litestar", "discord", "nextcord", "disnake", "pycord",
+    "jupyter", "none",
+})
 NO_HANDLER = "__none__"
 
 
@@ -97,7 +100,8 @@ raw_labels = _labels.get
 def handler_context(framework: str, handler: str) -> Iterator[Labels]:
     """Attribute the work inside the ``with`` block to ``framework`` and ``handler``.
 
-    ``framework`` is one of ``starlette``, ``fastapi``, ``discord``, ``jupyter``, ``none``;
+    ``framework`` is one of ``starlette``, ``fastapi``, ``aiohttp``, ``litestar``,
+    ``discord``, ``nextcord``, ``disnake``, ``pycord``, ``jupyter``, ``none``;
     ``handler`` should be a template (``GET /items/{item_id}``, ``command:ping``), never a
     raw value such as an id, since it becomes a metric label.
     """

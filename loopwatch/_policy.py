@@ -54,6 +54,8 @@ _ADVICE = {
     "telegram": "`async with application: await application.start(); "
     "await application.updater.start_polling()`",
     "discord": "`await client.start(token)`",
+    "nextcord": "`await client.start(token)`",
+    "disnake": "`await client.start(token)`",
 }
 
 

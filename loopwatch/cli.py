@@ -300,8 +300,9 @@ def _spawn(command: list[str], env: dict[str, str]) -> int:  # pragma: no cover 
 
 # -- doctor --------------------------------------------------------------------------------
 
-_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "gunicorn", "anyio", "discord.py", "ipython",
-               "ipykernel", "prometheus-client")
+_FRAMEWORKS = ("fastapi", "starlette", "litestar", "aiohttp", "uvicorn", "gunicorn", "anyio",
+               "discord.py", "py-cord", "nextcord", "disnake", "ipython", "ipykernel",
+               "prometheus-client")
 _NEST = ("nest-asyncio", "nest-asyncio2")
 _MONITORS = (
     ("H1/H2 re-entry guard", "loopwatch._reentry"),

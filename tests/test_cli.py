@@ -6,6 +6,7 @@ argument checks and ``doctor`` also run in-process through :func:`loopwatch.cli.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -582,6 +583,20 @@ def test_doctor_prints_what_loopwatch_sees(capsys: pytest.CaptureFixture[str]) -
     assert re.search(r"H3 lag probe and watchdog: (present|absent)", out)
     assert "on_reentry = 'offload'" in out
     assert "installed in this process: no" in out
+
+
+def test_doctor_lists_every_framework_with_an_adapter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["doctor", "--json"]) == 0
+    frameworks = json.loads(capsys.readouterr().out)["frameworks"]
+    for dist in ("aiohttp", "litestar", "discord.py", "py-cord", "nextcord", "disnake"):
+        assert dist in frameworks
+        try:
+            expected: str | None = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            expected = None
+        assert frameworks[dist] == expected, dist
 
 
 def test_doctor_names_a_bad_variable(

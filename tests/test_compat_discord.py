@@ -177,3 +177,13 @@ def test_running_task_loops_finds_loops_through_their_task() -> None:
             forever.cancel()
 
     assert asyncio.run(main()) == [forever]
+
+
+def test_discord_py_is_not_taken_for_py_cord() -> None:
+    """py-cord installs as ``discord`` too; discord.py names itself ``discord``."""
+    from loopwatch._compat import pycord
+    from loopwatch.adapters import discord as adapter
+
+    assert discord.__title__ == "discord"
+    assert not pycord.is_pycord(discord)
+    assert adapter.FRAMEWORK == "discord"

@@ -19,6 +19,8 @@ from discord.ext import tasks
 from discord.ui import view as _ui_view
 
 __all__ = [
+    "APP_COMMAND_PROCESSOR",
+    "APP_COMMAND_RUNNER",
     "DYNAMIC_ITEM_RUNNER",
     "EVENT_RUNNER",
     "LOOP_HOOK_RUNNER",
@@ -36,6 +38,12 @@ __all__ = [
 # was registered, is scheduled through it, and it calls the client's ``on_error``.
 # 2.0–2.7.1: unchanged signature.
 EVENT_RUNNER = "_run_event"
+
+# discord.py runs application commands through its ``CommandTree`` (``TREE_RUNNER``).
+APP_COMMAND_RUNNER: str | None = None
+# The processor of application-command interactions whose command the compat module can
+# name (``app_command_name``): disnake only.
+APP_COMMAND_PROCESSOR: str | None = None
 
 # ``CommandTree._call(interaction)``: every application command, context menu and
 # autocomplete the tree runs. 2.0–2.7.1.

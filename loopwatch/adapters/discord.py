@@ -1,4 +1,4 @@
-"""discord.py adapter: attribute every handler a bot runs, and measure it.
+"""discord.py and py-cord adapter: attribute every handler a bot runs, and measure it.
 
 Load it as an extension, usually in ``setup_hook``::
 
@@ -9,6 +9,14 @@ or add the cog yourself to pass options::
     await bot.add_cog(LoopwatchCog(bot, metrics_port=9108))
 
 A plain :class:`discord.Client` has no cogs: call :func:`instrument` and :func:`uninstrument`.
+
+py-cord installs as the same ``discord`` package: this module recognises it, labels its work
+``framework="pycord"`` and loads with py-cord's ``bot.load_extension(...)`` (not awaited:
+py-cord calls ``setup`` synchronously). Its labels are those below; application commands
+come through ``Bot.invoke_application_command`` (``app_command:<qualified name>``, no
+autocomplete label), and py-cord has no modal runner and no dynamic items to hook.
+nextcord and disnake have adapters of their own, ``loopwatch.adapters.nextcord`` and
+``loopwatch.adapters.disnake``, built from the same code.
 
 Handler labels (templates from code, never an id, a custom_id, a user or a guild):
 
@@ -55,15 +63,6 @@ restores every hooked attribute exactly, on loops that keep running too.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
-import functools
-import math
-import os
-import time
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 try:
@@ -71,665 +70,38 @@ try:
     from discord.ext import commands, tasks
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "loopwatch.adapters.discord needs discord.py: pip install 'loopwatch[discord]'"
+        "loopwatch.adapters.discord needs discord.py (or py-cord): "
+        "pip install 'loopwatch[discord]'"
     ) from exc
 
-import loopwatch
-from loopwatch import _config, _monitor
-from loopwatch._compat import discord as compat
-from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
-from loopwatch._patching import Patches
-from loopwatch.metrics import (
-    Metrics,
-    MetricsServer,
-    NullMetrics,
-    get_metrics,
-    start_http_server,
-)
+from loopwatch._compat import pycord as _pycord
+from loopwatch.metrics import MetricsServer
+
+from . import _discord_common as common
 
 __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
 
-FRAMEWORK = "discord"
-# The per-client state lives on the client: it survives ``reload_extension``, which
-# re-imports this module and drops its globals.
-_STATE_ATTR = "_loopwatch_discord"
-_LATENCY_INTERVAL = 5.0
-# Marks the functions loopwatch put in place, so a loop is never wrapped twice.
-_OURS = "__loopwatch_hook__"
-_HUB_ATTR = "__loopwatch_hub__"
+if _pycord.is_pycord(discord):
+    FRAMEWORK = "pycord"
+    compat: Any = _pycord
+else:
+    from loopwatch._compat import discord as compat
 
-Coro = Coroutine[Any, Any, Any]
-CoroFunc = Callable[..., Coro]
+    FRAMEWORK = "discord"
 
-
-class _Outcome:
-    """Whether the user's callback raised, for the dispatch running in this context."""
-
-    __slots__ = ("failed",)
-
-    def __init__(self) -> None:
-        self.failed = False
-
-
-_outcome: contextvars.ContextVar[_Outcome | None] = contextvars.ContextVar(
-    "loopwatch_discord_outcome", default=None
+_FLAVOUR = common.flavour(
+    FRAMEWORK, discord, commands, tasks, compat, sync_extensions=FRAMEWORK == "pycord"
 )
+_LATENCY_INTERVAL = common._LATENCY_INTERVAL
 
 
-def _flagging(original: CoroFunc) -> CoroFunc:
-    """``original`` that marks the current dispatch failed when it raises."""
-
-    @functools.wraps(original)
-    async def callback(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await original(*args, **kwargs)
-        except Exception:
-            cell = _outcome.get()
-            if cell is not None:
-                cell.failed = True
-            raise
-
-    return callback
-
-
-class _Hub:
-    """The process-wide hooks: views, modals, dynamic items and ``tasks`` loops.
-
-    discord.py runs these outside any client method, so they are hooked once on its
-    classes, for every :class:`Instrumentation` attached (the first one records loop
-    metrics; views go to the instrumentation of the interaction's client).
-    """
-
-    def __init__(self) -> None:
-        self.holders: list[Instrumentation] = []
-        self.patches = Patches()  # classes and loops: while any holder is attached
-        self.shadows = Patches()  # a callback, only while its dispatch runs
-        self._shadow_counts: dict[tuple[int, str], int] = {}
-        self._item_labels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-    def primary(self) -> Instrumentation | None:
-        for holder in self.holders:
-            if holder.active:
-                return holder
-        return None
-
-    def join(self, holder: Instrumentation) -> None:
-        first = not self.holders
-        self.holders.append(holder)
-        if first:
-            self._patch_classes()
-        try:
-            running = asyncio.all_tasks()
-        except RuntimeError:  # no running loop: no tasks loop can be running either
-            return
-        try:
-            for loop in compat.running_task_loops(running):
-                self.watch_loop(loop)
-        except Exception as exc:
-            _monitor.internal_error("discord.tasks", exc)
-
-    def leave(self, holder: Instrumentation) -> None:
-        if holder in self.holders:
-            self.holders.remove(holder)
-        if not self.holders:
-            self.shadows.undo()
-            self._shadow_counts.clear()
-            self.patches.undo()
-
-    # -- classes ---------------------------------------------------------------------------
-
-    def _patch_classes(self) -> None:
-        hooks: list[tuple[Callable[[], type | None], str, Callable[[CoroFunc], Any]]] = [
-            (compat.view_item_runner_owner, compat.VIEW_ITEM_RUNNER, self._view_runner),
-            (compat.modal_runner_owner, compat.VIEW_ITEM_RUNNER, self._modal_runner),
-            (compat.dynamic_item_runner_owner, compat.DYNAMIC_ITEM_RUNNER, self._dynamic_runner),
-            (lambda: tasks.Loop, "start", self._loop_start),
-        ]
-        for owner_of, name, make in hooks:
-            try:
-                owner = owner_of()
-                if owner is not None:
-                    self.patches.set(owner, name, make(vars(owner)[name]))
-            except Exception as exc:  # a discord.py that moved it: that kind goes unlabelled
-                _monitor.internal_error("discord.hooks", exc)
-
-    @contextlib.contextmanager
-    def _shadowed(self, owner: Any, name: str) -> Iterator[None]:
-        """Wrap ``owner.name`` to see whether it raises, for as long as a dispatch runs."""
-        key = (id(owner), name)
-        count = self._shadow_counts.get(key, 0)
-        try:
-            if count == 0:
-                self.shadows.set(owner, name, _flagging(getattr(owner, name)))
-            self._shadow_counts[key] = count + 1
-        except Exception as exc:  # an object that refuses it: measure without outcome
-            _monitor.internal_error("discord.views", exc)
-        try:
-            yield
-        finally:
-            left = self._shadow_counts.get(key, 0) - 1
-            if left > 0:
-                self._shadow_counts[key] = left
-            elif self._shadow_counts.pop(key, None) is not None:
-                self.shadows.unpatch(owner, name)
-
-    def _view_runner(self, original: CoroFunc) -> CoroFunc:
-        async def _scheduled_task(
-            view: Any, item: Any, interaction: discord.Interaction[Any], /,
-            *args: Any, **kwargs: Any,
-        ) -> Any:
-            holder = _holder_for(interaction)
-            handler = self._item_label(view, item) if holder is not None else ""
-            if holder is None or _already_labelled(handler):
-                return await original(view, item, interaction, *args, **kwargs)
-            cell = _Outcome()
-            token = _outcome.set(cell)
-            try:
-                with self._shadowed(item, "callback"):
-                    await holder._labelled(
-                        handler,
-                        lambda: original(view, item, interaction, *args, **kwargs),
-                        lambda: cell.failed,
-                    )
-            finally:
-                _outcome.reset(token)
-            return None
-
-        setattr(_scheduled_task, _OURS, True)
-        return _scheduled_task
-
-    def _item_label(self, view: Any, item: Any) -> str:
-        try:
-            label = self._item_labels.get(item)
-        except TypeError:  # an item that cannot be weakly referenced or hashed
-            label = None
-        if label is None:
-            # The attribute that holds the item: the decorated method's name, which
-            # discord.py sets on every view instance. Else the item's own class.
-            name = next(
-                (key for key, value in vars(view).items() if value is item),
-                type(item).__name__,
-            )
-            label = f"view:{type(view).__name__}.{name}"
-            with contextlib.suppress(TypeError):
-                self._item_labels[item] = label
-        return label
-
-    def _modal_runner(self, original: CoroFunc) -> CoroFunc:
-        async def _scheduled_task(
-            modal: Any, interaction: discord.Interaction[Any], /, *args: Any, **kwargs: Any,
-        ) -> Any:
-            holder = _holder_for(interaction)
-            handler = "modal:" + type(modal).__name__
-            if holder is None or _already_labelled(handler):
-                return await original(modal, interaction, *args, **kwargs)
-            cell = _Outcome()
-            token = _outcome.set(cell)
-            try:
-                with self._shadowed(modal, "on_submit"):
-                    await holder._labelled(
-                        handler,
-                        lambda: original(modal, interaction, *args, **kwargs),
-                        lambda: cell.failed,
-                    )
-            finally:
-                _outcome.reset(token)
-            return None
-
-        setattr(_scheduled_task, _OURS, True)
-        return _scheduled_task
-
-    def _dynamic_runner(self, original: CoroFunc) -> CoroFunc:
-        async def schedule_dynamic_item_call(
-            store: Any, component_type: int, factory: type,
-            interaction: discord.Interaction[Any], /, *args: Any, **kwargs: Any,
-        ) -> Any:
-            holder = _holder_for(interaction)
-            handler = "dynamic_item:" + factory.__name__
-            if holder is None or _already_labelled(handler):
-                return await original(store, component_type, factory, interaction, *args,
-                                      **kwargs)
-            # discord.py catches and logs a dynamic item's exception itself, before any
-            # user hook: the outcome here is ok or cancelled.
-            await holder._labelled(
-                handler,
-                lambda: original(store, component_type, factory, interaction, *args, **kwargs),
-                lambda: False,
-            )
-            return None
-
-        setattr(schedule_dynamic_item_call, _OURS, True)
-        return schedule_dynamic_item_call
-
-    # -- tasks loops -----------------------------------------------------------------------
-
-    def _loop_start(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(original)
-        def start(loop: tasks.Loop[Any], *args: Any, **kwargs: Any) -> Any:
-            if self.primary() is not None:
-                try:
-                    self.watch_loop(loop)
-                except Exception as exc:
-                    _monitor.internal_error("discord.tasks", exc)
-            return original(loop, *args, **kwargs)
-
-        setattr(start, _OURS, True)
-        setattr(start, _HUB_ATTR, self)
-        return start
-
-    def watch_loop(self, loop: tasks.Loop[Any]) -> None:
-        """Label and time ``loop``'s iterations and hooks (running or not); idempotent."""
-        if self.patches.patched(loop, "coro") or getattr(
-            vars(loop).get("coro"), _OURS, False
-        ):
-            return
-        handler = "task:" + _code_name(loop.coro)
-        self.patches.set(loop, "coro", self._iteration(loop.coro, handler))
-        runner = getattr(loop, compat.LOOP_HOOK_RUNNER)
-        self.patches.set(
-            loop, compat.LOOP_HOOK_RUNNER, self._hook_runner(loop, runner, handler)
-        )
-
-    def _iteration(self, original: CoroFunc, handler: str) -> CoroFunc:
-        @functools.wraps(original)
-        async def iteration(*args: Any, **kwargs: Any) -> Any:
-            holder = self.primary()
-            if holder is None:
-                return await original(*args, **kwargs)
-            token = set_labels(FRAMEWORK, handler)
-            start = time.perf_counter()
-            outcome = "error"
-            try:
-                result = await original(*args, **kwargs)
-                outcome = "ok"
-                return result
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                reset_labels(token)
-                holder._observe(handler, outcome, time.perf_counter() - start)
-
-        setattr(iteration, _OURS, True)
-        return iteration
-
-    def _hook_runner(
-        self, loop: tasks.Loop[Any], original: CoroFunc, handler: str
-    ) -> CoroFunc:
-        async def call_loop_function(name: str, /, *args: Any, **kwargs: Any) -> Any:
-            holder = self.primary()
-            if holder is None or not compat.loop_has_hook(loop, name):
-                return await original(name, *args, **kwargs)
-            # The error handler is the user's reaction to the failed iteration: attributed
-            # to the loop, not timed. before_loop/after_loop are timed apart from the
-            # iterations (a before_loop usually waits for the bot to be ready).
-            error = name == "error"
-            await holder._labelled(
-                handler if error else f"{handler}:{name}",
-                lambda: original(name, *args, **kwargs),
-                lambda: False,
-                timed=not error,
-            )
-            return None
-
-        setattr(call_loop_function, _OURS, True)
-        return call_loop_function
-
-
-def _existing_hub() -> _Hub | None:
-    """The hub a previous copy of this module left attached (``reload_extension`` re-imports
-    the module while other bots may still be watched): one hub per process, whatever copy
-    of the module is asking. It is found on the hook it put on ``Loop.start``."""
-    hub = getattr(vars(tasks.Loop).get("start"), _HUB_ATTR, None)
-    return hub if hub is not None and hasattr(hub, "holders") else None
-
-
-_hub: _Hub = _existing_hub() or _Hub()
-
-
-def _holder_for(interaction: discord.Interaction[Any]) -> Instrumentation | None:
-    """The active instrumentation of the client an interaction came to, if any."""
-    holder: Instrumentation | None = getattr(interaction.client, _STATE_ATTR, None)
-    return holder if holder is not None and holder.active else None
-
-
-def _already_labelled(handler: str) -> bool:
-    """Whether this dispatch is labelled already: should another hook of loopwatch's sit
-    on the same runner (a copy of this module from before a reload), one run is still
-    counted once."""
-    return raw_labels() == (FRAMEWORK, handler)
-
-
-def _code_name(func: Any) -> str:
-    """A function's qualified name without the ``<locals>`` of the functions enclosing it."""
-    name = str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "loop"))
-    return name.rsplit("<locals>.", 1)[-1]
-
-
-class Instrumentation:
+class Instrumentation(common.Instrumentation):
     """loopwatch attached to one client: its hooks, latency gauge and metrics server.
 
     Returned by :func:`instrument`; :class:`LoopwatchCog` manages one for a bot.
     """
 
-    def __init__(
-        self,
-        client: discord.Client,
-        *,
-        registry: Any = None,
-        metrics_port: int | None = None,
-        metrics_addr: str = "127.0.0.1",
-        latency_interval: float = _LATENCY_INTERVAL,
-    ) -> None:
-        # The core's one parser: the same checks and messages as install()'s.
-        metrics_port = _config.parse("metrics_port", metrics_port)
-        metrics_addr = _config.parse("metrics_addr", metrics_addr)
-        latency_interval = _config.parse_seconds("latency_interval", latency_interval)
-        self.client = client
-        self.active = False
-        self.metrics_server: MetricsServer | None = None
-        self._registry = registry
-        self._metrics_port = metrics_port
-        self._metrics_addr = metrics_addr
-        self._latency_interval = latency_interval
-        self._metrics: Metrics | NullMetrics | None = None
-        self._monitor: _monitor.Monitor | None = None
-        self._patches = Patches()
-        self._tree: Any = None
-        self._shards: set[str] = set()
-        self._poller: asyncio.Task[None] | None = None
-        self._by_cog = False
-
-    # -- attach / detach -------------------------------------------------------------------
-
-    def _attach(self) -> None:
-        # The cog's registry installs loopwatch with it; an install the user made already
-        # is not reconfigured (the cog's metrics then go to its registry alone).
-        options = {} if self._registry is None or _monitor.current() is not None else {
-            "registry": self._registry
-        }
-        self._monitor = _monitor.acquire(**options)
-        if self._monitor is None:  # LOOPWATCH_DISABLE: stay out of the way entirely
-            return
-        self._metrics = self._monitor.metrics
-        if self._registry is not None:
-            try:
-                self._metrics = get_metrics(self._registry)
-            except loopwatch.LoopwatchError:
-                # A clash with one of the user's own metrics: say so at load.
-                _monitor.release(self._monitor)
-                self._monitor = None
-                raise
-            except Exception as exc:  # metrics must never take the bot down
-                _monitor.internal_error("discord.metrics", exc)
-                self._metrics = NullMetrics()
-        self.active = True
-        client = self.client
-        self._patches.set(client, compat.EVENT_RUNNER, self._wrap_run_event(
-            getattr(client, compat.EVENT_RUNNER)))
-        if isinstance(client, commands.Bot):
-            self._patches.set(client, "invoke", self._wrap_invoke(client.invoke))
-        self._attach_tree()
-        setattr(client, _STATE_ATTR, self)
-        _hub.join(self)
-        with contextlib.suppress(RuntimeError):  # no running loop: started by the first event
-            self._start_poller(asyncio.get_running_loop())
-        if self._metrics_port is not None:
-            self._start_server()
-
-    def _attach_tree(self) -> None:
-        tree = compat.command_tree(self.client)
-        if tree is not None and self._tree is None:
-            self._tree = tree
-            self._patches.set(tree, compat.TREE_RUNNER, self._wrap_tree_call(
-                getattr(tree, compat.TREE_RUNNER)))
-
-    def _detach(self) -> tuple[MetricsServer | None, asyncio.Task[None] | None]:
-        """Undo every hook; return the metrics server and the poller for the caller to end."""
-        if getattr(self.client, _STATE_ATTR, None) is self:
-            delattr(self.client, _STATE_ATTR)
-        was_active, self.active = self.active, False
-        # A hook someone wrapped after us stays in their chain; ours is then a pass-through
-        # because ``active`` is False.
-        self._patches.undo()
-        self._tree = None
-        if was_active:
-            _hub.leave(self)
-        poller, self._poller = self._poller, None
-        if poller is not None:
-            poller.cancel()
-        self._clear_latency()
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            _monitor.release(monitor)
-        server, self.metrics_server = self.metrics_server, None
-        return server, poller
-
-    def close(self) -> None:
-        """Detach from the client and stop the metrics server (blocks until it stops)."""
-        server, _ = self._detach()
-        if server is not None:
-            server.close()
-
-    async def aclose(self) -> None:
-        """Detach from the client; stop the metrics server off the event loop."""
-        server, poller = self._detach()
-        if poller is not None and poller is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
-        if server is not None:
-            await asyncio.get_running_loop().run_in_executor(None, server.close)
-
-    # -- the hooks -------------------------------------------------------------------------
-
-    def _wrap_run_event(self, original: CoroFunc) -> CoroFunc:
-        async def run_event(
-            coro: CoroFunc, event_name: str, /, *args: Any, **kwargs: Any
-        ) -> None:
-            if not self.active:
-                return await original(coro, event_name, *args, **kwargs)  # type: ignore[no-any-return]
-            if self._poller is None:
-                self._start_poller(asyncio.get_running_loop())
-                self._attach_tree()
-            handler = "event:" + event_name
-            token = set_labels(FRAMEWORK, handler)
-            try:
-                # The label also covers the client's on_error, which discord.py calls from
-                # inside its event runner; the timing covers the handler alone.
-                await original(self._timed(coro, handler), event_name, *args, **kwargs)
-            finally:
-                reset_labels(token)
-            return None
-
-        return run_event
-
-    async def _labelled(
-        self, handler: str, call: Callable[[], Awaitable[Any]], failed: Callable[[], bool],
-        *, timed: bool = True,
-    ) -> None:
-        """Run ``call`` under ``handler``'s labels and record its duration and outcome."""
-        token = set_labels(FRAMEWORK, handler)
-        start = time.perf_counter()
-        outcome = "error"
-        try:
-            await call()
-            outcome = "error" if failed() else "ok"
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            reset_labels(token)
-            if outcome == "error" and _cancelling():
-                outcome = "cancelled"
-            if timed:
-                self._observe(handler, outcome, time.perf_counter() - start)
-
-    def _timed(self, func: CoroFunc, handler: str) -> CoroFunc:
-        async def handler_call(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            outcome = "error"
-            try:
-                result = await func(*args, **kwargs)
-                outcome = "ok"
-                return result
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                self._observe(handler, outcome, time.perf_counter() - start)
-
-        return handler_call
-
-    def _wrap_invoke(self, original: CoroFunc) -> CoroFunc:
-        async def invoke(ctx: commands.Context[Any], /) -> None:
-            if not self.active or ctx.command is None:
-                return await original(ctx)  # type: ignore[no-any-return]
-            # Bot.invoke hands command errors (failed checks included) to the error handlers
-            # instead of raising; they all mark the context failed.
-            await self._labelled(
-                "command:" + _command_name(ctx), lambda: original(ctx),
-                lambda: bool(ctx.command_failed),
-            )
-            return None
-
-        return invoke
-
-    def _wrap_tree_call(self, original: CoroFunc) -> CoroFunc:
-        async def _call(interaction: discord.Interaction[Any], /) -> None:
-            if not self.active:
-                return await original(interaction)  # type: ignore[no-any-return]
-            command = interaction.command
-            # Autocomplete runs per keystroke: a label of its own, so the command's
-            # durations describe the command itself.
-            kind = (
-                "autocomplete:" if interaction.type is discord.InteractionType.autocomplete
-                else "app_command:"
-            )
-            handler = "__unmatched__" if command is None else kind + command.qualified_name
-            await self._labelled(
-                handler, lambda: original(interaction), lambda: bool(interaction.command_failed),
-            )
-            return None
-
-        return _call
-
-    def _observe(self, handler: str, outcome: str, seconds: float) -> None:
-        metrics = self._metrics
-        if metrics is None:
-            return
-        try:
-            metrics.child(
-                metrics.handler_duration_seconds,
-                framework=FRAMEWORK, handler=handler, outcome=outcome,
-            ).observe(seconds)
-        except Exception as exc:
-            _monitor.internal_error("discord.metrics", exc)
-
-    # -- gateway latency -------------------------------------------------------------------
-
-    def update_latency(self) -> None:
-        """Export the gateway latency now (the poller does this every few seconds)."""
-        metrics = self._metrics
-        if metrics is None or not self.active:
-            return
-        client = self.client
-        if isinstance(client, discord.AutoShardedClient):
-            pairs = client.latencies
-        else:
-            pairs = [(client.shard_id or 0, client.latency)]
-        gauge = metrics.discord_latency_seconds
-        seen: set[str] = set()
-        for shard, latency in pairs:
-            # Before the first heartbeat discord.py reports NaN or inf: absent, not zero.
-            if math.isfinite(latency) and latency >= 0:
-                label = str(shard)
-                # Not through Metrics.child: its cache would keep a removed child alive.
-                gauge.labels(shard=label).set(latency)
-                seen.add(label)
-        self._remove_shards(self._shards - seen)
-        self._shards = seen
-
-    def _clear_latency(self) -> None:
-        self._remove_shards(self._shards)
-        self._shards = set()
-
-    def _remove_shards(self, shards: set[str]) -> None:
-        if not shards or self._metrics is None or _multiprocess():
-            # prometheus-client cannot remove a child in multiprocess mode.
-            return
-        for shard in shards:
-            with contextlib.suppress(KeyError):
-                self._metrics.discord_latency_seconds.remove(shard)
-
-    def _start_poller(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._poller is None:
-            self._poller = loop.create_task(self._poll(), name="loopwatch: discord latency")
-
-    async def _poll(self) -> None:
-        while self.active and not self.client.is_closed():
-            try:
-                self.update_latency()
-            except Exception as exc:
-                _monitor.internal_error("discord.latency", exc)
-            await asyncio.sleep(self._latency_interval)
-        if self.active:
-            self._clear_latency()
-
-    # -- exposition ------------------------------------------------------------------------
-
-    def _start_server(self) -> None:
-        port, addr = self._metrics_port, self._metrics_addr
-        if port is None:
-            return
-        registry = self._registry if self._registry is not None else (
-            self._monitor.config.registry if self._monitor is not None else None
-        )
-        try:
-            self.metrics_server = start_http_server(port, addr, registry)
-        except OSError as exc:
-            _monitor.internal_error("discord.metrics_server", exc)
-            if self._monitor is not None:
-                self._monitor.report(
-                    "internal", api="metrics.start_http_server", action="raised",
-                    labels=Labels(FRAMEWORK, "__none__"),
-                    detail={"addr": addr, "port": str(port), "error": str(exc)},
-                    hint=f"The discord metrics server could not bind {addr}:{port} ({exc}); "
-                    "the bot keeps running without it. Pass a free metrics_port.",
-                )
-
-
-def _command_name(ctx: commands.Context[Any]) -> str:
-    """The qualified name of the command that will run, subcommands of groups included.
-
-    Bot.invoke only knows the top-level command; the subcommand is picked later by
-    Group.invoke from the next word, so peek at it here and put the view back.
-    """
-    command: Any = ctx.command
-    view = ctx.view
-    if isinstance(command, commands.Group) and view is not None:
-        index, previous = view.index, view.previous
-        try:
-            while isinstance(command, commands.Group):
-                view.skip_ws()
-                word = view.get_word()
-                sub = command.all_commands.get(word) if word else None
-                if sub is None:
-                    break
-                command = sub
-        finally:
-            view.index, view.previous = index, previous
-    return str(command.qualified_name)
-
-
-def _cancelling() -> bool:
-    """Whether the current task is being cancelled (discord.py swallows it in commands)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-    return bool(cancelling()) if cancelling is not None else False
-
-
-def _multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    flavour = _FLAVOUR
 
 
 def instrument(
@@ -739,29 +111,22 @@ def instrument(
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
     latency_interval: float = _LATENCY_INTERVAL,
-) -> Instrumentation:
+) -> common.Instrumentation:
     """Watch a plain :class:`discord.Client` (or any bot) without the cog; idempotent.
 
     Installs loopwatch if it is not installed (options from the ``LOOPWATCH_*``
     environment). Call it after creating the client's ``CommandTree``. Without a running
     loop, the latency gauge starts with the first event. Undo with :func:`uninstrument`.
     """
-    existing: Instrumentation | None = getattr(client, _STATE_ATTR, None)
-    if existing is not None:
-        return existing
-    state = Instrumentation(
-        client, registry=registry, metrics_port=metrics_port, metrics_addr=metrics_addr,
-        latency_interval=latency_interval,
+    return common.instrument(
+        Instrumentation, client, registry=registry, metrics_port=metrics_port,
+        metrics_addr=metrics_addr, latency_interval=latency_interval,
     )
-    state._attach()
-    return state
 
 
 def uninstrument(client: discord.Client) -> None:
     """Undo :func:`instrument` exactly (idempotent); stops its metrics server."""
-    state: Instrumentation | None = getattr(client, _STATE_ATTR, None)
-    if state is not None:
-        state.close()
+    common.uninstrument(client)
 
 
 class LoopwatchCog(commands.Cog, name="Loopwatch"):
@@ -769,7 +134,8 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):
 
     ``registry`` receives the metrics (default: loopwatch's); with ``metrics_port`` a
     ``/metrics`` server listens on ``metrics_addr`` (loopback by default) while the cog
-    is loaded. A taken port is reported as one incident and the bot keeps running.
+    is loaded. A taken port is reported as one incident and the bot keeps running. Under
+    py-cord, which calls nothing when a cog is added, the cog attaches when it is made.
     """
 
     def __init__(
@@ -782,24 +148,27 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):
         latency_interval: float = _LATENCY_INTERVAL,
     ) -> None:
         self.bot = bot
-        self.instrumentation = Instrumentation(
-            bot, registry=registry, metrics_port=metrics_port, metrics_addr=metrics_addr,
-            latency_interval=latency_interval,
+        self._state = common.CogState(
+            Instrumentation, bot, registry=registry, metrics_port=metrics_port,
+            metrics_addr=metrics_addr, latency_interval=latency_interval,
         )
-        self._owns = False
+        self.instrumentation = self._state.instrumentation
+        if _FLAVOUR.sync_extensions:
+            self._state.load()
 
     async def cog_load(self) -> None:
         """Attach to the bot (discord.py calls this from ``add_cog``)."""
-        if getattr(self.bot, _STATE_ATTR, None) is None:
-            self.instrumentation._by_cog = True
-            self.instrumentation._attach()
-            self._owns = True
+        self._state.load()
 
-    async def cog_unload(self) -> None:
-        """Detach from the bot and stop the metrics server (called from ``remove_cog``)."""
-        if self._owns:
-            self._owns = False
-            await self.instrumentation.aclose()
+    def cog_unload(self) -> Any:
+        """Detach from the bot and stop the metrics server (called from ``remove_cog``).
+
+        discord.py awaits what this returns; py-cord calls it without awaiting.
+        """
+        if _FLAVOUR.sync_extensions:
+            self._state.unload()
+            return None
+        return self._state.aunload()
 
     def update_latency(self) -> None:
         """Export the gateway latency now."""
@@ -811,16 +180,26 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):
         return self.instrumentation.metrics_server
 
 
-async def setup(bot: commands.Bot) -> None:
-    """Extension entry point: ``await bot.load_extension("loopwatch.adapters.discord")``."""
-    await bot.add_cog(LoopwatchCog(bot))
+if _FLAVOUR.sync_extensions:
 
+    def setup(bot: commands.Bot) -> None:
+        """Extension entry point: ``bot.load_extension("loopwatch.adapters.discord")``."""
+        # py-cord's add_cog is synchronous (discord.py's returns a coroutine).
+        bot.add_cog(LoopwatchCog(bot))  # type: ignore[unused-coroutine]
 
-async def teardown(bot: commands.Bot) -> None:
-    """Extension exit point: undo anything the cog's removal left behind.
+    def teardown(bot: commands.Bot) -> None:
+        """Extension exit point: undo anything the cog's removal left behind."""
+        common.teardown(bot)
 
-    An :func:`instrument` the user made is theirs and stays.
-    """
-    state: Instrumentation | None = getattr(bot, _STATE_ATTR, None)
-    if state is not None and state._by_cog:
-        await state.aclose()
+else:
+
+    async def setup(bot: commands.Bot) -> None:  # type: ignore[misc]
+        """Extension entry point: ``await bot.load_extension("loopwatch.adapters.discord")``."""
+        await bot.add_cog(LoopwatchCog(bot))
+
+    async def teardown(bot: commands.Bot) -> None:  # type: ignore[misc]
+        """Extension exit point: undo anything the cog's removal left behind.
+
+        An :func:`instrument` the user made is theirs and stays.
+        """
+        await common.ateardown(bot)

@@ -1,0 +1,121 @@
+"""disnake adapter: attribute every handler a bot runs, and measure it (framework ``disnake``).
+
+The same code as the discord.py adapter (``loopwatch.adapters.discord``), given disnake's
+modules. Load it as an extension (synchronously, as disnake loads extensions)::
+
+    bot.load_extension("loopwatch.adapters.disnake")
+
+or add the cog yourself to pass options (it attaches when it is made)::
+
+    bot.add_cog(LoopwatchCog(bot, metrics_port=9108))
+
+A plain ``disnake.Client``: call :func:`instrument` and :func:`uninstrument`.
+
+Labels are discord.py's: ``event:on_<name>`` (client methods, ``bot.listen()``,
+``Cog.listener()``), ``command:<qualified name>`` (prefix commands),
+``task:<qualname>`` and its ``:before_loop``/``:after_loop`` hooks (``tasks`` loops),
+``view:<View class>.<item>``, ``modal:<Modal class>`` and ``app_command:<qualified
+name>`` (global slash, user and message commands, sub-commands included; autocomplete
+runs under its event's label).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    import disnake
+    from disnake.ext import commands, tasks
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "loopwatch.adapters.disnake needs disnake: pip install 'loopwatch[disnake]'"
+    ) from exc
+
+from loopwatch._compat import disnake as compat
+from loopwatch.metrics import MetricsServer
+
+from . import _discord_common as common
+
+__all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
+
+FRAMEWORK = "disnake"
+_FLAVOUR = common.flavour(FRAMEWORK, disnake, commands, tasks, compat, sync_extensions=True)
+_LATENCY_INTERVAL = common._LATENCY_INTERVAL
+
+
+class Instrumentation(common.Instrumentation):
+    """loopwatch attached to one client: its hooks, latency gauge and metrics server."""
+
+    flavour = _FLAVOUR
+
+
+def instrument(
+    client: Any,
+    *,
+    registry: Any = None,
+    metrics_port: int | None = None,
+    metrics_addr: str = "127.0.0.1",
+    latency_interval: float = _LATENCY_INTERVAL,
+) -> common.Instrumentation:
+    """Watch a ``disnake.Client`` (or any bot) without the cog; idempotent.
+
+    Installs loopwatch if it is not installed (options from the ``LOOPWATCH_*``
+    environment). Undo with :func:`uninstrument`.
+    """
+    return common.instrument(
+        Instrumentation, client, registry=registry, metrics_port=metrics_port,
+        metrics_addr=metrics_addr, latency_interval=latency_interval,
+    )
+
+
+def uninstrument(client: Any) -> None:
+    """Undo :func:`instrument` exactly (idempotent); stops its metrics server."""
+    common.uninstrument(client)
+
+
+class LoopwatchCog(commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-arg]
+    """The loopwatch cog: making it watches the bot, removing it undoes that exactly.
+
+    disnake adds a cog without calling anything on it, so the cog attaches when it is
+    made. ``registry``, ``metrics_port``, ``metrics_addr`` as for the discord.py cog.
+    """
+
+    def __init__(
+        self,
+        bot: Any,
+        *,
+        registry: Any = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
+        latency_interval: float = _LATENCY_INTERVAL,
+    ) -> None:
+        self.bot = bot
+        self._state = common.CogState(
+            Instrumentation, bot, registry=registry, metrics_port=metrics_port,
+            metrics_addr=metrics_addr, latency_interval=latency_interval,
+        )
+        self.instrumentation = self._state.instrumentation
+        self._state.load()
+
+    def cog_unload(self) -> None:
+        """Detach from the bot and stop the metrics server (called from ``remove_cog``)."""
+        self._state.unload()
+
+    def update_latency(self) -> None:
+        """Export the gateway latency now."""
+        self.instrumentation.update_latency()
+
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        """The cog's metrics server, when ``metrics_port`` was given and the port was free."""
+        return self.instrumentation.metrics_server
+
+
+def setup(bot: Any) -> None:
+    """Extension entry point: ``bot.load_extension("loopwatch.adapters.disnake")``."""
+    bot.add_cog(LoopwatchCog(bot))
+
+
+def teardown(bot: Any) -> None:
+    """Extension exit point: undo anything the cog's removal left behind."""
+    common.teardown(bot)
