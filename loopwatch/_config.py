@@ -38,6 +38,8 @@ class Config:
     default_framework: str = "none"
     watchdog: bool = True
     lag_tick: float = 0.02
+    stuck_after: float = 10.0
+    tasks_endpoint: bool = False
     registry: Any = None  # a prometheus_client CollectorRegistry; None means the default one
 
     def public_dict(self) -> dict[str, Any]:
@@ -71,6 +73,13 @@ def _seconds(name: str, value: Any) -> float:
             f"{name}={value!r} is not accepted; use a positive, finite number of seconds"
         )
     return number
+
+
+def _seconds_or_off(name: str, value: Any) -> float:
+    """Seconds, or ``0`` for off."""
+    if not isinstance(value, bool) and str(value).strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(name, value)
 
 
 def _port(name: str, value: Any) -> int | None:
@@ -137,6 +146,8 @@ _OPTIONS: dict[str, tuple[str | None, Callable[[str, Any], Any]]] = {
     "default_framework": ("LOOPWATCH_FRAMEWORK", _framework),
     "watchdog": ("LOOPWATCH_WATCHDOG", _flag),
     "lag_tick": ("LOOPWATCH_LAG_TICK", _seconds),
+    "stuck_after": ("LOOPWATCH_STUCK_AFTER", _seconds_or_off),
+    "tasks_endpoint": ("LOOPWATCH_TASKS_ENDPOINT", _flag),
     "registry": (None, _registry),
 }
 

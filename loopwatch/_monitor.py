@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _context, _frames, _reentry, _runtime, _tasks, _watchdog
+from . import _context, _frames, _handlers, _reentry, _runtime, _tasks, _watchdog
 from ._compat import asyncio as aio
 from ._config import Config, load_config
 from ._errors import LoopwatchError
@@ -93,6 +93,7 @@ class Monitor:
 
         self._undo["info"] = _runtime.on_loop_start(loop_started)
         self._undo["tasks"] = _tasks.install(self)
+        self._undo["handlers"] = _handlers.install(self)
         if self.config.watchdog:
             self._undo["watchdog"] = _watchdog.install(self)
 
@@ -110,6 +111,8 @@ class Monitor:
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
+        if not first:
+            _handlers.configure(config.stuck_after)
         if first or (config.metrics_port, config.metrics_addr) != (
             old.metrics_port,
             old.metrics_addr,

@@ -51,6 +51,8 @@ METRIC_NAMES = (
     "loopwatch_label_overflow_total",
     "loopwatch_internal_errors_total",
     "loopwatch_info",
+    "loopwatch_handlers_in_flight",
+    "loopwatch_stuck_handlers_total",
 )
 
 # Handler values that are always allowed: they are bounded by construction.
@@ -185,6 +187,22 @@ class Metrics:
             ("version", "python", "loop", "on_reentry"),
             multiprocess_mode="max",
         )
+        self.handlers_in_flight = _make(
+            r,
+            Gauge,
+            "loopwatch_handlers_in_flight",
+            "Requests, events, commands and loop iterations running now, by handler.",
+            ("framework", "handler"),
+            multiprocess_mode="livesum",
+        )
+        self.stuck_handlers_total = _make(
+            r,
+            Counter,
+            "loopwatch_stuck_handlers_total",
+            "Handlers still running past stuck_after while the loop was healthy.",
+            ("framework", "handler"),
+        )
+        self._in_flight: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[str, set[str]] = {}
@@ -244,6 +262,21 @@ class Metrics:
             self.child(
                 self.coroutines_never_awaited_total, framework=framework, handler=handler
             ).inc()
+        elif kind == "stuck_handler":
+            self.child(self.stuck_handlers_total, framework=framework, handler=handler).inc()
+
+    def set_in_flight(self, counts: dict[tuple[str, str], int]) -> None:
+        """Set ``loopwatch_handlers_in_flight`` to ``counts`` by (framework, handler); the
+        handlers seen before and absent now go to 0."""
+        for key in list(self._in_flight):
+            if key not in counts:
+                self._in_flight.pop(key).set(0)
+        for (framework, handler), count in counts.items():
+            gauge = self._in_flight.get((framework, handler))
+            if gauge is None:
+                gauge = self.child(self.handlers_in_flight, framework=framework, handler=handler)
+                self._in_flight[(framework, handler)] = gauge
+            gauge.set(count)
 
     def count_internal_error(self, component: str) -> None:
         """One failure inside loopwatch (``loopwatch_internal_errors_total``)."""
@@ -290,6 +323,9 @@ class NullMetrics:
 
     def count_internal_error(self, component: str) -> None:
         """Count nothing."""
+
+    def set_in_flight(self, counts: dict[tuple[str, str], int]) -> None:
+        """Set nothing."""
 
 
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()

@@ -31,6 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from .. import _handlers
 from .._compat import prometheus as prom
 from .._compat import starlette as _starlette
 from .._context import (
@@ -87,6 +88,12 @@ class LoopwatchMiddleware:
     of ``ok``, ``error`` (an exception escaped, or a 5xx status) and ``cancelled`` (the
     client went away first). ``framework`` (``starlette`` or ``fastapi``) is detected from
     the app when not given. The middleware never raises an error of its own into the app.
+
+    Each HTTP request is tracked while in flight (``loopwatch_handlers_in_flight``) and
+    reported once as ``stuck_handler`` when it runs past ``stuck_after`` seconds without
+    sending anything; each ``send`` counts as progress, so a response that keeps streaming
+    is never stuck. WebSocket sessions are tracked only with ``stuck_websockets=True`` (a
+    quiet socket is normal): then every ``send`` and ``receive`` counts as progress.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class LoopwatchMiddleware:
         registry: CollectorRegistry | None = None,
         handler_metrics: bool = False,
         framework: str | None = None,
+        stuck_websockets: bool = False,
     ) -> None:
         if framework is not None and framework not in FRAMEWORKS:
             raise ConfigError(
@@ -103,6 +111,7 @@ class LoopwatchMiddleware:
                 f"use one of {', '.join(sorted(FRAMEWORKS))}"
             )
         self.app = app
+        self.stuck_websockets = stuck_websockets
         self.handler_metrics = handler_metrics
         self.framework = framework
         self._metrics: Metrics | NullMetrics | None = None
@@ -124,6 +133,8 @@ class LoopwatchMiddleware:
             return
         token = None
         root_path = ""
+        entry = None
+        server_send = send
         try:
             outer = raw_labels()  # an outer LoopwatchMiddleware's request, maybe
             # A mounted app instrumented too: the outermost middleware labels (and times)
@@ -132,7 +143,17 @@ class LoopwatchMiddleware:
                 if self.framework is None:
                     self._detect_framework(scope)
                 root_path = scope.get("root_path", "")
-                token = set_lazy_labels(_RequestLabels((self._resolver, scope, root_path)))
+                labels = _RequestLabels((self._resolver, scope, root_path))
+                token = set_lazy_labels(labels)
+                if scope["type"] == "http":
+                    entry = _enter(labels, _CALL)
+                    if entry is not None:
+                        send = _partial(_sending, send, entry)
+                elif self.stuck_websockets:
+                    entry = _enter(labels, _CALL)
+                    if entry is not None:
+                        send = _partial(_sending, send, entry)
+                        receive = _partial(_handlers.receiving, receive, entry)
         except Exception as exc:
             internal_error("asgi", exc)
         if token is None:
@@ -153,7 +174,7 @@ class LoopwatchMiddleware:
                     isinstance(exc, asyncio.CancelledError)
                     # Starlette's and uvicorn's errors for a client that went away.
                     or type(exc).__name__ in _DISCONNECTS
-                    or _failed_sending(send, exc)
+                    or _failed_sending(server_send, exc)
                 )
                 outcome = "cancelled" if cancelled else "error"
                 self._observe(metrics, scope, root_path, outcome, started)
@@ -172,6 +193,8 @@ class LoopwatchMiddleware:
         finally:
             try:
                 reset_labels(token)
+                if entry is not None:
+                    _end(entry)
             except Exception as exc:
                 internal_error("asgi", exc)
 
@@ -217,6 +240,13 @@ class LoopwatchMiddleware:
                 self._children.clear()
             self._children[(labels, outcome)] = observe
         return observe
+
+
+# The request's task is found by this frame on its await chain, only once it is stuck.
+_CALL = LoopwatchMiddleware.__call__.__code__
+_enter = _handlers.enter
+_end = _handlers.end
+_sending = _handlers.sending
 
 
 class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):

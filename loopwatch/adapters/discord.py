@@ -75,7 +75,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 import loopwatch
-from loopwatch import _monitor
+from loopwatch import _handlers, _monitor
 from loopwatch._compat import discord as compat
 from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
 from loopwatch._patching import Patches
@@ -337,6 +337,7 @@ class _Hub:
             if holder is None:
                 return await original(*args, **kwargs)
             token = set_labels(FRAMEWORK, handler)
+            entry = _handlers.begin(FRAMEWORK, handler)
             start = time.perf_counter()
             outcome = "error"
             try:
@@ -348,6 +349,7 @@ class _Hub:
                 raise
             finally:
                 reset_labels(token)
+                _handlers.end(entry)
                 holder._observe(handler, outcome, time.perf_counter() - start)
 
         setattr(iteration, _OURS, True)
@@ -540,12 +542,14 @@ class Instrumentation:
                 self._attach_tree()
             handler = "event:" + event_name
             token = set_labels(FRAMEWORK, handler)
+            entry = _handlers.begin(FRAMEWORK, handler)
             try:
                 # The label also covers the client's on_error, which discord.py calls from
                 # inside its event runner; the timing covers the handler alone.
                 await original(self._timed(coro, handler), event_name, *args, **kwargs)
             finally:
                 reset_labels(token)
+                _handlers.end(entry)
             return None
 
         return run_event
@@ -556,6 +560,7 @@ class Instrumentation:
     ) -> None:
         """Run ``call`` under ``handler``'s labels and record its duration and outcome."""
         token = set_labels(FRAMEWORK, handler)
+        entry = _handlers.begin(FRAMEWORK, handler)
         start = time.perf_counter()
         outcome = "error"
         try:
@@ -566,6 +571,7 @@ class Instrumentation:
             raise
         finally:
             reset_labels(token)
+            _handlers.end(entry)
             if outcome == "error" and _cancelling():
                 outcome = "cancelled"
             if timed:
