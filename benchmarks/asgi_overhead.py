@@ -16,6 +16,9 @@ is the fastest batch of the variant minus the fastest bare batch, close to the c
 an idle machine. Run it with::
 
     python benchmarks/asgi_overhead.py        # --pairs 600 --batch 20 --loop asyncio
+
+``--install`` runs it with loopwatch installed (as ``instrument()`` does), so the
+per-request tracking of handlers in flight (``stuck_after``) is in the measured path.
 """
 
 from __future__ import annotations
@@ -217,7 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=600, help="paired batches per variant")
     parser.add_argument("--batch", type=int, default=20, help="requests per batch")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--install", action="store_true", help="install loopwatch first")
+    parser.add_argument("--alone", action="store_true", help="only the middleware alone")
     args = parser.parse_args(argv)
+    if args.install:
+        import loopwatch
+
+        loopwatch.install(registry=CollectorRegistry())
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if args.loop == "uvloop":
         import uvloop
@@ -227,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     loop = factory()
     try:
         alone = loop.run_until_complete(middleware_alone(args.pairs, 200))
-        for routes in (30, 300):
+        for routes in () if args.alone else (30, 300):
             results[routes] = loop.run_until_complete(measure(routes, args.pairs, args.batch))
     finally:
         loop.close()

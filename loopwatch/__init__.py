@@ -18,6 +18,7 @@ from ._context import handler_context
 from ._errors import ConfigError, LoopwatchError
 from ._incidents import Incident
 from ._monitor import Monitor
+from ._taskview import TaskInfo
 
 __version__ = "0.1.0"
 
@@ -26,11 +27,13 @@ __all__ = [
     "Incident",
     "LoopwatchError",
     "Monitor",
+    "TaskInfo",
     "__version__",
     "handler_context",
     "incidents",
     "install",
     "load_ipython_extension",
+    "tasks",
     "uninstall",
     "unload_ipython_extension",
 ]
@@ -43,7 +46,8 @@ def install(**options: Any) -> Monitor:
     given. Options (each also a ``LOOPWATCH_*`` environment variable): ``on_reentry``
     (``offload``/``raise``/``reenter``), ``block_threshold`` (seconds), ``log_format``
     (``text``/``json``), ``metrics_port``, ``metrics_addr``, ``disable``,
-    ``offload_timeout``, ``label_cap``, ``default_framework``, ``watchdog``, ``lag_tick``;
+    ``offload_timeout``, ``label_cap``, ``default_framework``, ``watchdog``, ``lag_tick``,
+    ``stuck_after`` (seconds; 0 turns stuck-handler reports off), ``tasks_endpoint``;
     and ``registry`` (a prometheus_client ``CollectorRegistry``). A bad value raises
     :class:`ConfigError` naming the option or variable.
     """
@@ -65,6 +69,18 @@ def incidents() -> list[Incident]:
 
     monitor = _monitor.current()
     return [] if monitor is None else monitor.store.snapshot()
+
+
+def tasks(timeout: float = 1.0) -> list[TaskInfo]:
+    """Every task of every watched loop: name, handler, age, state, loop, thread, chain.
+
+    Chains are read on each loop's own thread: from another thread this posts one callback
+    to each running loop and waits up to ``timeout`` seconds for it (a loop blocked that
+    long is listed without chains, state ``unknown``).
+    """
+    from . import _taskview
+
+    return _taskview.tasks(timeout)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -90,10 +90,10 @@ class LoopwatchMiddleware:
     the app when not given. The middleware never raises an error of its own into the app.
 
     Each HTTP request is tracked while in flight (``loopwatch_handlers_in_flight``) and
-    reported once as ``stuck_handler`` when it runs past ``stuck_after`` seconds without
-    sending anything; each ``send`` counts as progress, so a response that keeps streaming
-    is never stuck. WebSocket sessions are tracked only with ``stuck_websockets=True`` (a
-    quiet socket is normal): then every ``send`` and ``receive`` counts as progress.
+    reported once as ``stuck_handler`` when its tasks wait on the same thing for
+    ``stuck_after`` seconds; a response that keeps streaming moves on to a new wait with
+    every chunk, so it is never stuck. WebSocket sessions are tracked only with
+    ``stuck_websockets=True`` (a quiet socket is normal).
     """
 
     def __init__(
@@ -133,8 +133,7 @@ class LoopwatchMiddleware:
             return
         token = None
         root_path = ""
-        entry = None
-        server_send = send
+        key = 0
         try:
             outer = raw_labels()  # an outer LoopwatchMiddleware's request, maybe
             # A mounted app instrumented too: the outermost middleware labels (and times)
@@ -145,15 +144,12 @@ class LoopwatchMiddleware:
                 root_path = scope.get("root_path", "")
                 labels = _RequestLabels((self._resolver, scope, root_path))
                 token = set_lazy_labels(labels)
-                if scope["type"] == "http":
-                    entry = _enter(labels, _CALL)
-                    if entry is not None:
-                        send = _partial(_sending, send, entry)
-                elif self.stuck_websockets:
-                    entry = _enter(labels, _CALL)
-                    if entry is not None:
-                        send = _partial(_sending, send, entry)
-                        receive = _partial(_handlers.receiving, receive, entry)
+                # In flight (for stuck requests): inline, a call costs more than the rest.
+                if _TRACKING[0] and (scope["type"] == "http" or self.stuck_websockets):
+                    key = id(labels)
+                    _INFLIGHT[key] = labels
+                    if _CHECKER_ASLEEP[0]:
+                        _FAST.wake()
         except Exception as exc:
             internal_error("asgi", exc)
         if token is None:
@@ -174,7 +170,7 @@ class LoopwatchMiddleware:
                     isinstance(exc, asyncio.CancelledError)
                     # Starlette's and uvicorn's errors for a client that went away.
                     or type(exc).__name__ in _DISCONNECTS
-                    or _failed_sending(server_send, exc)
+                    or _failed_sending(send, exc)
                 )
                 outcome = "cancelled" if cancelled else "error"
                 self._observe(metrics, scope, root_path, outcome, started)
@@ -193,8 +189,10 @@ class LoopwatchMiddleware:
         finally:
             try:
                 reset_labels(token)
-                if entry is not None:
-                    _end(entry)
+                if key:
+                    _INFLIGHT.pop(key, None)
+                    if _REPORTED:  # some handler is stuck now: was it this one?
+                        _finished(key)
             except Exception as exc:
                 internal_error("asgi", exc)
 
@@ -244,9 +242,10 @@ class LoopwatchMiddleware:
 
 # The request's task is found by this frame on its await chain, only once it is stuck.
 _CALL = LoopwatchMiddleware.__call__.__code__
-_enter = _handlers.enter
-_end = _handlers.end
-_sending = _handlers.sending
+_FAST = _handlers.FAST
+_TRACKING, _CHECKER_ASLEEP = _FAST.on, _FAST.asleep
+_INFLIGHT, _REPORTED = _FAST.inflight, _FAST.reported
+_finished = _handlers.finished
 
 
 class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):
@@ -643,3 +642,6 @@ class _Tree:
             ):
                 best = placement
         return best
+
+
+_FAST.mark(_RequestLabels, _CALL)

@@ -337,7 +337,7 @@ class _Hub:
             if holder is None:
                 return await original(*args, **kwargs)
             token = set_labels(FRAMEWORK, handler)
-            entry = _handlers.begin(FRAMEWORK, handler)
+            entry = _handlers.begin_labels(raw_labels())
             start = time.perf_counter()
             outcome = "error"
             try:
@@ -542,7 +542,7 @@ class Instrumentation:
                 self._attach_tree()
             handler = "event:" + event_name
             token = set_labels(FRAMEWORK, handler)
-            entry = _handlers.begin(FRAMEWORK, handler)
+            entry = _handlers.begin_labels(raw_labels())
             try:
                 # The label also covers the client's on_error, which discord.py calls from
                 # inside its event runner; the timing covers the handler alone.
@@ -560,7 +560,7 @@ class Instrumentation:
     ) -> None:
         """Run ``call`` under ``handler``'s labels and record its duration and outcome."""
         token = set_labels(FRAMEWORK, handler)
-        entry = _handlers.begin(FRAMEWORK, handler)
+        entry = _handlers.begin_labels(raw_labels())
         start = time.perf_counter()
         outcome = "error"
         try:
