@@ -167,6 +167,9 @@ class Incident:
     @property
     def fingerprint(self) -> tuple[str, str, Frame | None]:
         """What makes two incidents "the same" for folding."""
+        if self.kind == "stuck_handler":
+            # Two handlers stuck at one shared line (a pool both await) are two hazards.
+            return (self.kind, f"{self.api} in {self.framework} {self.handler}", self.site)
         return (self.kind, self.api, self.site)
 
     def as_dict(self) -> dict[str, Any]:

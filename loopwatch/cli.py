@@ -1,4 +1,4 @@
-"""The ``loopwatch`` command: ``demo``, ``run`` and ``doctor``.
+"""The ``loopwatch`` command: ``demo``, ``run``, ``doctor`` and ``tasks``.
 
 * ``loopwatch demo`` runs an instrumented FastAPI service that hits every hazard, sends it
   traffic and shows what loopwatch caught (see :mod:`loopwatch.demo`).
@@ -8,6 +8,8 @@
   ``opentelemetry-instrument`` works. No code change in the app.
 * ``loopwatch doctor`` prints what loopwatch sees here: Python, the loop implementation,
   frameworks, nest_asyncio, the monitors of this build and the effective configuration.
+* ``loopwatch tasks URL`` prints the live tasks of a running service (its opt-in task
+  view) as a tree by handler, the way ``pstree`` prints processes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import os
 import platform
 import sys
 import textwrap
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -125,7 +130,68 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
     doctor.set_defaults(func=_doctor)
+
+    tasks = sub.add_parser(
+        "tasks", help="show the live tasks of a running service, as a tree by handler",
+        description="Fetch the task view of a service instrumented with tasks_endpoint=True "
+        "(URL: its metrics endpoint, or that URL followed by /tasks) and print its tasks as "
+        "a tree: loop, handler, task and the await chain it waits in, innermost first. "
+        "Exit status 1 when the view cannot be fetched.",
+    )
+    tasks.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:8000/metrics")
+    tasks.add_argument("--token", default=None,
+                       help="the service's metrics token (default: $LOOPWATCH_METRICS_TOKEN)")
+    tasks.add_argument("--json", action="store_true", help="print the view's JSON as fetched")
+    tasks.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="how long to wait for the service (default 10)")
+    tasks.set_defaults(func=_tasks)
     return parser
+
+
+def tasks_url(url: str) -> str:
+    """The task view's URL for a metrics URL (or the task view's URL itself)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/tasks"):
+        path += "/tasks"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from ._taskview import render_text
+
+    request = urllib.request.Request(tasks_url(args.url), headers={"Accept": "application/json"})
+    token = args.token or os.environ.get("LOOPWATCH_METRICS_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        reason = {
+            401: "the service wants its metrics token (--token)",
+            404: "no task view there: is loopwatch installed with tasks_endpoint=True "
+            "(LOOPWATCH_TASKS_ENDPOINT=1), and is the URL its metrics endpoint?",
+        }.get(exc.code, exc.reason)
+        print(f"loopwatch tasks: {request.full_url}: HTTP {exc.code}: {reason}",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"loopwatch tasks: {request.full_url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(body.decode() + "\n")
+        return 0
+    try:
+        data = json.loads(body)
+        items = data["tasks"]
+    except (ValueError, KeyError, TypeError):
+        print(f"loopwatch tasks: {request.full_url}: not a task view", file=sys.stderr)
+        return 1
+    pid = data.get("pid")
+    print(f"{request.full_url}" + (f" (pid {pid})" if pid else ""))
+    sys.stdout.write(render_text(items))
+    return 0
 
 
 def _port_number(text: str) -> int:

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.exposition import start_http_server as _prom_start_http_server
 
+from . import _runtime
 from ._compat import prometheus as prom
 from ._errors import LoopwatchError
 
@@ -405,12 +406,38 @@ ASGIApp = Callable[
 ]
 
 
+def tasks_endpoint_enabled() -> bool:
+    """Whether the installed monitor serves the task view (``tasks_endpoint``; off by default)."""
+    monitor = _runtime.active()
+    return bool(monitor is not None and monitor.config.tasks_endpoint)
+
+
+def render_tasks(query: str, accept: str) -> tuple[bytes, str]:
+    """The task view as JSON or text (``?format=json|text``, else by ``Accept``); blocking:
+    call it off the loop (it waits for each loop to list its tasks)."""
+    import json
+    import time
+    import urllib.parse
+
+    from . import _taskview
+
+    fmt = urllib.parse.parse_qs(query).get("format", [""])[0]
+    items = [info.as_dict() for info in _taskview.tasks()]
+    if fmt == "json" or (not fmt and "application/json" in accept):
+        body = json.dumps({"time": time.time(), "pid": os.getpid(), "tasks": items})
+        return body.encode(), "application/json"
+    return _taskview.render_text(items).encode(), "text/plain; charset=utf-8"
+
+
 def make_asgi_app(
     registry: CollectorRegistry | None = None, *, token: str | None = None
 ) -> ASGIApp:
     """An ASGI app serving the metrics; the rendering runs in the loop's executor.
 
-    With ``token`` set, requests must carry ``Authorization: Bearer <token>``.
+    With ``token`` set, requests must carry ``Authorization: Bearer <token>``. A path
+    ending in ``/tasks`` serves the live task view instead (JSON or text), only when
+    loopwatch is installed with ``tasks_endpoint=True`` (404 otherwise), behind the
+    same token.
     """
     expected = f"Bearer {token}".encode() if token else None
 
@@ -428,6 +455,10 @@ def make_asgi_app(
                 await send({"type": "websocket.close", "code": 1008})
             return
         headers = dict(scope.get("headers") or ())
+        tasks_view = scope.get("path", "").rstrip("/").endswith("/tasks")
+        if tasks_view and not tasks_endpoint_enabled():
+            await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8", [])
+            return
         if expected is not None and not hmac.compare_digest(
             headers.get(b"authorization", b""), expected
         ):
@@ -450,7 +481,11 @@ def make_asgi_app(
             return
         accept = headers.get(b"accept", b"").decode("latin-1")
         loop = asyncio.get_running_loop()
-        body, content_type = await loop.run_in_executor(None, render, registry, accept)
+        if tasks_view:
+            query = scope.get("query_string", b"").decode("latin-1")
+            body, content_type = await loop.run_in_executor(None, render_tasks, query, accept)
+        else:
+            body, content_type = await loop.run_in_executor(None, render, registry, accept)
         await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, content_type, [])
 
     return app

@@ -207,3 +207,62 @@ def test_stuck_after_option_and_variable(monkeypatch: pytest.MonkeyPatch) -> Non
         loopwatch.install()
     with pytest.raises(ConfigError, match="stuck_after=-1"):
         loopwatch.install(stuck_after=-1)
+
+
+# -- discord.py ------------------------------------------------------------------------------
+
+
+def test_a_discord_listener_and_a_tasks_loop_iteration_that_hang(
+    loop_factory: Any, registry: CollectorRegistry
+) -> None:
+    from discord.ext import tasks
+    from discord_harness import BotHarness, discord, make_bot
+
+    bot = make_bot()
+    gates: list[asyncio.Event] = []
+
+    @bot.listen("on_message")
+    async def on_message(message: discord.Message) -> None:
+        if message.content == "hang":
+            gate = asyncio.Event()
+            gates.append(gate)
+            await wait_for_pool(gate)
+
+    @tasks.loop(seconds=0.01, count=1)
+    async def sync_orders() -> None:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await wait_for_pool(gate)
+
+    async def main() -> None:
+        loopwatch.install(registry=registry, stuck_after=STUCK_AFTER)
+        async with BotHarness(bot) as harness:
+            await bot.load_extension("loopwatch.adapters.discord")
+            bot.dispatch("message", harness.message("hang"))  # no drain: it never ends
+            sync_orders.start()
+            deadline = time.monotonic() + 5
+            while len(stuck_incidents()) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            handlers = {i.handler for i in stuck_incidents()}
+            assert handlers == {"event:on_message", "task:sync_orders"}
+            for handler in handlers:
+                assert sample(registry, "loopwatch_handlers_in_flight", "discord", handler) == 1
+            await asyncio.sleep(4 * STUCK_AFTER)  # several looks: still one incident each
+            for gate in gates:
+                gate.set()
+            await harness.drain()
+            loop_task = sync_orders.get_task()
+            assert loop_task is not None
+            await loop_task
+            await bot.unload_extension("loopwatch.adapters.discord")
+
+    run_on(loop_factory, main())
+    incidents = {i.handler: i for i in stuck_incidents()}
+    for handler in ("event:on_message", "task:sync_orders"):
+        incident = incidents[handler]
+        assert incident.framework == "discord"
+        assert incident.count == 1
+        assert incident.site is not None and incident.site.function == "wait_for_pool"
+        assert incident.detail["state"] == "ended"
+        assert incident.duration is not None and incident.duration >= 5 * STUCK_AFTER
+        assert sample(registry, "loopwatch_stuck_handlers_total", "discord", handler) == 1
