@@ -29,7 +29,7 @@ from typing import Any
 
 from . import _handlers, _runtime, _tasks
 from ._compat import asyncio as aio
-from ._frames import Frame
+from ._frames import Frame, is_user_file, without_own_frames
 
 __all__ = ["TaskInfo", "render_text", "tasks"]
 
@@ -63,8 +63,11 @@ class TaskInfo:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (frames as ``{"file","line","function"}``)."""
         out = dataclasses.asdict(self)
-        out["chain"] = [{"file": f.file, "line": f.line, "function": f.function}
-                        for f in self.chain]
+        out["chain"] = [
+            {"file": f.file, "line": f.line, "function": f.function,
+             "user": is_user_file(f.file)}
+            for f in self.chain
+        ]
         return out
 
 
@@ -135,8 +138,8 @@ def _collect(loop: Any, thread: str) -> list[TaskInfo]:
             state = "stuck"
         else:
             state = "waiting"
-        out.append(_info(task, age, age_from, state, loop_name, thread,
-                         tuple(_handlers.chain_frames(task))))
+        chain = without_own_frames(_handlers.chain_frames(task))  # the view's own request
+        out.append(_info(task, age, age_from, state, loop_name, thread, tuple(chain)))
     return out
 
 
@@ -164,7 +167,7 @@ def _info(
     coro = task.get_coro() if hasattr(task, "get_coro") else None
     return TaskInfo(
         name=task.get_name(), framework=labels.framework, handler=labels.handler,
-        age=round(age, 3), age_from=age_from, state=state, loop=loop, thread=thread,
+        age=round(max(age, 0.0), 3), age_from=age_from, state=state, loop=loop, thread=thread,
         coroutine=_tasks.qualname(coro) if coro is not None else "", chain=chain,
     )
 
@@ -193,9 +196,20 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render_text(items: Iterable[dict[str, Any]]) -> str:
+def _shown(chain: list[dict[str, Any]], full: bool) -> tuple[list[dict[str, Any]], int]:
+    """The frames to draw (innermost through the outermost frame of the user's code) and
+    how many outer frames (the framework's) are left out."""
+    if full:
+        return chain, 0
+    users = [i for i, frame in enumerate(chain) if frame.get("user")]
+    keep = users[-1] + 1 if users else min(len(chain), 3)
+    return chain[:keep], len(chain) - keep
+
+
+def render_text(items: Iterable[dict[str, Any]], full: bool = False) -> str:
     """The view as text: a tree by loop, then handler, then task and its await chain
-    (innermost first). ``items`` are :meth:`TaskInfo.as_dict` dicts."""
+    (innermost first, down to the user's outermost frame; ``full``: every frame).
+    ``items`` are :meth:`TaskInfo.as_dict` dicts."""
     by_loop: dict[tuple[str, str], dict[tuple[str, str], list[dict[str, Any]]]] = {}
     for item in items:
         handlers = by_loop.setdefault((item["loop"], item["thread"]), {})
@@ -222,9 +236,11 @@ def render_text(items: Iterable[dict[str, Any]]) -> str:
                     f"{_age(item['age'])} {since}  [{item['coroutine']}]"
                 )
                 inner = pad + ("   " if last_t else "│  ")
-                chain = item["chain"]
+                chain, hidden = _shown(item["chain"], full)
                 for f, frame in enumerate(chain):
-                    branch = "└─" if f == len(chain) - 1 else "├─"
+                    branch = "└─" if f == len(chain) - 1 and not hidden else "├─"
                     lines.append(f"{inner}{branch} {frame['function']}  "
                                  f"{_short(frame['file'])}:{frame['line']}")
+                if hidden:
+                    lines.append(f"{inner}└─ … {hidden} outer frame{'s' * (hidden != 1)}")
     return "\n".join(lines) + "\n"

@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--token", default=None,
                        help="the service's metrics token (default: $LOOPWATCH_METRICS_TOKEN)")
     tasks.add_argument("--json", action="store_true", help="print the view's JSON as fetched")
+    tasks.add_argument("--full", action="store_true",
+                       help="every frame of each chain (default: down to the user's code)")
     tasks.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                        help="how long to wait for the service (default 10)")
     tasks.set_defaults(func=_tasks)
@@ -190,7 +192,7 @@ def _tasks(args: argparse.Namespace) -> int:
         return 1
     pid = data.get("pid")
     print(f"{request.full_url}" + (f" (pid {pid})" if pid else ""))
-    sys.stdout.write(render_text(items))
+    sys.stdout.write(render_text(items, full=args.full))
     return 0
 
 
