@@ -70,7 +70,7 @@ _FULL = 12
 _RUNNING, _REPORTED = 0, 1
 
 _now = time.monotonic
-_get_running_loop = aio.get_running_loop
+_running_loop = aio.get_running_loop
 
 # Key -> a request's labels object (keyed by its id) or a begin() entry (by the entry's
 # id). Loop threads add and remove (single dict operations, atomic under the GIL); the
@@ -151,7 +151,7 @@ def begin_labels(labels: Any, task: Any = None, loop: Any = None) -> list[Any] |
         return None
     try:
         if loop is None:
-            loop = _get_running_loop()
+            loop = _running_loop()
             if loop is None:
                 return None
         if task is None:
@@ -534,7 +534,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     checker = _Checker(monitor)
     _checker = checker
     remove_hook = _runtime.on_loop_start(_watch)
-    running = _get_running_loop()
+    running = _running_loop()
     if running is not None:
         _watch(running)
     checker.start()

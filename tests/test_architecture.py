@@ -135,7 +135,7 @@ PRIVATE = re.compile(
     r"\b(_current_tasks|_warn_unawaited_coroutine|_asyncio_future_blocking|"
     r"effective_route_context|_labelnames|_labelvalues|_enter_task|_leave_task|"
     r"_set_running_loop|_get_running_loop|_current_frames|_run_once|_names_to_collectors|"
-    r"_nest_patched|_upper_bounds|get_referents)\b"
+    r"_nest_patched|_upper_bounds|get_referents|_fut_waiter)\b"
 )
 
 
@@ -168,7 +168,7 @@ def test_private_attributes_of_other_packages_only_in_compat() -> None:
 INCIDENT_METRICS = (
     "reentry_total", "reentry_stall_seconds", "event_loop_blocks_total",
     "event_loop_blocked_seconds_total", "task_exceptions_unretrieved_total",
-    "coroutines_never_awaited_total", "internal_errors_total",
+    "coroutines_never_awaited_total", "internal_errors_total", "stuck_handlers_total",
 )
 
 

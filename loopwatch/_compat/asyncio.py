@@ -220,16 +220,26 @@ def all_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
         return []
 
 
+# What ``agen.__anext__()`` / ``asend()`` / ``athrow()`` return (C types without a public
+# link to their generator).
+_ASYNC_GEN_AWAITABLES = frozenset({"async_generator_asend", "async_generator_athrow"})
+
+
 def _frames_of(awaitable: Any, out: list[types.FrameType], limit: int) -> None:
     """Append the frames of a coroutine chain, outermost first, following what each awaits.
 
     Coroutines (``cr_frame``/``cr_await``), async generators (``ag_frame``/``ag_await``)
     and generator-based coroutines (``gi_frame``/``gi_yieldfrom``): public attributes of
-    3.10–3.14. The chain ends at an object with none of them (a Future's iterator, an
-    async generator's ``asend``): what the innermost frame waits on.
+    3.10–3.14. ``async for`` awaits the generator's ``asend`` object, which exposes no link
+    to its generator: it is found among the object's GC referents (3.10–3.14 visit it).
+    The chain ends at an object with none of these (a Future's iterator): what the
+    innermost frame waits on.
     """
     node = awaitable
     while node is not None and len(out) < limit:
+        if type(node).__name__ in _ASYNC_GEN_AWAITABLES:
+            node = next((r for r in gc.get_referents(node) if hasattr(r, "ag_frame")), None)
+            continue
         if hasattr(node, "cr_frame"):
             frame, node = node.cr_frame, node.cr_await
         elif hasattr(node, "ag_frame"):
