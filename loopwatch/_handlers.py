@@ -14,8 +14,9 @@ put a wrapper call on every message of every request.
 Everything but the per-handler list and dict entry happens off the hot path, on a thread
 of loopwatch's own (``loopwatch-handlers``) that sleeps while nothing is in flight. While
 something is, it looks once per period (a quarter of ``stuck_after``, at most a second):
-it refreshes ``loopwatch_handlers_in_flight`` and, for each loop with a handler older than
-one period, posts one callback to that loop. The callback runs on the loop's own thread
+it refreshes ``loopwatch_handlers_in_flight`` (the handlers it has seen before: older than
+one period, their route known) and, for each loop with such a handler, posts one callback
+to that loop. The callback runs on the loop's own thread
 (the loop is healthy; only the tasks wait) and compares what each handler's tasks wait on
 with what they waited on at the previous look; one unchanged for ``stuck_after`` is
 reported once (``stuck_handler``, with the await chain of its task), then its age is
@@ -375,6 +376,14 @@ def _report(monitor: Monitor, entry: list[Any], tasks: list[Any], loop: Any) -> 
     if task is None:
         return
     stack = chain_frames(task)
+    if _frames.user_frame(stack) is None:
+        # The handler's task waits for tasks of its own (a streaming response sends from
+        # a task group): the user's line is in one of those.
+        for other in tasks:
+            chain = chain_frames(other) if other is not task else []
+            if _frames.user_frame(chain) is not None:
+                task, stack = other, chain
+                break
     age = _now() - entry[_STARTED]
     incident = monitor.report(
         "stuck_handler", api=stack[0].function if stack else "", duration=age, stack=stack,
@@ -482,9 +491,13 @@ class _Checker:
                 # The loop closed with the handler unfinished: nobody will end it.
                 _inflight.pop(key, None)
                 continue
+            if now - entry[_STARTED] < period:
+                # Seen for the first time: a request may still be routing, its labels not
+                # final. Counted (and looked at) from the next look on.
+                continue
             labels = resolve(entry[_LABELS])
             counts[labels] = counts.get(labels, 0) + 1
-            if config.stuck_after > 0 and now - entry[_STARTED] >= period:
+            if config.stuck_after > 0:
                 old.append(entry)
         for key in [k for k in list(_known) if k not in _inflight]:
             _known.pop(key, None)  # ended: forget what was seen of it

@@ -113,9 +113,10 @@ class Monitor:
         self._set_info()
         if not first:
             _handlers.configure(config.stuck_after)
-        if first or (config.metrics_port, config.metrics_addr) != (
+        if first or (config.metrics_port, config.metrics_addr, config.tasks_endpoint) != (
             old.metrics_port,
             old.metrics_addr,
+            old.tasks_endpoint,
         ):
             self._restart_server()
         if not first and config.watchdog != ("watchdog" in self._undo):
@@ -157,7 +158,8 @@ class Monitor:
             return
         try:
             self._server = start_http_server(
-                self.config.metrics_port, self.config.metrics_addr, self.config.registry
+                self.config.metrics_port, self.config.metrics_addr, self.config.registry,
+                tasks=self.config.tasks_endpoint,
             )
         except OSError as exc:
             internal_error("metrics_server", exc)

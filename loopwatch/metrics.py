@@ -192,7 +192,8 @@ class Metrics:
             r,
             Gauge,
             "loopwatch_handlers_in_flight",
-            "Requests, events, commands and loop iterations running now, by handler.",
+            "Requests, events, commands and loop iterations running now for longer than "
+            "a quarter of stuck_after (at most 1 s), by handler.",
             ("framework", "handler"),
             multiprocess_mode="livesum",
         )
@@ -388,15 +389,59 @@ class MetricsServer:
 
 
 def start_http_server(
-    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None,
+    *, tasks: bool = False,
 ) -> MetricsServer:
     """Serve ``/metrics`` on ``addr:port`` from a thread (loopback unless told otherwise).
 
     Raises :class:`OSError` when the port is taken. With ``PROMETHEUS_MULTIPROC_DIR`` set
-    and no registry given, it serves the values of every process.
+    and no registry given, it serves the values of every process. With ``tasks=True`` it
+    also serves the live task view at ``/tasks`` while loopwatch is installed with
+    ``tasks_endpoint=True`` (this server has no token: keep it on loopback).
     """
     reg = _exposition_registry(registry)
+    if tasks:
+        return _serve_with_tasks(port, addr, reg)
     server, thread = _prom_start_http_server(port, addr=addr, registry=reg)
+    return MetricsServer(server, thread)
+
+
+def _serve_with_tasks(port: int, addr: str, registry: CollectorRegistry) -> MetricsServer:
+    """The standalone exposition plus ``/tasks``, on the standard library's WSGI server."""
+    import socket
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if not environ.get("PATH_INFO", "").rstrip("/").endswith("/tasks"):
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if not tasks_endpoint_enabled():
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found\n"]
+        body, content_type = render_tasks(
+            environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT", "")
+        )
+        start_response("200 OK", [("Content-Type", content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Say nothing per request (the metrics are scraped every few seconds)."""
+
+    server = make_server(addr, port, app, Server, handler_class=Quiet)
+    thread = threading.Thread(
+        target=server.serve_forever, name="loopwatch-metrics-server", daemon=True
+    )
+    thread.start()
     return MetricsServer(server, thread)
 
 

@@ -74,6 +74,18 @@ def make_app(registry: CollectorRegistry, gate: Gate) -> FastAPI:
 
         return StreamingResponse(chunks(), media_type="text/plain")
 
+    @app.get("/stalls")
+    async def stalls() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            never = asyncio.Event()
+            gate.loop, gate.event = asyncio.get_running_loop(), never
+            gate.started.set()
+            await wait_for_pool(never)
+            yield b"never\n"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
     @app.get("/quick")
     async def quick() -> str:
         return "ok"
@@ -156,6 +168,28 @@ def test_a_response_that_keeps_streaming_is_not_stuck(
         assert response.text.split() == [str(i) for i in range(10)]
     assert stuck_incidents() == []
     assert sample(registry, "loopwatch_stuck_handlers_total", "fastapi", "GET /stream") == 0
+
+
+def test_a_stream_that_stops_sending_is_stuck_at_the_generators_line(
+    registry: CollectorRegistry,
+) -> None:
+    gate = Gate()
+    app = make_app(registry, gate)
+    with serve_uvicorn(app, "asyncio") as base:
+        caller = threading.Thread(target=lambda: httpx.get(f"{base}/stalls", timeout=30))
+        caller.start()
+        try:
+            assert gate.started.wait(5)
+            wait_for(lambda: stuck_incidents(), timeout=5)
+        finally:
+            gate.release()
+            caller.join(10)
+    (incident,) = stuck_incidents()
+    assert incident.handler == "GET /stalls"
+    # The response streams from a task of Starlette's task group: the report shows that
+    # task's chain, with the generator's line, not the request task's framework frames.
+    assert incident.site is not None and incident.site.function == "wait_for_pool"
+    assert "chunks" in [f.function.rpartition(".")[2] for f in incident.stack]
 
 
 def test_handler_context_blocks_are_tracked(loop_factory: Any, registry: CollectorRegistry) -> None:

@@ -10,6 +10,7 @@ is that thread or another one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import Any
@@ -226,6 +227,48 @@ def test_the_environment_turns_the_http_view_on(
     denied, allowed, body = asyncio.run(go())
     assert (denied, allowed) == (401, 200)
     assert isinstance(json.loads(body)["tasks"], list)
+
+
+def test_the_standalone_metrics_server_serves_the_view_when_asked(
+    registry: CollectorRegistry,
+) -> None:
+    from helpers import free_port
+
+    port = free_port()
+    loopwatch.install(registry=registry, metrics_port=port)
+    url = f"http://127.0.0.1:{port}"
+    # Off by default: /tasks is the exposition's (any path is), never the view.
+    assert "tasks" not in httpx.get(f"{url}/tasks").text.split("\n", 1)[0]
+    loopwatch.install(tasks_endpoint=True)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    stop = asyncio.Event()
+
+    async def service() -> None:
+        never = asyncio.Event()
+        job = asyncio.ensure_future(nightly(never))
+        job.set_name("nightly-job")
+        ready.set()
+        await stop.wait()
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(service(),))
+    thread.start()
+    try:
+        assert ready.wait(5)
+        response = httpx.get(f"{url}/tasks?format=json")
+        assert response.headers["content-type"] == "application/json"
+        (job,) = [t for t in response.json()["tasks"] if t["name"] == "nightly-job"]
+        assert job["handler"] == "job:nightly"
+        assert "job:nightly (none): 1 task" in httpx.get(f"{url}/tasks").text
+        assert "loopwatch_info" in httpx.get(f"{url}/metrics").text
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()
 
 
 def test_cli_says_why_when_the_view_is_absent(capsys: pytest.CaptureFixture[str]) -> None:
