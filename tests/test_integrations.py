@@ -58,6 +58,8 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loopwatch_label_overflow_total": ("counter", ("metric",)),
     "loopwatch_internal_errors_total": ("counter", ("component",)),
     "loopwatch_info": ("gauge", ("version", "python", "loop", "on_reentry")),
+    "loopwatch_handlers_in_flight": ("gauge", ("framework", "handler")),
+    "loopwatch_stuck_handlers_total": ("counter", ("framework", "handler")),
 }
 SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": (), "gauge": ()}
 METRIC_TOKEN = re.compile(r"\bloopwatch_[a-z0-9_]+")
