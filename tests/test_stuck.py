@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
 from helpers import LOOP_KINDS, run_on, serve_uvicorn, wait_for
 from prometheus_client import CollectorRegistry
@@ -190,6 +190,36 @@ def test_a_stream_that_stops_sending_is_stuck_at_the_generators_line(
     # task's chain, with the generator's line, not the request task's framework frames.
     assert incident.site is not None and incident.site.function == "wait_for_pool"
     assert "chunks" in [f.function.rpartition(".")[2] for f in incident.stack]
+
+
+@pytest.mark.parametrize("opted_in", [False, True])
+def test_websocket_sessions_only_on_request(opted_in: bool, registry: CollectorRegistry) -> None:
+    import websockets.sync.client
+
+    from loopwatch.adapters.asgi import LoopwatchMiddleware
+
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def quiet(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()  # the client says nothing for a while
+
+    app.add_middleware(LoopwatchMiddleware, stuck_websockets=opted_in)
+    loopwatch.install(registry=registry, stuck_after=STUCK_AFTER)
+    with serve_uvicorn(app, "asyncio", ws="websockets-sansio") as base:
+        with websockets.sync.client.connect(base.replace("http", "ws") + "/ws") as ws:
+            if opted_in:
+                wait_for(lambda: stuck_incidents(), timeout=5)
+            else:
+                time.sleep(6 * STUCK_AFTER)  # many looks: a quiet socket is not reported
+            ws.send("bye")
+    if opted_in:
+        (incident,) = stuck_incidents()
+        assert incident.handler == "WEBSOCKET /ws"
+        assert incident.site is not None and incident.site.function.endswith("quiet")
+    else:
+        assert stuck_incidents() == []
 
 
 def test_handler_context_blocks_are_tracked(loop_factory: Any, registry: CollectorRegistry) -> None:
