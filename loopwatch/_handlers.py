@@ -2,7 +2,7 @@
 
 Adapters call :func:`begin` where a request, event, command or tasks-loop iteration starts
 (the same place they set its labels) and :func:`end` when it finishes; the ASGI middleware
-uses the inline fast path (:data:`FAST`), a four-item list in a dict per request.
+uses the inline fast path (:data:`FAST`): the request's labels object in a dict, by id.
 
 Stuck means: still running, and every task of the handler (its own, and the tasks that
 carry its labels, such as the one a streaming response sends from) has waited on the very
@@ -16,11 +16,12 @@ of loopwatch's own (``loopwatch-handlers``) that sleeps while nothing is in flig
 something is, it looks once per period (a quarter of ``stuck_after``, at most a second):
 it refreshes ``loopwatch_handlers_in_flight`` (the handlers it has seen before: older than
 one period, their route known) and, for each loop with such a handler, posts one callback
-to that loop. The callback runs on the loop's own thread
-(the loop is healthy; only the tasks wait) and compares what each handler's tasks wait on
-with what they waited on at the previous look; one unchanged for ``stuck_after`` is
-reported once (``stuck_handler``, with the await chain of its task), then its age is
-updated in place until it ends, when the incident keeps its final age.
+to that loop (a request's loop is not known until a look finds it: its first look goes to
+every watched loop). The callback runs on the loop's own thread (the loop is healthy; only
+the tasks wait) and compares what each handler's tasks wait on with what they waited on at
+the previous look; one unchanged for ``stuck_after`` is reported once (``stuck_handler``,
+with the await chain of its task), then its age is updated in place until it ends, when
+the incident keeps its final age.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ _running_loop = aio.get_running_loop
 _inflight: dict[int, Any] = {}
 # Key -> what the checker made of a request it has seen (begin() entries are their own).
 _known: dict[int, list[Any]] = {}
-# Key -> the handlers reported stuck and still running (written on loop threads only).
+# Key -> the handlers reported stuck and still running (written on loop threads; the checker
+# only removes those of a loop that closed).
 _reported: dict[int, list[Any]] = {}
 # Code object of the frame each fast-path labels type has on its handler's task chain.
 _marks: dict[type, types.CodeType] = {}
@@ -490,6 +492,8 @@ class _Checker:
             if loop is not None and loop.is_closed():
                 # The loop closed with the handler unfinished: nobody will end it.
                 _inflight.pop(key, None)
+                if key in _reported:
+                    finished(key)
                 continue
             if now - entry[_STARTED] < period:
                 # Seen for the first time: a request may still be routing, its labels not
