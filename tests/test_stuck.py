@@ -298,6 +298,10 @@ def test_a_discord_listener_and_a_tasks_loop_iteration_that_hang(
         gates.append(gate)
         await wait_for_pool(gate)
 
+    @sync_orders.before_loop
+    async def until_ready() -> None:
+        await asyncio.sleep(3 * STUCK_AFTER)  # waiting for the bot: never "stuck"
+
     async def main() -> None:
         loopwatch.install(registry=registry, stuck_after=STUCK_AFTER)
         async with BotHarness(bot) as harness:

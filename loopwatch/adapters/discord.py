@@ -371,6 +371,9 @@ class _Hub:
                 lambda: original(name, *args, **kwargs),
                 lambda: False,
                 timed=not error,
+                # Not a handler that can be stuck: a before_loop waits for the bot to be
+                # ready, as long as the connection takes.
+                tracked=False,
             )
             return None
 
@@ -556,11 +559,11 @@ class Instrumentation:
 
     async def _labelled(
         self, handler: str, call: Callable[[], Awaitable[Any]], failed: Callable[[], bool],
-        *, timed: bool = True,
+        *, timed: bool = True, tracked: bool = True,
     ) -> None:
         """Run ``call`` under ``handler``'s labels and record its duration and outcome."""
         token = set_labels(FRAMEWORK, handler)
-        entry = _handlers.begin_labels(raw_labels())
+        entry = _handlers.begin_labels(raw_labels()) if tracked else None
         start = time.perf_counter()
         outcome = "error"
         try:
