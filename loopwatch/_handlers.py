@@ -56,7 +56,7 @@ _MAX_PERIOD = 1.0
 # begin() are this list from the start; a request (the fast path) is only its labels
 # object until the checker first sees it and makes the list.
 _LABELS = 0  # the labels object in the handler's context (a Labels or LazyLabels)
-_LOOP = 1  # the loop it runs on (None: not known yet; every watched loop looks)
+_LOOP = 1  # weakref to the loop it runs on (None: not known yet; every watched loop looks)
 _STARTED = 2  # monotonic time it began (a request: when the checker first saw it)
 _MARK = 3  # code object of the adapter frame on its task's chain, or None
 _TASK = 4  # weakref to its task, or None (then found by _LABELS and _MARK)
@@ -163,7 +163,7 @@ def begin_labels(labels: Any, task: Any = None, loop: Any = None) -> list[Any] |
     except Exception as exc:
         _runtime.internal_error("handlers", exc)
         return None
-    entry = [labels, loop, _now(), None, ref, 0, 0, _RUNNING, None, None, 0.0, 0]
+    entry = [labels, weakref.ref(loop), _now(), None, ref, 0, 0, _RUNNING, None, None, 0.0, 0]
     entry[_ID] = id(entry)
     _inflight[id(entry)] = entry
     if FAST.asleep[0]:
@@ -353,7 +353,8 @@ def _look(loop: Any, group: list[list[Any]]) -> None:
             tasks = handler_tasks(entry, by_labels)
             if not tasks:
                 continue  # not a handler of this loop (or it has no task left)
-            entry[_LOOP] = loop
+            if entry[_LOOP] is None:
+                entry[_LOOP] = weakref.ref(loop)
             touched = entry[_TOUCHED] != entry[_SEEN]
             if touched or not _unchanged(entry[_SNAP], tasks):
                 entry[_SNAP], entry[_SEEN] = _snapshot(tasks), entry[_TOUCHED]
@@ -488,8 +489,9 @@ class _Checker:
         items = list(_inflight.items())
         for key, value in items:
             entry = _entry(key, value, now)
-            loop = entry[_LOOP]
-            if loop is not None and loop.is_closed():
+            ref = entry[_LOOP]
+            loop = ref() if ref is not None else None
+            if ref is not None and (loop is None or loop.is_closed()):
                 # The loop closed with the handler unfinished: nobody will end it.
                 _inflight.pop(key, None)
                 if key in _reported:
@@ -518,8 +520,9 @@ class _Checker:
         groups: dict[int, tuple[Any, list[list[Any]]]] = {}
         unknown = [e for e in old if e[_LOOP] is None]
         for entry in old:
-            if entry[_LOOP] is not None:
-                groups.setdefault(id(entry[_LOOP]), (entry[_LOOP], []))[1].append(entry)
+            loop = entry[_LOOP]() if entry[_LOOP] is not None else None
+            if loop is not None:
+                groups.setdefault(id(loop), (loop, []))[1].append(entry)
         if unknown:
             for loop, _ in watched_loops():
                 groups.setdefault(id(loop), (loop, []))[1].extend(unknown)
