@@ -221,19 +221,23 @@ class Instrumentation:
             if timed:
                 self._observe(handler, outcome, time.perf_counter() - start)
 
+    async def timed_call(self, handler: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``call()`` and observe its duration and outcome under ``handler``."""
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await call()
+            outcome = "ok"
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._observe(handler, outcome, time.perf_counter() - start)
+
     def _timed(self, func: CoroFunc, handler: str) -> CoroFunc:
         async def handler_call(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            outcome = "error"
-            try:
-                result = await func(*args, **kwargs)
-                outcome = "ok"
-                return result
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            finally:
-                self._observe(handler, outcome, time.perf_counter() - start)
+            return await self.timed_call(handler, lambda: func(*args, **kwargs))
 
         return handler_call
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
@@ -191,6 +190,20 @@ class _Hub:
             elif self._shadow_counts.pop(key, None) is not None:
                 self.shadows.unpatch(owner, name)
 
+    async def _flagged(
+        self, holder: Instrumentation, handler: str, owner: Any, name: str,
+        call: Callable[[], Coro],
+    ) -> None:
+        """Run ``call`` labelled ``handler``, failed if ``owner.name`` (the user's callback,
+        shadowed meanwhile) raises: the library catches that exception itself."""
+        cell = _Outcome()
+        token = _outcome.set(cell)
+        try:
+            with self._shadowed(owner, name):
+                await holder._labelled(handler, call, lambda: cell.failed)
+        finally:
+            _outcome.reset(token)
+
     def _view_runner(self, original: CoroFunc) -> CoroFunc:
         async def _scheduled_task(
             view: Any, item: Any, interaction: Any, /,
@@ -200,17 +213,10 @@ class _Hub:
             handler = self._item_label(view, item) if holder is not None else ""
             if holder is None or _already_labelled(self.flavour.framework, handler):
                 return await original(view, item, interaction, *args, **kwargs)
-            cell = _Outcome()
-            token = _outcome.set(cell)
-            try:
-                with self._shadowed(item, "callback"):
-                    await holder._labelled(
-                        handler,
-                        lambda: original(view, item, interaction, *args, **kwargs),
-                        lambda: cell.failed,
-                    )
-            finally:
-                _outcome.reset(token)
+            await self._flagged(
+                holder, handler, item, "callback",
+                lambda: original(view, item, interaction, *args, **kwargs),
+            )
             return None
 
         setattr(_scheduled_task, _OURS, True)
@@ -241,17 +247,10 @@ class _Hub:
             handler = "modal:" + type(modal).__name__
             if holder is None or _already_labelled(self.flavour.framework, handler):
                 return await original(modal, interaction, *args, **kwargs)
-            cell = _Outcome()
-            token = _outcome.set(cell)
-            try:
-                with self._shadowed(modal, "on_submit"):
-                    await holder._labelled(
-                        handler,
-                        lambda: original(modal, interaction, *args, **kwargs),
-                        lambda: cell.failed,
-                    )
-            finally:
-                _outcome.reset(token)
+            await self._flagged(
+                holder, handler, modal, "on_submit",
+                lambda: original(modal, interaction, *args, **kwargs),
+            )
             return None
 
         setattr(_scheduled_task, _OURS, True)
@@ -318,19 +317,11 @@ class _Hub:
             # Label point: one iteration of a tasks loop.
             token = set_labels(self.flavour.framework, handler)
             entry = _handlers.begin_labels(raw_labels())
-            start = time.perf_counter()
-            outcome = "error"
             try:
-                result = await original(*args, **kwargs)
-                outcome = "ok"
-                return result
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
+                return await holder.timed_call(handler, lambda: original(*args, **kwargs))
             finally:
                 reset_labels(token)
                 _handlers.end(entry)
-                holder._observe(handler, outcome, time.perf_counter() - start)
 
         setattr(iteration, _OURS, True)
         return iteration
