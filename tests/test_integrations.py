@@ -106,6 +106,15 @@ NOT_PRODUCED_BY_DEMO = frozenset(
 # -- reading the integrations ---------------------------------------------------------------
 
 
+def require_grafana_sdk() -> None:
+    """Skip on Pythons grafana-foundation-sdk does not support (it needs 3.11+).
+
+    On 3.11 and later the ``test`` extra installs it, so a missing SDK is an error there.
+    """
+    if sys.version_info < (3, 11):
+        pytest.skip("grafana-foundation-sdk needs Python 3.11 or later")
+
+
 def load_dashboard() -> dict[str, Any]:
     return dict(json.loads(DASHBOARD.read_text(encoding="utf-8")))
 
@@ -439,6 +448,7 @@ def test_alert_rules_unit_tests(tmp_path: Path) -> None:
 
 
 def test_dashboard_is_built_from_the_script() -> None:
+    require_grafana_sdk()
     proc = subprocess.run(
         [sys.executable, str(DASHBOARD_BUILDER), "--check"],
         capture_output=True,
@@ -477,10 +487,68 @@ def test_dashboard_variables() -> None:
         variable = variables[name]
         assert variable["type"] == "query"
         assert variable["datasource"]["uid"] == "${datasource}"
-        assert LABEL_VALUES.match(variable["definition"]), variable["definition"]
-        assert variable["query"]["query"] == variable["definition"]
+        query = variable["query"]["query"]
+        assert LABEL_VALUES.match(query), query
     # The instance list follows the chosen job.
-    assert JOB_FILTER in variables["instance"]["definition"]
+    assert JOB_FILTER in variables["instance"]["query"]["query"]
+
+
+def dashboard_schema_errors(dashboard: dict[str, Any]) -> list[str]:
+    require_grafana_sdk()
+    sys.path.insert(0, str(DASHBOARD_BUILDER.parent))
+    try:
+        from build_dashboard import ALERT_ANNOTATION_FORMAT
+    finally:
+        sys.path.remove(str(DASHBOARD_BUILDER.parent))
+    from grafana_schema import schema_errors
+
+    return schema_errors(dashboard, open_annotation_keys=frozenset(ALERT_ANNOTATION_FORMAT))
+
+
+def test_dashboard_fits_grafanas_schema() -> None:
+    assert dashboard_schema_errors(load_dashboard()) == []
+
+
+def _set(path: tuple[str | int, ...], value: Any) -> Any:
+    def mutate(dashboard: dict[str, Any]) -> None:
+        node: Any = dashboard
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return mutate
+
+
+def _panel(panel_type: str) -> int:
+    return next(i for i, p in enumerate(load_dashboard()["panels"]) if p["type"] == panel_type)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("schemaVersion",), "39", "schema_version: '39' is not a int"),
+        (("panels", 1, "gridPos", "w"), "4", "grid_pos.w: '4' is not a int"),
+        (("graphTooltip",), 7, "graph_tooltip: 7 is not a DashboardCursorSync"),
+        (("panels", "timeseries", "fieldConfig", "defaults", "custom", "fillOpacity"), "5",
+         "custom.fill_opacity: '5' is not a float"),
+        (("panels", "timeseries", "options", "legend", "displayMode"), "tabel",
+         "legend.display_mode: 'tabel' is not a LegendDisplayMode"),
+        (("panels", "stat", "options", "reduceOptions", "calcs"), "lastNotNull",
+         "reduce_options.calcs: str where the schema has a list"),
+        (("panels", "timeseries", "targets", 0, "instant"), "no", "instant: 'no'"),
+        (("panels", "timeseries", "options", "legend", "placment"), "bottom",
+         "legend.placment: not a field of Grafana's schema here"),
+    ],
+)
+def test_schema_check_rejects_what_grafana_would_not_load(
+    path: tuple[str | int, ...], value: Any, expected: str
+) -> None:
+    """The schema check is not vacuous: one wrong field type (or unknown key) fails it."""
+    dashboard = load_dashboard()
+    resolved = tuple(_panel(key) if key in ("stat", "timeseries") else key for key in path)
+    _set(resolved, value)(dashboard)
+    errors = dashboard_schema_errors(dashboard)
+    assert any(expected in error for error in errors), errors
 
 
 def test_every_dashboard_query_filters_on_job_and_instance() -> None:
@@ -749,7 +817,7 @@ def test_dashboard_variables_live(live: Live) -> None:
     for variable in load_dashboard()["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        match = LABEL_VALUES.match(grafana_expr(variable["definition"], live.variables))
+        match = LABEL_VALUES.match(grafana_expr(variable["query"]["query"], live.variables))
         assert match is not None
         selector, label = match.groups()
         values = {s.labels.get(label) for s in live.prom.query(selector).series}
