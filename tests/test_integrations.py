@@ -67,20 +67,6 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loopwatch_tasks": ("gauge", ("framework", "handler")),
 }
 
-def _not_yet_exported() -> frozenset[str]:
-    """The stuck-handler (H7) metrics, while this build does not export them yet.
-
-    The dashboard and the rules already query them; until loopwatch defines them, the
-    checks that compare against what loopwatch exports leave exactly these two out. Once
-    loopwatch exports them this set is empty and every check applies to them too.
-    """
-    from loopwatch.metrics import METRIC_NAMES
-
-    pending = {"loopwatch_handlers_in_flight", "loopwatch_stuck_handlers_total"}
-    return frozenset(pending - set(METRIC_NAMES))
-
-
-NOT_YET_EXPORTED = _not_yet_exported()
 SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": (), "gauge": ()}
 METRIC_TOKEN = re.compile(r"\bloopwatch_[a-z0-9_]+")
 # A metric name in PromQL and the label matchers that follow it, if any.
@@ -582,7 +568,7 @@ def test_dashboard_lag_panel_shows_p50_p90_p99() -> None:
 def test_integrations_name_only_exported_metrics() -> None:
     from loopwatch.metrics import METRIC_NAMES
 
-    exported = set(METRIC_NAMES) | NOT_YET_EXPORTED
+    exported = set(METRIC_NAMES)
     texts = {path: path.read_text(encoding="utf-8") for path in (DASHBOARD, ALERTS)}
     for path, text in texts.items():
         for token in set(METRIC_TOKEN.findall(text)):
@@ -606,7 +592,7 @@ def test_spec_table_matches_loopwatch_metrics() -> None:
     """The §6 table used by these tests is what loopwatch.metrics defines."""
     from loopwatch.metrics import METRIC_NAMES, get_metrics
 
-    assert set(METRIC_NAMES) == set(SPEC_METRICS) - NOT_YET_EXPORTED
+    assert set(METRIC_NAMES) == set(SPEC_METRICS)
     registry = CollectorRegistry()
     metrics = get_metrics(registry)
     found: dict[str, tuple[str, set[str]]] = {}
@@ -626,7 +612,7 @@ def test_spec_table_matches_loopwatch_metrics() -> None:
             child.set(1)
         found[name] = (family.type, set(labels))
     assert {name: kind for name, (kind, _) in found.items()} == {
-        name: kind for name, (kind, _) in SPEC_METRICS.items() if name not in NOT_YET_EXPORTED
+        name: kind for name, (kind, _) in SPEC_METRICS.items()
     }
     for family in registry.collect():
         for sample in family.samples:
@@ -916,9 +902,7 @@ def test_dashboard_against_demo(tmp_path: Path) -> None:
             # poll (bounded) until every panel has shown data and the alert is active.
             deadline = time.monotonic() + 30
             while True:
-                problems = dashboard_problems(
-                    prom, variables, NOT_PRODUCED_BY_DEMO | NOT_YET_EXPORTED
-                )
+                problems = dashboard_problems(prom, variables, NOT_PRODUCED_BY_DEMO)
                 states = {a["labels"]["alertname"]: a["state"] for a in prom.alerts()}
                 reentry = states.get("LoopwatchReentry")
                 if (not problems and reentry) or time.monotonic() > deadline:
