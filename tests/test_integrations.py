@@ -1051,10 +1051,13 @@ def test_gunicorn_config_multiprocess(tmp_path: Path) -> None:
         assert answer["installed"] is True
         # A worker that dies is marked dead: its live gauge stops counting.
         victim = int(answer["pid"])
+        # loopwatch's own live gauges are in the worker's files too: loopwatch_info
+        # (livemax), and the pool, task and in-flight gauges (livesum).
+        assert list(multiproc.glob(f"gauge_livemax_{victim}.db")), sorted(multiproc.iterdir())
         os.kill(victim, signal.SIGKILL)
         wait(
-            "the dead worker's files removed",
-            lambda: not list(multiproc.glob(f"gauge_livesum_{victim}.db")),
+            "the dead worker's live gauge files removed",
+            lambda: not list(multiproc.glob(f"gauge_live*_{victim}.db")),
         )
         wait("a replacement worker up", lambda: live_workers() == 2)
     finally:
