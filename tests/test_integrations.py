@@ -479,6 +479,19 @@ def test_dashboard_variables() -> None:
     assert JOB_FILTER in variables["instance"]["query"]["query"]
 
 
+@pytest.mark.slow
+def test_dashboard_builder_type_checks(tmp_path: Path) -> None:
+    """The SDK's builders are typed: mypy rejects a misspelt option or a wrong value type."""
+    require_grafana_sdk()
+    pytest.importorskip("mypy")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-version", "3.11",
+         "--cache-dir", str(tmp_path / "mypy"), str(DASHBOARD_BUILDER)],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def dashboard_schema_errors(dashboard: dict[str, Any]) -> list[str]:
     require_grafana_sdk()
     sys.path.insert(0, str(DASHBOARD_BUILDER.parent))
