@@ -29,6 +29,15 @@ def tasks_of(registry: CollectorRegistry, **labels: str) -> float | None:
     return registry.get_sample_value("loopwatch_tasks", labels)
 
 
+def scraped_tasks(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """``loopwatch_tasks`` by (framework, handler), as a scrape of ``/metrics`` shows it."""
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    return {
+        (s.labels["framework"], s.labels["handler"]): s.value
+        for s in families["loopwatch_tasks"].samples
+    }
+
+
 @pytest.mark.parametrize("loop", LOOP_KINDS)
 def test_three_requests_leave_three_tasks(loop: str, registry: CollectorRegistry) -> None:
     spawned: list[asyncio.Task[None]] = []
@@ -60,13 +69,7 @@ def test_three_requests_leave_three_tasks(loop: str, registry: CollectorRegistry
         assert client.get("/healthy").status_code == 200
         assert tasks_of(registry, **SPAWN) == 3
         # The scrape over HTTP shows the same series.
-        families = {
-            f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)
-        }
-        values = {
-            (s.labels["framework"], s.labels["handler"]): s.value
-            for s in families["loopwatch_tasks"].samples
-        }
+        values = scraped_tasks(client)
         assert values[("fastapi", "GET /spawn/{n}")] == 3
         assert ("fastapi", "GET /healthy") not in values
         assert not any(handler == "__none__" for _, handler in values)
@@ -131,13 +134,7 @@ def test_a_request_in_flight_is_not_a_task_left_behind(registry: CollectorRegist
             assert started.wait(10)
             # In flight: its own task is not counted, the task it started is.
             assert tasks_of(registry, **wait_labels) == 1
-            families = {
-                f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)
-            }
-            values = {
-                (s.labels["framework"], s.labels["handler"]): s.value
-                for s in families["loopwatch_tasks"].samples
-            }
+            values = scraped_tasks(client)
             assert values.get(("fastapi", "GET /metrics"), 0) == 0
             assert values[("fastapi", "GET /wait")] == 1
         finally:
