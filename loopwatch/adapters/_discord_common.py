@@ -38,7 +38,7 @@ from loopwatch.metrics import (
 
 from ._discord_hooks import _STATE_ATTR, CoroFunc, Flavour, flavour
 
-__all__ = ["CogState", "Flavour", "Instrumentation", "flavour", "instrument", "uninstrument"]
+__all__ = ["Flavour", "Instrumentation", "attached", "flavour", "instrument", "uninstrument"]
 
 _LATENCY_INTERVAL = 5.0
 
@@ -493,61 +493,3 @@ def attached(client: Any) -> Instrumentation | None:
     """The instrumentation attached to ``client``, if any."""
     state: Instrumentation | None = getattr(client, _STATE_ATTR, None)
     return state
-
-
-class CogState:
-    """What every library's ``LoopwatchCog`` does, whatever its cog hooks are called.
-
-    discord.py calls ``await cog.cog_load()`` from ``add_cog``; the forks add a cog
-    synchronously and call nothing on the way in, so their cog attaches when it is made.
-    """
-
-    def __init__(
-        self,
-        cls: type[Instrumentation],
-        bot: Any,
-        *,
-        registry: Any = None,
-        metrics_port: int | None = None,
-        metrics_addr: str = "127.0.0.1",
-        latency_interval: float = _LATENCY_INTERVAL,
-    ) -> None:
-        self.instrumentation = cls(
-            bot, registry=registry, metrics_port=metrics_port, metrics_addr=metrics_addr,
-            latency_interval=latency_interval,
-        )
-        self.bot = bot
-        self.owns = False
-
-    def load(self) -> None:
-        """Attach to the bot, unless something attached already (then leave it be)."""
-        if getattr(self.bot, _STATE_ATTR, None) is None:
-            self.instrumentation._by_cog = True
-            self.instrumentation._attach()
-            self.owns = True
-
-    async def aunload(self) -> None:
-        """Detach from the bot; stop the metrics server off the event loop."""
-        if self.owns:
-            self.owns = False
-            await self.instrumentation.aclose()
-
-    def unload(self) -> None:
-        """Detach from the bot; stop the metrics server (blocks until it stops)."""
-        if self.owns:
-            self.owns = False
-            self.instrumentation.close()
-
-
-async def ateardown(bot: Any) -> None:
-    """Undo what an extension's cog left behind (an :func:`instrument` of the user's stays)."""
-    state = attached(bot)
-    if state is not None and state._by_cog:
-        await state.aclose()
-
-
-def teardown(bot: Any) -> None:
-    """:func:`ateardown` for the libraries that call ``teardown`` without awaiting it."""
-    state = attached(bot)
-    if state is not None and state._by_cog:
-        state.close()

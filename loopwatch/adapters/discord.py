@@ -77,6 +77,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from loopwatch._compat import pycord as _pycord
 from loopwatch.metrics import MetricsServer
 
+from . import _discord_cog as cog
 from . import _discord_common as common
 
 __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
@@ -148,7 +149,7 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):
         latency_interval: float = _LATENCY_INTERVAL,
     ) -> None:
         self.bot = bot
-        self._state = common.CogState(
+        self._state = cog.CogState(
             Instrumentation, bot, registry=registry, metrics_port=metrics_port,
             metrics_addr=metrics_addr, latency_interval=latency_interval,
         )
@@ -189,7 +190,7 @@ if _FLAVOUR.sync_extensions:
 
     def teardown(bot: commands.Bot) -> None:
         """Extension exit point: undo anything the cog's removal left behind."""
-        common.teardown(bot)
+        cog.teardown(bot)
 
 else:
 
@@ -202,4 +203,4 @@ else:
 
         An :func:`instrument` the user made is theirs and stays.
         """
-        await common.ateardown(bot)
+        await cog.ateardown(bot)

@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from loopwatch._compat import nextcord as compat
 from loopwatch.metrics import MetricsServer
 
+from . import _discord_cog as cog
 from . import _discord_common as common
 
 __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
@@ -90,7 +91,7 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-ar
         latency_interval: float = _LATENCY_INTERVAL,
     ) -> None:
         self.bot = bot
-        self._state = common.CogState(
+        self._state = cog.CogState(
             Instrumentation, bot, registry=registry, metrics_port=metrics_port,
             metrics_addr=metrics_addr, latency_interval=latency_interval,
         )
@@ -118,4 +119,4 @@ def setup(bot: Any) -> None:
 
 def teardown(bot: Any) -> None:
     """Extension exit point: undo anything the cog's removal left behind."""
-    common.teardown(bot)
+    cog.teardown(bot)
