@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from loopwatch.metrics import MetricsServer
+
 from ._discord_common import _LATENCY_INTERVAL, Instrumentation, attached
 from ._discord_hooks import _STATE_ATTR
 
-__all__ = ["CogState", "ateardown", "teardown"]
+__all__ = ["CogBody", "CogState", "ateardown", "teardown"]
 
 
 class CogState:
@@ -58,6 +60,41 @@ class CogState:
         if self.owns:
             self.owns = False
             self.instrumentation.close()
+
+
+class CogBody:
+    """The part of every library's ``LoopwatchCog`` its library's hooks do not change: the
+    state, the latency export and the metrics server (mixed in before ``commands.Cog``)."""
+
+    bot: Any
+    instrumentation: Instrumentation
+    _state: CogState
+
+    def _make_state(
+        self,
+        cls: type[Instrumentation],
+        bot: Any,
+        *,
+        registry: Any,
+        metrics_port: int | None,
+        metrics_addr: str,
+        latency_interval: float,
+    ) -> None:
+        self.bot = bot
+        self._state = CogState(
+            cls, bot, registry=registry, metrics_port=metrics_port,
+            metrics_addr=metrics_addr, latency_interval=latency_interval,
+        )
+        self.instrumentation = self._state.instrumentation
+
+    def update_latency(self) -> None:
+        """Export the gateway latency now."""
+        self.instrumentation.update_latency()
+
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        """The cog's metrics server, when ``metrics_port`` was given and the port was free."""
+        return self.instrumentation.metrics_server
 
 
 async def ateardown(bot: Any) -> None:
