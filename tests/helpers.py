@@ -20,8 +20,8 @@ except ImportError:  # pragma: no cover - Windows, or a build without the extra
     uvloop = None
 
 __all__ = [
-    "LOOP_KINDS", "free_port", "marked_line", "reentry_total", "run_on", "serve_uvicorn", "uvloop",
-    "wait_for",
+    "LOOP_KINDS", "Gate", "free_port", "marked_line", "reentry_total", "run_on", "serve_uvicorn",
+    "uvloop", "wait_for",
 ]
 
 LOOP_KINDS = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
@@ -106,3 +106,17 @@ def reentry_total(
         "loopwatch_reentry_total",
         {"api": api, "action": action, "framework": framework, "handler": handler},
     )
+
+
+class Gate:
+    """The Event a route waits on (set by the route: its loop and event), and how the test
+    releases it from its own thread (nothing to release before the route started)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event: asyncio.Event | None = None
+
+    def release(self) -> None:
+        if self.loop is not None and self.event is not None:
+            self.loop.call_soon_threadsafe(self.event.set)
