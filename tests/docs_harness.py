@@ -12,9 +12,9 @@ Rules a page follows (docs/contributing.md says the same for writers):
 - A ```` ```console ```` block holds ``$ command`` lines, each followed by its output (same
   matching). Only ``loopwatch`` and ``python`` commands run; ``$`` lines of other programs
   are shown to readers but not run (a server that must already be up, say).
-- A python block whose first line is ``# file: NAME`` is also a file: every later example
-  of the same page (a console block's ``$ python NAME``, ``$ loopwatch run -- python NAME``)
-  runs in a directory holding it.
+- A python block whose first line is ``# file: NAME`` is a file, not a program: every later
+  example of the same page (``from NAME import ...``, a console block's ``$ python NAME``,
+  ``$ loopwatch run -- python NAME``) runs in a directory holding it.
 - ``$ pytest ...`` lines run too (as ``python -m pytest``), for the plugin's pages.
 - ``<!-- docs: skip REASON -->`` before a block keeps it out, with the reason shown in the
   test report. Used only where running is impossible here (a bot token, a browser).
@@ -106,6 +106,7 @@ def examples() -> list[Block]:
                 block.files = dict(files)
             if block.lang == "python" and block.file_name:
                 files[block.file_name] = block.text
+                continue
             if block.lang == "text" and block.directive == "output":
                 if last_python is None:
                     raise ValueError(f"{page}:{block.line}: an output block follows no program")

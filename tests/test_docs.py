@@ -23,6 +23,8 @@ TIMEOUT = 120
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOPWATCH_", "PYTEST_"))}
     env["PYTHONPATH"] = str(ROOT)
+    # `python` inside a command (`loopwatch run -- python app.py`) is this interpreter.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["COLUMNS"] = "100"
     return env
