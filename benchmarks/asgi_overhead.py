@@ -231,7 +231,6 @@ async def middleware_alone(pairs: int, batch: int) -> dict[str, dict[str, float]
 
 async def stuck_tracking(pairs: int, batch: int) -> dict[str, float]:
     """What tracking requests in flight adds: stuck_after=10 against stuck_after=0."""
-    import loopwatch
 
     monitor = loopwatch.install(registry=CollectorRegistry())
     route = Route("/items/{item_id}", endpoint)
