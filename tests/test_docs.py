@@ -132,3 +132,13 @@ def test_every_page_is_in_the_site() -> None:
     walk(config["nav"])
     pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
     assert pages - listed == set(), "pages missing from mkdocs.yml's nav"
+
+
+def test_readme_is_a_front_page() -> None:
+    readme = (ROOT / "README.md").read_bytes()
+    assert len(readme) < 12_000, len(readme)
+    text = readme.decode()
+    # The two quick-start commands (CI runs the second) and the three-step user path.
+    for needed in ("python3 dev.py demo", "python3 dev.py test", "pip install 'loopwatch[fastapi]'",
+                   "instrument(app)"):
+        assert needed in text, needed
