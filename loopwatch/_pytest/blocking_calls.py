@@ -268,12 +268,29 @@ def _replace(patches: Patches, owner: Any, name: str, make: Callable[[Any], Any]
     patches.patch(owner, name, make)
 
 
+def _take_over(reporter: Reporter, judge: Judge) -> Callable[[], None]:
+    global _reporter, _judge
+    saved = (_reporter, _judge)
+    _reporter, _judge = reporter, judge
+
+    def undo() -> None:
+        global _reporter, _judge
+        with _lock:
+            if _reporter is reporter:
+                _reporter, _judge = saved
+
+    return undo
+
+
 def install(
     reporter: Reporter,
     categories: Collection[str] = CATEGORIES,
     judge: Judge | None = None,
 ) -> Callable[[], None]:
-    """Wrap the blocking calls of ``categories``; return the undo. One install at a time.
+    """Wrap the blocking calls of ``categories``; return the undo.
+
+    An install while one is active (a pytest session nested in another, in-process) takes
+    over the reporting until its undo, with the calls the first install wraps.
 
     For every blocking call made while a loop runs on the calling thread,
     ``judge(caller, direct)`` says whether it counts (and at which frame); if it does,
@@ -288,7 +305,7 @@ def install(
         )
     with _lock:
         if _installed:
-            raise RuntimeError("the blocking-call detector is already installed")
+            return _take_over(reporter, judge or (lambda caller, direct: caller))
         patches = Patches()
         try:
             if "sleep" in categories:

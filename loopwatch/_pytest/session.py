@@ -182,7 +182,7 @@ class Session:
             )
 
     def _on_task_created(self, task: asyncio.Task[Any], caller: types.FrameType) -> None:
-        if not self._in_call:
+        if not self._in_call or (active_configs and active_configs[-1] is not self._config):
             return
         origin, frame, _ = self._scope.live_origin(caller, direct=False)
         if origin == CODE and frame is not None:
