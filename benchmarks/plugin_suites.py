@@ -59,6 +59,8 @@ SUITES = [
         "aiohttp", "aiohttp==3.14.5",
         ("-e", ".", "-r", "requirements/test.txt"),
         ("tests", "-n", "0", "--no-cov", "-p", "no:cacheprovider"),
+        # Its blockbuster fixture: "save/load is not async, so we must allow this".
+        "loopwatch_allow=aiohttp.cookiejar:CookieJar.load aiohttp.cookiejar:CookieJar.save",
         env=(("AIOHTTP_NO_EXTENSIONS", "1"),),
     ),
     Suite(
@@ -199,6 +201,9 @@ def main() -> int:
     out = ns.cache / "reports"
     out.mkdir(parents=True, exist_ok=True)
     rows: list[str] = []
+    order = ["aiosqlite", "pytest-asyncio", "sse-starlette", "httpx", "starlette", "uvicorn",
+             "fastapi-tutorial", "anyio", "aiohttp"]  # the longest last
+    chosen.sort(key=lambda s: order.index(s.name))
     for suite in chosen:
         print(f"== {suite.name} ({suite.requirement})", flush=True)
         try:
@@ -226,6 +231,7 @@ def main() -> int:
         fixed = sorted(k for k, v in bare.items() if v in bad and watched.get(k) not in bad)
         bare_failed = sum(v in bad for v in bare.values())
         ratio = t_watched / t_bare if t_bare else float("nan")
+        start = len(rows)
         rows.append(
             f"{suite.name:18} tests {len(bare):5}  failed bare {bare_failed:3}  "
             f"extra failures {len(extra_failures):3}  wall {t_bare:6.1f}s -> {t_watched:6.1f}s "
@@ -238,7 +244,8 @@ def main() -> int:
             rows.append(f"    failed bare only: {key}")
         if len(watched) != len(bare):
             rows.append(f"    tests watched {len(watched)} != bare {len(bare)}")
-    print("\n".join(["", *rows]))
+        print("\n".join(rows[start:]), flush=True)
+    print("\n".join(["", "== summary", *rows]))
     return 0
 
 

@@ -305,7 +305,8 @@ def test_scope_line_names_the_code_under_test(pytester: pytest.Pytester) -> None
     """``loopwatch_scope = mypkg``: only mypkg's hazards fail, as blockbuster_ctx("mypkg")."""
     pytester.makeini(INI + "loopwatch_scope = mypkg\n")
     pytester.mkpydir("mypkg")
-    (pytester.path / "mypkg" / "core.py").write_text("import time\n\ndef nap():\n    time.sleep(0.001)\n")
+    nap = "import time\n\ndef nap():\n    time.sleep(0.001)\n"
+    (pytester.path / "mypkg" / "core.py").write_text(nap)
     pytester.makepyfile(
         helper="import time\n\ndef nap():\n    time.sleep(0.001)\n",
         test_scope="""

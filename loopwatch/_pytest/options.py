@@ -47,6 +47,7 @@ class Settings:
     on_reentry: str
     blocking: tuple[str, ...]
     scope: tuple[str, ...] = ()  # packages of the code under test; () = found in the rootdir
+    scope_excluded: tuple[str, ...] = ()  # modules of those packages that are test support
     allow: tuple[AllowedSite, ...] = ()  # named call sites whose hazards fail no test
 
 
@@ -201,7 +202,8 @@ def read(config: pytest.Config) -> Settings | None:
             block_threshold=_threshold(_value(config, "loopwatch_block_threshold")),
             on_reentry=_policy(_value(config, "loopwatch_on_reentry")),
             blocking=_blocking(_value(config, "loopwatch_blocking")),
-            scope=_scope(str(config.getini("loopwatch_scope") or "")),
+            scope=_scope(str(config.getini("loopwatch_scope") or ""))[0],
+            scope_excluded=_scope(str(config.getini("loopwatch_scope") or ""))[1],
             allow=_allow(str(config.getini("loopwatch_allow") or "")),
         )
     except pytest.UsageError as error:
@@ -214,15 +216,18 @@ def read(config: pytest.Config) -> Settings | None:
         raise
 
 
-def _scope(text: str) -> tuple[str, ...]:
+def _scope(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``"mypkg -mypkg.testing"`` -> (packages, excluded modules)."""
     names = tuple(text.replace(",", " ").split())
-    bad = [n for n in names if not all(p.isidentifier() for p in n.split("."))]
+    bad = [n for n in names if not all(p.isidentifier() for p in n.lstrip("-").split("."))]
     if bad:
         raise pytest.UsageError(
             f"loopwatch_scope: {', '.join(bad)} is not a package name; list the top-level "
-            "packages of the code under test, e.g. loopwatch_scope = mypkg"
+            "packages of the code under test (and -module for test support inside them), "
+            "e.g. loopwatch_scope = mypkg -mypkg.testing"
         )
-    return tuple(dict.fromkeys(n.split(".")[0] for n in names))
+    packages = tuple(dict.fromkeys(n.split(".")[0] for n in names if not n.startswith("-")))
+    return packages, tuple(n[1:] for n in names if n.startswith("-"))
 
 
 def _allow(text: str) -> tuple[AllowedSite, ...]:

@@ -14,8 +14,11 @@ the call (or the sampled block), the first frame that is not a library's decides
     packages. The decision is by module name, so a project installed editable and the same
     project installed normally are judged alike.
 ``scaffolding``
-    Test modules (``python_files``), ``conftest.py``, and anything under a ``tests`` or
-    ``test`` directory: the test's own set-up, fixtures and helpers.
+    Test modules (``python_files``), ``conftest.py``, anything under a ``tests`` or
+    ``test`` directory, and a package's own test support (modules named ``pytest_plugin``,
+    ``test_utils`` or ``testing``, and those excluded with ``-name`` in the scope line:
+    ``loopwatch_scope = aiohttp -aiohttp.web_log``): the test's own set-up, fixtures and
+    helpers.
 ``library``
     The standard library, installed packages outside the scope, loopwatch itself.
 
@@ -49,6 +52,8 @@ _OWN_PACKAGE = __name__.split(".")[0]
 _TEST_DIRS = (os.sep + "tests" + os.sep, os.sep + "test" + os.sep)
 # Top-level names of a rootdir that are never the code under test.
 _NOT_CODE = frozenset({"tests", "test", "testing", "docs", "conftest", "setup", "noxfile"})
+# Modules of a package that exist for its tests (its pytest plugin, its test client).
+_TEST_SUPPORT = frozenset({"pytest_plugin", "test_utils", "testing", "conftest"})
 
 
 class AllowedSite:
@@ -119,8 +124,10 @@ class Scope:
         test_patterns: Sequence[str],
         allowed: Sequence[AllowedSite] = (),
         cwd: str = "",
+        excluded: Sequence[str] = (),
     ) -> None:
         self.packages = frozenset(p for p in packages if p != _OWN_PACKAGE)
+        self.excluded = tuple(excluded)  # modules of the scope that are test support
         self.explicit = explicit  # only these packages count (loopwatch_scope was set)
         self.allowed = tuple(allowed)
         self._patterns = tuple(test_patterns)
@@ -157,6 +164,8 @@ class Scope:
             or any(fnmatch.fnmatch(name, p) for p in self._patterns)
             or any(d in path for d in _TEST_DIRS)
             or top in ("tests", "test")
+            or not _TEST_SUPPORT.isdisjoint(module.split("."))
+            or any(module == e or module.startswith(e + ".") for e in self.excluded)
         ):
             return SCAFFOLDING
         if top in self.packages:

@@ -89,6 +89,7 @@ class Session:
             explicit,
             [str(p) for p in config.getini("python_files")],
             settings.allow,
+            excluded=settings.scope_excluded,
         )
         self._undo_tasks: Callable[[], None] | None = None
         # Tasks created by the code under test while a test's call runs, with their site.
