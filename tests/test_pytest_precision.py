@@ -159,6 +159,16 @@ def start_and_keep():
 def nested():
     coro = asyncio.sleep(0)
     return asyncio.run(coro)  # site:nested
+
+
+class Echo(asyncio.Protocol):
+    """A server whose connection spawns a task that lives as long as the connection."""
+
+    def connection_made(self, transport):
+        self.task = asyncio.get_running_loop().create_task(forever())
+
+    def connection_lost(self, exc):
+        self.task.cancel()
 '''
 
 APP_HAZARDS_TESTS = '''
@@ -206,6 +216,20 @@ async def test_test_leaves_its_own_task():
 
 async def test_app_nested_run():
     service.nested()
+
+
+@pytest.fixture
+async def server():
+    srv = await asyncio.get_running_loop().create_server(service.Echo, "127.0.0.1", 0)
+    yield srv
+    srv.close()
+
+
+async def test_app_server_tasks_are_the_servers(server):
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(0.01)
+    writer.close()
 '''
 
 
@@ -225,6 +249,7 @@ def test_app_hazards_fail_at_the_apps_line(pytester: pytest.Pytester) -> None:
         "test_app_task_awaited": "PASSED",
         "test_test_leaves_its_own_task": "PASSED",
         "test_app_nested_run": "FAILED",
+        "test_app_server_tasks_are_the_servers": "PASSED",
     }, out
     block = _section(out, "test_app_sleeps")
     assert "blocking_call: time.sleep" in block and "blocked_loop" in block, block

@@ -33,7 +33,7 @@ from .._incidents import Incident
 from ..testing import fresh_registry
 from . import active_configs, blocking_calls, pending_tasks, render
 from .options import PENDING_TASK, Settings, allowed_kinds
-from .scope import CODE, Scope, project_packages
+from .scope import CODE, SCAFFOLDING, Scope, project_packages
 
 __all__ = ["Session"]
 
@@ -45,6 +45,8 @@ _NOT_THE_TESTS_DOING = frozenset({"starved", "unsampled", "import", "gc"})
 _MAX_PER_TEST = 200  # a loop of blocking calls should not fill memory; the count is kept
 # Kinds judged by their origin: the same call is a bug in the app and a choice in a test.
 _BY_ORIGIN = frozenset({"blocked_loop"})
+# The frame of a loop callback: what runs below it was called by the loop, not by the test.
+_HANDLE_RUN = asyncio.events.Handle._run.__code__
 # One blocking event can show as two incidents (the call, and the block it caused).
 _ONE_EVENT = frozenset({"blocked_loop", blocking_calls.KIND})
 _PENDING_HINT = (
@@ -186,8 +188,17 @@ class Session:
         if not self._in_call or (active_configs and active_configs[-1] is not self._config):
             return
         origin, frame, _ = self._scope.live_origin(caller, direct=False)
-        if origin == CODE and frame is not None:
-            self._created[task] = (_frame(frame), _frames.stack_from_frame(caller, limit=16))
+        if origin != CODE or frame is None:
+            return
+        # Only tasks the test asked for: a test or fixture frame is further out on the stack,
+        # in the same loop callback. A server's tasks for each connection start from loop
+        # callbacks (connection_made): they are the server's until it shuts down.
+        outer = frame.f_back
+        while outer is not None and outer.f_code is not _HANDLE_RUN:
+            if self._scope.classify(outer.f_code.co_filename) == SCAFFOLDING:
+                self._created[task] = (_frame(frame), _frames.stack_from_frame(caller, 16))
+                return
+            outer = outer.f_back
 
     def _report_pending_tasks(self) -> None:
         """Tasks the code under test created during the call and left pending."""
@@ -343,12 +354,27 @@ class Session:
         if self._scope.allowed_site(incident.stack) is not None:
             return False
         if incident.kind == "blocked_loop" and (
-            incident.detail.get("cause") in _NOT_THE_TESTS_DOING
+            incident.detail.get("cause") in _NOT_THE_TESTS_DOING or self._starved(incident)
         ):
             return False
         if incident.kind in _BY_ORIGIN:
             return self._scope.origin(incident.stack)[0] == CODE
         return True
+
+    def _starved(self, incident: Incident) -> bool:
+        """A CPU-caused block in which the loop's own CPU time stayed under the threshold.
+
+        On a loaded machine the loop thread waits for a core: the block is real, the work
+        in it is not long enough to be the code's doing.
+        """
+        if incident.detail.get("cause") != "cpu" or incident.duration is None:
+            return False
+        share = incident.detail.get("loop_cpu", "").rstrip("%")
+        try:
+            cpu_seconds = float(share) / 100 * incident.duration
+        except ValueError:
+            return False
+        return cpu_seconds < self._settings.block_threshold
 
     def _why_not(self, incident: Incident, allowed: frozenset[str]) -> str:
         if incident.kind not in self._settings.fail_on:
@@ -362,6 +388,11 @@ class Session:
             incident.detail.get("cause") in _NOT_THE_TESTS_DOING
         ):
             return f"cause: {incident.detail.get('cause', '?')}, not the test's doing"
+        if incident.kind == "blocked_loop" and self._starved(incident):
+            return (
+                f"the loop thread ran {incident.detail.get('loop_cpu')} of the time: the "
+                "machine, not the code, held it"
+            )
         if incident.kind in _ONE_EVENT:
             origin, frame = self._scope.origin(incident.stack)
             if origin != CODE:
