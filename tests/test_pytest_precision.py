@@ -473,3 +473,23 @@ def test_summary_counts_tests_not_phases(pytester: pytest.Pytester) -> None:
     summary = out[out.index("= loopwatch ="):]
     assert "1 test(s) failed by loopwatch:" in summary, summary
     assert "test_phases.py::test_both_phases (teardown)" in summary, summary
+
+
+def test_scope_classifies_by_module_name_not_location() -> None:
+    """The classifier alone: same package, checkout or site-packages; test support apart."""
+    from loopwatch._pytest.scope import CODE, LIBRARY, SCAFFOLDING, Scope
+
+    scope = Scope(["pkg"], explicit=False, test_patterns=["test_*.py"], cwd="/proj",
+                  excluded=["pkg.fixtures"])
+    site = "/env/lib/python3.11/site-packages"
+    assert scope.classify("/proj/pkg/core.py", "pkg.core") == CODE
+    assert scope.classify(f"{site}/pkg/core.py", "pkg.core") == CODE
+    assert scope.classify(f"{site}/other/core.py", "other.core") == LIBRARY
+    assert scope.classify("/proj/app.py", "app") == CODE  # outside the libraries: an app
+    assert scope.classify("/proj/tests/helpers.py", "tests.helpers") == SCAFFOLDING
+    assert scope.classify("/proj/test_x.py", "test_x") == SCAFFOLDING
+    assert scope.classify(f"{site}/pkg/pytest_plugin.py", "pkg.pytest_plugin") == SCAFFOLDING
+    assert scope.classify(f"{site}/pkg/test_utils.py", "pkg.test_utils") == SCAFFOLDING
+    assert scope.classify("/proj/pkg/fixtures/db.py", "pkg.fixtures.db") == SCAFFOLDING
+    explicit = Scope(["pkg"], explicit=True, test_patterns=["test_*.py"], cwd="/proj")
+    assert explicit.classify("/proj/app.py", "app") == LIBRARY  # only the named packages
