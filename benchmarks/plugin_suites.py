@@ -80,14 +80,15 @@ SUITES = [
         ("-e", ".[standard]", "pytest<9.2", "dirty-equals", "inline-snapshot", "sqlmodel",
          "flask", "pyjwt", "pwdlib[argon2]", "strawberry-graphql", "a2wsgi", "pyyaml",
          "anyio[trio]", "pytest-timeout", "python-slugify", "typer", "sentry-sdk",
-         "opentelemetry-instrumentation-fastapi"),
-        ("tests/test_tutorial", "-p", "no:cacheprovider"),
+         "opentelemetry-instrumentation-fastapi", "pytest-xdist"),
+        ("tests/test_tutorial", "-n", "0", "-p", "no:cacheprovider"),
     ),
     Suite(
         "uvicorn", "uvicorn==0.55.0",
         ("-e", ".[standard]", "pytest", "pytest-mock", "pytest-xdist", "trustme",
          "cryptography", "httpx2", "a2wsgi", "wsproto"),
-        ("tests", "-n", "0", "-p", "no:cacheprovider"),
+        # tests/benchmarks need pytest-codspeed's marker: not part of the functional suite.
+        ("tests", "-n", "0", "-p", "no:cacheprovider", "--ignore=tests/benchmarks"),
     ),
     Suite(
         "aiosqlite", "aiosqlite==0.22.1", ("-e", ".", "pytest"),
