@@ -388,11 +388,6 @@ class Session:
             incident.detail.get("cause") in _NOT_THE_TESTS_DOING
         ):
             return f"cause: {incident.detail.get('cause', '?')}, not the test's doing"
-        if incident.kind == "blocked_loop" and self._starved(incident):
-            return (
-                f"the loop thread ran {incident.detail.get('loop_cpu')} of the time: the "
-                "machine, not the code, held it"
-            )
         if incident.kind in _ONE_EVENT:
             origin, frame = self._scope.origin(incident.stack)
             if origin != CODE:
@@ -401,6 +396,11 @@ class Session:
                 ) else ""
                 whose = "the test's scaffolding" if origin == "scaffolding" else "a library"
                 return f"from {whose}{where}, not the code under test"
+            if incident.kind == "blocked_loop" and self._starved(incident):
+                return (
+                    f"the loop thread ran {incident.detail.get('loop_cpu')} of the time: the "
+                    "machine, not the code, held it"
+                )
             return "the same event as an allowed incident at this line"
         return "not failing"
 
