@@ -21,6 +21,7 @@ from ._compat import cpython
 __all__ = [
     "Frame",
     "capture_stack",
+    "is_library_path",
     "is_own_file",
     "is_user_file",
     "stack_from_frame",
@@ -99,6 +100,12 @@ def is_user_file(filename: str) -> bool:
     if len(_user_file_cache) < 10_000:
         _user_file_cache[filename] = result
     return result
+
+
+def is_library_path(path: str) -> bool:
+    """Whether an absolute, normalised ``path`` is the stdlib's, an installed package's or
+    loopwatch's own: string checks only (no ``abspath``, no file system), for hot paths."""
+    return path.startswith(_LIBRARY_PREFIXES) or any(m in path for m in _MARKERS)
 
 
 def stack_from_frame(frame: types.FrameType | None, limit: int = 64) -> list[Frame]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 
+from ._pytest import active_configs as _active_configs
 from ._pytest import options as _options
 
 __all__ = ["pytest_addoption", "pytest_configure", "pytest_unconfigure"]
@@ -39,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "loopwatch(allow=[kinds]): let these loopwatch incident kinds happen in this test "
         "without failing it (e.g. allow=['blocked_loop']); they still show in the summary.",
     )
+    _active_configs.append(config)
     settings = _options.read(config)
     if settings is None:
         return
@@ -51,6 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop watching and restore everything loopwatch patched for the session."""
+    if config in _active_configs:
+        _active_configs.remove(config)
     session = config.pluginmanager.get_plugin(_SESSION)
     if session is None:
         return

@@ -9,6 +9,7 @@ pytest-asyncio (strict and auto modes) and on anyio's plugin, on the stdlib loop
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import io
 import logging
@@ -65,41 +66,33 @@ async def test_loop_kind():
     assert type(asyncio.get_running_loop()).__module__.split(".")[0] == "{loop}"
 
 
-# -- hazards, each with a twin that allows it ------------------------------------------
+# -- hazards planted in the application module, each with a twin that allows it ---------
 
 async def test_sleep():
-    time.sleep(0.001)  # site:sleep
+    service.pause()
 
 
 @pytest.mark.loopwatch(allow=["blocking_call"])
 async def test_sleep_allowed():
-    time.sleep(0.001)
+    service.pause()
 
 
 async def test_socket():
-    a, b = socket.socketpair()
-    with a, b:
-        a.sendall(b"x")  # site:socket
-        assert b.recv(1) == b"x"
+    assert service.ping_pair() == b"x"
 
 
 @pytest.mark.loopwatch(allow=["blocking_call"])
 async def test_socket_allowed():
-    a, b = socket.socketpair()
-    with a, b:
-        a.sendall(b"x")
-        assert b.recv(1) == b"x"
+    assert service.ping_pair() == b"x"
 
 
 async def test_http_client(http_url):
-    with urllib.request.urlopen(http_url) as response:  # site:http
-        assert response.status == 200
+    assert service.fetch(http_url) == 200
 
 
 @pytest.mark.loopwatch(allow=["blocking_call"])
 async def test_http_client_allowed(http_url):
-    with urllib.request.urlopen(http_url) as response:
-        assert response.status == 200
+    assert service.fetch(http_url) == 200
 
 
 async def test_file_read():
@@ -112,66 +105,48 @@ async def test_file_read_allowed():
 
 
 async def test_reentry():
-    async def inner():
-        return 1
-
-    coro = inner()
     with pytest.raises(RuntimeError):
-        asyncio.run(coro)  # site:reentry
-    coro.close()
+        service.total_sync()
 
 
 @pytest.mark.loopwatch(allow=["reentry"])
 async def test_reentry_allowed():
-    async def inner():
-        return 1
-
-    coro = inner()
     with pytest.raises(RuntimeError):
-        asyncio.run(coro)
-    coro.close()
+        service.total_sync()
 
 
 async def test_blocked_loop():
-    threading.Event().wait(0.8)  # site:block
+    service.crunch()
     await asyncio.sleep(0.05)
 
 
 @pytest.mark.loopwatch(allow=["blocked_loop"])
 async def test_blocked_loop_allowed():
-    threading.Event().wait(0.8)
+    service.crunch()
     await asyncio.sleep(0.05)
 
 
-async def boom():
-    raise ValueError("lost")
-
-
 async def test_unretrieved():
-    asyncio.get_running_loop().create_task(boom())
+    service.spawn_failing()
     await asyncio.sleep(0.01)
     gc.collect()
 
 
 @pytest.mark.loopwatch(allow=["unretrieved_exception"])
 async def test_unretrieved_allowed():
-    asyncio.get_running_loop().create_task(boom())
+    service.spawn_failing()
     await asyncio.sleep(0.01)
     gc.collect()
 
 
-async def forgotten():
-    pass
-
-
 async def test_never_awaited():
-    forgotten()  # site:never
+    service.forget()
     gc.collect()
 
 
 @pytest.mark.loopwatch(allow=["never_awaited"])
 async def test_never_awaited_allowed():
-    forgotten()
+    service.forget()
     gc.collect()
 
 
@@ -221,6 +196,25 @@ async def test_clean_stdlib_reads_and_writes(tmp_path):
     (tmp_path / "out.txt").write_text("hi")
 
 
+async def test_clean_scaffolding_blocks_on_purpose():
+    # The test's own set-up: its peer sockets, a sleep, a block of the loop. Not the app's.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.socket()
+    with listener, client:
+        client.connect(listener.getsockname())
+        peer, _ = listener.accept()
+        with peer:
+            client.sendall(b"ping")
+            assert peer.recv(4) == b"ping"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("127.0.0.1", 9))
+    time.sleep(0.001)
+    threading.Event().wait(0.4)
+    await asyncio.sleep(0.05)
+
+
 async def test_clean_test_reads_its_expected_data():
     with open(__file__, "rb") as f:  # a test module's own read: scaffolding, not the service
         assert f.read()
@@ -239,7 +233,60 @@ def test_clean_sync_code():
 '''
 
 SERVICE = """
+import asyncio
+import socket
+import threading
+import time
+import urllib.request
 from pathlib import Path
+
+
+def pause():
+    time.sleep(0.001)  # site:sleep
+
+
+def ping_pair():
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"x")  # site:socket
+        return b.recv(1)
+
+
+def fetch(url):
+    with urllib.request.urlopen(url) as response:  # site:http
+        return response.status
+
+
+async def total():
+    return 1
+
+
+def total_sync():
+    coro = total()
+    try:
+        return asyncio.run(coro)  # site:reentry
+    finally:
+        coro.close()
+
+
+def crunch():
+    threading.Event().wait(0.8)  # site:block
+
+
+async def boom():
+    raise ValueError("lost")
+
+
+def spawn_failing():
+    asyncio.get_running_loop().create_task(boom())
+
+
+async def forgotten():
+    pass
+
+
+def forget():
+    forgotten()  # site:never
 
 
 def load_settings(path):
@@ -282,15 +329,16 @@ def anyio_backend():
     return "asyncio"
 """
 
+# test -> (heading, site in service.py, the function holding the site)
 FAILING = {
-    "test_sleep": ("blocking_call: time.sleep", "sleep"),
-    "test_socket": ("blocking_call: socket.sendall", "socket"),
-    "test_http_client": ("blocking_call: socket.connect", "http"),
-    "test_file_read": ("blocking_call: open", "file"),  # in service.py, called by the test
-    "test_reentry": ("reentry: asyncio.run", "reentry"),
-    "test_blocked_loop": ("blocked_loop", "block"),
-    "test_unretrieved": ("unretrieved_exception", None),
-    "test_never_awaited": ("never_awaited", "never"),
+    "test_sleep": ("blocking_call: time.sleep", "sleep", "pause"),
+    "test_socket": ("blocking_call: socket.sendall", "socket", "ping_pair"),
+    "test_http_client": ("blocking_call: socket.connect", "http", "fetch"),
+    "test_file_read": ("blocking_call: open", "file", "load_settings"),
+    "test_reentry": ("reentry: asyncio.run", "reentry", "total_sync"),
+    "test_blocked_loop": ("blocked_loop", "block", "crunch"),
+    "test_unretrieved": ("unretrieved_exception", None, ""),
+    "test_never_awaited": ("never_awaited", "never", "forget"),
 }
 
 
@@ -343,8 +391,7 @@ def test_hazards_fail_and_clean_tests_pass_identically(
         pytester.makeconftest(UVLOOP_CONFTEST[mode])
     elif mode == "anyio":
         pytester.makeconftest(ANYIO_CONFTEST)
-    sites = _site_lines((pytester.path / "test_hazards.py").read_text())
-    sites.update(_site_lines((pytester.path / "service.py").read_text()))
+    sites = _site_lines((pytester.path / "service.py").read_text())
 
     bare_args = ["-p", "no:cacheprovider", "-rA"]
     if enable_in_ini:
@@ -352,7 +399,7 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     bare = pytester.runpytest_subprocess(*bare_args)
     bare_outcomes = _outcomes(bare.stdout.str())
     bare_failed = {name for name, outcome in bare_outcomes.items() if outcome != "PASSED"}
-    assert len(bare_outcomes) == 23
+    assert len(bare_outcomes) == 24
     assert bare_failed == BARE_FAILS.get(mode, set()), bare.stdout.str()
 
     watched_args = ["-p", "no:cacheprovider", "-rA"]
@@ -367,16 +414,16 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     assert all(outcomes[name] == "FAILED" for name in failed), out
     assert "loopwatch: on_reentry=raise block_threshold=0.25s" in out
 
-    for test, (heading, site) in FAILING.items():
+    for test, (heading, site, function) in FAILING.items():
         block = _failure_section(out, test)
         assert heading in block, block
-        if site == "file":
-            assert f"service.py:{sites[site]} in load_settings" in block, block
-        elif site is not None:
-            # The call site (the user's line), not a line inside loopwatch or the stdlib.
-            assert f"test_hazards.py:{sites[site]} in {test}" in block, block
+        if site is not None:
+            # The app's line, not the test's, nor a line inside loopwatch or the stdlib.
+            assert f"service.py:{sites[site]} in {function}" in block, block
         assert "hint: " in block
-        assert "@pytest.mark.loopwatch(allow=" in block
+        # The marker is suggested only where it would make the test pass.
+        passes_when_allowed = test not in bare_failed
+        assert ("@pytest.mark.loopwatch(allow=" in block) == passes_when_allowed, block
     assert f"loop {'uvloop.Loop' if loop == 'uvloop' else 'asyncio.'}" in _failure_section(
         out, "test_sleep"
     )
@@ -390,11 +437,9 @@ def test_hazards_fail_and_clean_tests_pass_identically(
     assert "allowed by @pytest.mark.loopwatch" in summary
 
 
-ROUTES = '''
+ROUTES_APP = '''
 import time
 
-import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -407,8 +452,19 @@ async def item(request):
     return PlainTextResponse(request.path_params["item_id"])
 
 
+def close():
+    time.sleep(0.001)  # site:teardown
+
+
 app = Starlette(routes=[Route("/items/{item_id}", item)])
 instrument(app, metrics_path=None)
+'''
+
+ROUTES = '''
+import httpx
+import pytest
+
+from routes_app import app, close
 
 
 @pytest.mark.asyncio
@@ -422,7 +478,7 @@ async def test_route_blocks():
 @pytest.fixture
 async def sleeps_in_teardown():
     yield
-    time.sleep(0.001)  # site:teardown
+    close()
 
 
 @pytest.mark.asyncio
@@ -438,9 +494,9 @@ async def test_marker_typo():
 
 
 def test_route_attribution_teardown_error_and_marker_typo(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_routes=ROUTES)
+    pytester.makepyfile(test_routes=ROUTES, routes_app=ROUTES_APP)
     pytester.makeini(_ini("auto", enable_in_ini=False))
-    sites = _site_lines((pytester.path / "test_routes.py").read_text())
+    sites = _site_lines((pytester.path / "routes_app.py").read_text())
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "--loopwatch")
     out = result.stdout.str()
     found = set(re.findall(r"^(PASSED|FAILED|ERROR) test_routes.py::(\w+)", out, re.M))
@@ -453,11 +509,20 @@ def test_route_attribution_teardown_error_and_marker_typo(pytester: pytest.Pytes
     }, out
     route = _failure_section(out, "test_route_blocks")
     assert "starlette handler: GET /items/{item_id}" in route, route
-    assert f"test_routes.py:{sites['route']} in item" in route, route
+    assert f"routes_app.py:{sites['route']} in item" in route, route
     assert "ERROR at teardown of test_teardown_blocks" in out
     assert "incident(s) in teardown" in out
-    assert f"test_routes.py:{sites['teardown']} in sleeps_in_teardown" in out
+    assert f"routes_app.py:{sites['teardown']} in close" in out
     assert "names unknown kind 'blocked_loops'" in out
+
+
+NAP_APP = """
+import time
+
+
+def nap():
+    time.sleep(0.001)
+"""
 
 
 def _patched_state() -> dict[str, Any]:
@@ -470,6 +535,7 @@ def _patched_state() -> dict[str, Any]:
         "ssl": {n: ssl.SSLSocket.__dict__.get(n) for n in names},
         "path": {n: pathlib.Path.__dict__.get(n) for n in ("open", "read_text", "read_bytes")},
         "handlers": list(logging.getLogger("loopwatch").handlers),
+        "create_task": asyncio.BaseEventLoop.__dict__.get("create_task"),
     }
 
 
@@ -477,13 +543,15 @@ def test_session_restores_everything_exactly(pytester: pytest.Pytester) -> None:
     pytester.makeini(_ini("strict", enable_in_ini=False))
     pytester.makepyfile(
         test_one="""
-        import asyncio, time
+        import asyncio
+        import app
 
         def test_sleep_under_a_loop():
             async def main():
-                time.sleep(0.001)
+                app.nap()
             asyncio.run(main())
-        """
+        """,
+        app=NAP_APP,
     )
     before = _patched_state()
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--loopwatch")
@@ -497,13 +565,15 @@ def test_off_unless_enabled(pytester: pytest.Pytester) -> None:
     pytester.makeini(_ini("strict", enable_in_ini=False))
     pytester.makepyfile(
         test_one="""
-        import asyncio, time
+        import asyncio
+        import app
 
         def test_sleep_under_a_loop():
             async def main():
-                time.sleep(0.001)
+                app.nap()
             asyncio.run(main())
-        """
+        """,
+        app=NAP_APP,
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
@@ -515,9 +585,9 @@ def test_off_unless_enabled(pytester: pytest.Pytester) -> None:
     ("option", "message"),
     [
         ("--loopwatch-fail-on=reentry,bogus", "unknown kind(s) bogus"),
-        ("--loopwatch-block-threshold=0", "loopwatch_block_threshold='0' is not accepted"),
-        ("--loopwatch-on-reentry=ignore", "loopwatch_on_reentry='ignore' is not accepted"),
-        ("--loopwatch-blocking=sleep,dns", "unknown categories dns"),
+        ("--loopwatch-block-threshold=0", "--loopwatch-block-threshold='0' is not accepted"),
+        ("--loopwatch-on-reentry=ignore", "--loopwatch-on-reentry='ignore' is not accepted"),
+        ("--loopwatch-blocking=sleep,dns", "--loopwatch-blocking: unknown categories dns"),
     ],
 )
 def test_bad_options_are_usage_errors(pytester: pytest.Pytester, option: str, message: str) -> None:
@@ -535,19 +605,22 @@ def test_fail_on_and_blocking_options_narrow_what_fails(pytester: pytest.Pyteste
         test_one="""
         import asyncio, time
 
+        import app
+
         def test_sleep_and_reentry():
             async def inner():
                 return 1
 
             async def main():
-                time.sleep(0.001)
+                app.nap()
                 coro = inner()
                 try:
                     asyncio.run(coro)
                 except RuntimeError:
                     coro.close()
             asyncio.run(main())
-        """
+        """,
+        app=NAP_APP,
     )
     # Blocking calls not watched, re-entry not failing: the test passes, the summary says why.
     result = pytester.runpytest_inprocess(

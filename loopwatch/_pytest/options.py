@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from .._blocking import CATEGORIES
-from .._blocking import KIND as BLOCKING_CALL
 from .._config import parse
 from .._errors import ConfigError
 from .._incidents import KINDS
+from .blocking_calls import CATEGORIES
+from .blocking_calls import KIND as BLOCKING_CALL
+from .scope import AllowedSite, parse_allowed
 
 __all__ = [
     "DEFAULT_FAIL_ON",
@@ -23,9 +24,13 @@ __all__ = [
     "read",
 ]
 
-KNOWN_KINDS = (*tuple(k for k in KINDS if k != "internal"), BLOCKING_CALL)
+PENDING_TASK = "pending_task"  # a test left tasks it created pending (the plugin's check)
+KNOWN_KINDS = tuple(
+    dict.fromkeys((*(k for k in KINDS if k != "internal"), BLOCKING_CALL, PENDING_TASK))
+)
 DEFAULT_FAIL_ON = (
     "reentry", "blocked_loop", "unretrieved_exception", "never_awaited", BLOCKING_CALL,
+    PENDING_TASK,
 )
 # Longer than a service's default (0.1 s): test machines are shared and slower, and a clean
 # suite must pass as it did. Blocking *calls* are caught at any length by the detector.
@@ -42,6 +47,9 @@ class Settings:
     block_threshold: float
     on_reentry: str
     blocking: tuple[str, ...]
+    scope: tuple[str, ...] = ()  # packages of the code under test; () = found in the rootdir
+    scope_excluded: tuple[str, ...] = ()  # modules of those packages that are test support
+    allow: tuple[AllowedSite, ...] = ()  # named call sites whose hazards fail no test
 
 
 def add(parser: pytest.Parser) -> None:
@@ -81,6 +89,18 @@ def add(parser: pytest.Parser) -> None:
     parser.addini("loopwatch_block_threshold", "blocked-loop threshold in seconds", default="")
     parser.addini("loopwatch_on_reentry", "re-entry policy during tests", default="")
     parser.addini("loopwatch_blocking", "blocking-call categories that count", default="")
+    parser.addini(
+        "loopwatch_scope",
+        "packages of the code under test whose blocking hazards fail tests (default: the "
+        "packages and modules at the top of the rootdir)",
+        default="",
+    )
+    parser.addini(
+        "loopwatch_allow",
+        "call sites (module or module:qualname) whose hazards fail no test, e.g. "
+        "aiohttp.cookiejar:CookieJar.load",
+        default="",
+    )
 
 
 def _value(config: pytest.Config, name: str) -> str:
@@ -88,6 +108,22 @@ def _value(config: pytest.Config, name: str) -> str:
     if given is not None:
         return str(given).strip()
     return str(config.getini(name) or "").strip()
+
+
+def _source(config: pytest.Config, name: str) -> str:
+    """How the user wrote option ``name``: the flag when one was given, else the ini key."""
+    if config.getoption(name) is not None:
+        return "--" + name.replace("_", "-")
+    return name
+
+
+def _named(config: pytest.Config, name: str, error: pytest.UsageError) -> pytest.UsageError:
+    """``error`` (worded with the ini key) reworded with the flag the user actually gave."""
+    source = _source(config, name)
+    if source == name:
+        return error
+    text = str(error).replace(f"{name}=", f"{source}=").replace(f"{name}:", f"{source}:")
+    return pytest.UsageError(text)
 
 
 def _names(text: str) -> list[str]:
@@ -155,12 +191,45 @@ def read(config: pytest.Config) -> Settings | None:
         enabled = ini if isinstance(ini, bool) else str(ini).strip().lower() in _TRUE
     if not enabled:
         return None
-    return Settings(
-        fail_on=_fail_on(_value(config, "loopwatch_fail_on")),
-        block_threshold=_threshold(_value(config, "loopwatch_block_threshold")),
-        on_reentry=_policy(_value(config, "loopwatch_on_reentry")),
-        blocking=_blocking(_value(config, "loopwatch_blocking")),
-    )
+    try:
+        return Settings(
+            fail_on=_fail_on(_value(config, "loopwatch_fail_on")),
+            block_threshold=_threshold(_value(config, "loopwatch_block_threshold")),
+            on_reentry=_policy(_value(config, "loopwatch_on_reentry")),
+            blocking=_blocking(_value(config, "loopwatch_blocking")),
+            scope=_scope(str(config.getini("loopwatch_scope") or ""))[0],
+            scope_excluded=_scope(str(config.getini("loopwatch_scope") or ""))[1],
+            allow=_allow(str(config.getini("loopwatch_allow") or "")),
+        )
+    except pytest.UsageError as error:
+        for name in (
+            "loopwatch_fail_on", "loopwatch_block_threshold", "loopwatch_on_reentry",
+            "loopwatch_blocking",
+        ):
+            if str(error).startswith(name):
+                raise _named(config, name, error) from None
+        raise
+
+
+def _scope(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``"mypkg -mypkg.testing"`` -> (packages, excluded modules)."""
+    names = tuple(text.replace(",", " ").split())
+    bad = [n for n in names if not all(p.isidentifier() for p in n.lstrip("-").split("."))]
+    if bad:
+        raise pytest.UsageError(
+            f"loopwatch_scope: {', '.join(bad)} is not a package name; list the top-level "
+            "packages of the code under test (and -module for test support inside them), "
+            "e.g. loopwatch_scope = mypkg -mypkg.testing"
+        )
+    packages = tuple(dict.fromkeys(n.split(".")[0] for n in names if not n.startswith("-")))
+    return packages, tuple(n[1:] for n in names if n.startswith("-"))
+
+
+def _allow(text: str) -> tuple[AllowedSite, ...]:
+    try:
+        return parse_allowed(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"loopwatch_allow: {exc}") from None
 
 
 def allowed_kinds(item: pytest.Item) -> frozenset[str]:

@@ -90,8 +90,13 @@ def failure_text(
     when: str,
     root: Path,
     verbose: bool,
+    report_failed: bool = False,
 ) -> str:
-    """The report of a test that loopwatch fails (or the section added to a failed one)."""
+    """The report of a test that loopwatch fails (or the section added to a failed one).
+
+    ``report_failed``: the phase failed on its own (its own error): an allow marker would
+    not make it pass, so none is suggested.
+    """
     grouped = group(incidents)
     kinds = sorted({i.kind for i, _ in grouped if i.kind in failing})
     lines = [
@@ -101,7 +106,14 @@ def failure_text(
     for incident, count in grouped:
         lines.extend(_block(incident, count, root, verbose))
         lines.append("")
-    if kinds:
+    raised = any(i.kind == "reentry" and i.action == "raised" for i, _ in grouped)
+    if report_failed and raised:
+        lines.append(
+            "The policy is raise: the nested call was not run and asyncio's RuntimeError "
+            "failed the test, so allowing the kind would not make it pass. Fix the call as "
+            "the hint says, or run it with --loopwatch-on-reentry=offload."
+        )
+    elif kinds and not report_failed:
         quoted = ", ".join(f'"{k}"' for k in kinds)
         lines.append(
             f"If this is intended, allow it in this test: @pytest.mark.loopwatch(allow=[{quoted}])"

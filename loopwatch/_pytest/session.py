@@ -5,15 +5,21 @@ watchdog, a server thread started by a fixture). Each one belongs to the test ru
 that moment, in the phase whose report pytest builds next: an incident that arrives
 after a test's call has been reported (an unretrieved exception found when the loop is
 closed in a fixture's teardown) fails the teardown, as pytest reports a fixture error.
-Incidents outside any test (collection, between tests) go to the summary only.
+Incidents outside any test (collection, between tests) go to the summary only, and those
+that happen while a session nested in this one runs (pytester in-process) belong to it.
+
+Blocking hazards (blocking calls, blocked loops, tasks left pending) are judged by their
+origin (:mod:`loopwatch._pytest.scope`): they fail a test when they come from the code under
+test, not when the test's own scaffolding or a library causes them.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import asyncio
 import logging
-import os
 import threading
+import types
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -21,11 +27,13 @@ import pytest
 
 import loopwatch
 
-from .. import _blocking, _monitor
+from .. import _frames, _monitor
+from .._frames import Frame
 from .._incidents import Incident
 from ..testing import fresh_registry
-from . import render
-from .options import Settings, allowed_kinds
+from . import active_configs, blocking_calls, pending_tasks, render
+from .options import PENDING_TASK, Settings, allowed_kinds
+from .scope import CODE, SCAFFOLDING, Scope, project_packages
 
 __all__ = ["Session"]
 
@@ -35,6 +43,17 @@ _ALLOWED = pytest.StashKey[frozenset[str]]()
 # happened to fall inside the test. Reported in the summary, never a failure.
 _NOT_THE_TESTS_DOING = frozenset({"starved", "unsampled", "import", "gc"})
 _MAX_PER_TEST = 200  # a loop of blocking calls should not fill memory; the count is kept
+# Kinds judged by their origin: the same call is a bug in the app and a choice in a test.
+_BY_ORIGIN = frozenset({"blocked_loop"})
+# The frame of a loop callback: what runs below it was called by the loop, not by the test.
+_HANDLE_RUN = asyncio.events.Handle._run.__code__
+# One blocking event can show as two incidents (the call, and the block it caused).
+_ONE_EVENT = frozenset({"blocked_loop", blocking_calls.KIND})
+_PENDING_HINT = (
+    "A task created here was still pending when the test ended: nothing awaited or "
+    "cancelled it. Keep a reference and await it (a TaskGroup does both), or cancel it "
+    "when its owner shuts down."
+)
 
 
 class Session:
@@ -51,7 +70,7 @@ class Session:
         self._dropped = 0
         self._outside: list[Incident] = []
         self._unfailed: list[tuple[str, str, Incident, str]] = []  # nodeid, phase, incident, why
-        self._failed: list[str] = []
+        self._failed: list[tuple[str, str]] = []  # nodeid, phase
         self._install: dict[str, Any] = {  # install() keywords, parsed already
             "on_reentry": settings.on_reentry,
             "block_threshold": settings.block_threshold,
@@ -66,8 +85,19 @@ class Session:
         # here keeps loopwatch from also printing them to stderr (it adds one when the
         # logger has none, and pytest attaches its handlers only while a test runs).
         self._quiet = logging.NullHandler()
-        self._test_patterns = [str(p) for p in config.getini("python_files")]
-        self._test_files: dict[str, bool] = {}
+        explicit = bool(settings.scope)
+        self._scope = Scope(
+            settings.scope if explicit else project_packages(config.rootpath),
+            explicit,
+            [str(p) for p in config.getini("python_files")],
+            settings.allow,
+            excluded=settings.scope_excluded,
+        )
+        self._undo_tasks: Callable[[], None] | None = None
+        # Tasks created by the code under test while a test's call runs, with their site.
+        self._created: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[Frame, list[Frame]]]
+        self._created = weakref.WeakKeyDictionary()
+        self._in_call = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -79,15 +109,20 @@ class Session:
         if self._disabled:
             return
         if self._settings.blocking:
-            self._undo_blocking = _blocking.install(
-                self._on_blocking_call, self._settings.blocking, self._is_test_file
+            self._undo_blocking = blocking_calls.install(
+                self._on_blocking_call, self._settings.blocking, self._judge
             )
+        if PENDING_TASK in self._settings.fail_on:
+            self._undo_tasks = pending_tasks.install(self._on_task_created)
 
     def stop(self) -> None:
         """Undo everything :meth:`start` and later re-installs did."""
         if self._undo_blocking is not None:
             self._undo_blocking()
             self._undo_blocking = None
+        if self._undo_tasks is not None:
+            self._undo_tasks()
+            self._undo_tasks = None
         for monitor in self._attached:
             monitor.remove_listener(self._on_incident)
         self._attached.clear()
@@ -118,6 +153,8 @@ class Session:
     # -- incoming --------------------------------------------------------------------------
 
     def _on_incident(self, incident: Incident) -> None:
+        if active_configs and active_configs[-1] is not self._config:
+            return  # a session nested in this one is running: the incident is its own
         with self._lock:
             if self._item is None:
                 if len(self._outside) < _MAX_PER_TEST:
@@ -127,21 +164,56 @@ class Session:
             else:
                 self._dropped += 1
 
-    def _on_blocking_call(self, api: str, hint: str, detail: dict[str, str]) -> None:
+    def _judge(self, caller: types.FrameType, direct: bool) -> types.FrameType | None:
+        """The frame a blocking call is reported at, when it comes from the code under test."""
+        origin, frame, _ = self._scope.live_origin(caller, direct)
+        return frame if origin == CODE else None
+
+    def _on_blocking_call(
+        self,
+        api: str,
+        hint: str,
+        detail: dict[str, str],
+        caller: types.FrameType,
+        site: types.FrameType,
+    ) -> None:
         monitor = _monitor.current() or self._monitor
         if monitor is not None:
-            monitor.report(_blocking.KIND, api=api, hint=hint, detail=detail)
-
-    def _is_test_file(self, filename: str) -> bool:
-        """Test modules and conftest files: their own file reads are test scaffolding."""
-        known = self._test_files.get(filename)
-        if known is None:
-            name = os.path.basename(filename)
-            known = name == "conftest.py" or any(
-                fnmatch.fnmatch(name, pattern) for pattern in self._test_patterns
+            monitor.report(
+                blocking_calls.KIND, api=api, hint=hint, detail=detail,
+                stack=_frames.stack_from_frame(caller), site=_frame(site),
             )
-            self._test_files[filename] = known
-        return known
+
+    def _on_task_created(self, task: asyncio.Task[Any], caller: types.FrameType) -> None:
+        if not self._in_call or (active_configs and active_configs[-1] is not self._config):
+            return
+        origin, frame, _ = self._scope.live_origin(caller, direct=False)
+        if origin != CODE or frame is None:
+            return
+        # Only tasks the test asked for: a test or fixture frame is further out on the stack,
+        # in the same loop callback. A server's tasks for each connection start from loop
+        # callbacks (connection_made): they are the server's until it shuts down.
+        outer = frame.f_back
+        while outer is not None and outer.f_code is not _HANDLE_RUN:
+            if self._scope.classify(outer.f_code.co_filename) == SCAFFOLDING:
+                self._created[task] = (_frame(frame), _frames.stack_from_frame(caller, 16))
+                return
+            outer = outer.f_back
+
+    def _report_pending_tasks(self) -> None:
+        """Tasks the code under test created during the call and left pending."""
+        created, self._created = self._created, weakref.WeakKeyDictionary()
+        monitor = _monitor.current() or self._monitor
+        if monitor is None:
+            return
+        for task, (site, stack) in list(created.items()):
+            if task.done() or task.get_loop().is_closed():
+                continue
+            monitor.report(
+                PENDING_TASK, api=f"task {task.get_name()}", site=site, stack=stack,
+                hint=_PENDING_HINT, task=task.get_name(), loop=task.get_loop(),
+                detail={"coroutine": getattr(task.get_coro(), "__qualname__", "?")},
+            )
 
     def _take(self) -> tuple[list[Incident], int]:
         with self._lock:
@@ -163,6 +235,8 @@ class Session:
             f"block_threshold={settings.block_threshold:g}s blocking_calls={blocking} "
             f"fail_on={fails}"
         )
+        scope = ",".join(sorted(self._scope.packages)) or "-"
+        text += f" scope={scope}" if self._scope.explicit else f" scope=rootdir ({scope})"
         if self._preinstalled:
             text += " (the suite installed loopwatch first: its configuration is kept)"
         return text
@@ -185,6 +259,18 @@ class Session:
                 self._item = None
                 self._outside.extend(self._pending)  # arrived after the teardown report
                 self._pending = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, None]:
+        """Watch the tasks the call creates; report those it leaves pending."""
+        self._created = weakref.WeakKeyDictionary()
+        self._in_call = True
+        try:
+            yield
+        finally:
+            self._in_call = False
+            if self._undo_tasks is not None:
+                self._report_pending_tasks()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -209,16 +295,25 @@ class Session:
         allowed = item.stash.get(_ALLOWED, frozenset())
         failing_kinds = self._settings.fail_on - allowed
         failing = [i for i in incidents if self._fails(i, failing_kinds)]
+        # One event, one decision: a blocking call and the block it caused share a site;
+        # when the test allows either kind, the other does not fail it for the same line.
+        allowed_sites = {
+            _site_key(i) for i in incidents if i.kind in _ONE_EVENT and i.kind in allowed
+        }
+        failing = [
+            i for i in failing if not (i.kind in _ONE_EVENT and _site_key(i) in allowed_sites)
+        ]
         if failing:
             text = render.failure_text(
-                incidents, failing_kinds, call.when, self._root, self._verbose
+                incidents, failing_kinds, call.when, self._root, self._verbose,
+                report_failed=report.failed,
             )
             if dropped:
                 text += f"(+{dropped} more incidents in this phase, not kept)\n"
             if report.passed and not hasattr(report, "wasxfail"):
                 report.outcome = "failed"
                 report.longrepr = text
-                self._failed.append(f"{item.nodeid} ({call.when})")
+                self._failed.append((item.nodeid, call.when))
             else:
                 report.sections.append((f"loopwatch {call.when}", text))
         failing_ids = {id(i) for i in failing}
@@ -234,9 +329,10 @@ class Session:
         write = terminalreporter.write_line
         terminalreporter.section("loopwatch")
         if self._failed:
-            write(f"{len(self._failed)} test phase(s) failed by loopwatch:")
-            for nodeid in self._failed:
-                write(f"  {nodeid}")
+            tests = len({nodeid for nodeid, _ in self._failed})
+            write(f"{tests} test(s) failed by loopwatch:")
+            for nodeid, when in self._failed:
+                write(f"  {nodeid}" + ("" if when == "call" else f" ({when})"))
         if self._unfailed:
             write("incidents that did not fail a test:")
             last = ""
@@ -252,17 +348,68 @@ class Session:
 
     # -- decisions -------------------------------------------------------------------------
 
-    @staticmethod
-    def _fails(incident: Incident, kinds: frozenset[str]) -> bool:
+    def _fails(self, incident: Incident, kinds: frozenset[str]) -> bool:
         if incident.kind not in kinds:
             return False
-        if incident.kind == "blocked_loop":
-            return incident.detail.get("cause") not in _NOT_THE_TESTS_DOING
+        if self._scope.allowed_site(incident.stack) is not None:
+            return False
+        if incident.kind == "blocked_loop" and (
+            incident.detail.get("cause") in _NOT_THE_TESTS_DOING or self._starved(incident)
+        ):
+            return False
+        if incident.kind in _BY_ORIGIN:
+            return self._scope.origin(incident.stack)[0] == CODE
         return True
 
+    def _starved(self, incident: Incident) -> bool:
+        """A CPU-caused block in which the loop's own CPU time stayed under the threshold.
+
+        On a loaded machine the loop thread waits for a core: the block is real, the work
+        in it is not long enough to be the code's doing.
+        """
+        if incident.detail.get("cause") != "cpu" or incident.duration is None:
+            return False
+        share = incident.detail.get("loop_cpu", "").rstrip("%")
+        try:
+            cpu_seconds = float(share) / 100 * incident.duration
+        except ValueError:
+            return False
+        return cpu_seconds < self._settings.block_threshold
+
     def _why_not(self, incident: Incident, allowed: frozenset[str]) -> str:
-        if incident.kind in allowed and incident.kind in self._settings.fail_on:
+        if incident.kind not in self._settings.fail_on:
+            return "kind not in loopwatch_fail_on"
+        if incident.kind in allowed:
             return "allowed by @pytest.mark.loopwatch"
-        if incident.kind == "blocked_loop" and incident.kind in self._settings.fail_on:
+        site = self._scope.allowed_site(incident.stack)
+        if site is not None:
+            return f"allowed by loopwatch_allow: {site}"
+        if incident.kind == "blocked_loop" and (
+            incident.detail.get("cause") in _NOT_THE_TESTS_DOING
+        ):
             return f"cause: {incident.detail.get('cause', '?')}, not the test's doing"
-        return "kind not in loopwatch_fail_on"
+        if incident.kind in _ONE_EVENT:
+            origin, frame = self._scope.origin(incident.stack)
+            if origin != CODE:
+                where = f" at {render.short_path(frame.file, self._root)}:{frame.line}" if (
+                    frame is not None
+                ) else ""
+                whose = "the test's scaffolding" if origin == "scaffolding" else "a library"
+                return f"from {whose}{where}, not the code under test"
+            if incident.kind == "blocked_loop" and self._starved(incident):
+                return (
+                    f"the loop thread ran {incident.detail.get('loop_cpu')} of the time: the "
+                    "machine, not the code, held it"
+                )
+            return "the same event as an allowed incident at this line"
+        return "not failing"
+
+
+def _frame(frame: types.FrameType) -> Frame:
+    code = frame.f_code
+    return Frame(code.co_filename, frame.f_lineno or 0, code.co_name)
+
+
+def _site_key(incident: Incident) -> tuple[str, int] | None:
+    site = incident.site
+    return None if site is None else (site.file, site.line)

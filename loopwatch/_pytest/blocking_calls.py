@@ -7,7 +7,13 @@ calls that block by nature and reports each one made while an event loop is runn
 calling thread, with the call site. The call itself then runs unchanged: loopwatch
 observes, the test fails through the plugin.
 
-What counts (the categories, each can be switched off):
+Which calls count is decided by their origin (:mod:`loopwatch._pytest.scope`): walking the
+stack outwards from the call, the first frame that is not a library's must be the code
+under test. A test body that accepts on its own listening socket, or a conftest that sleeps,
+is the test's own scaffolding and does not count; a sync client called by the app does,
+reported at the app's line.
+
+The categories, each can be switched off:
 
 ``sleep``
     ``time.sleep(secs)`` with ``secs > 0``. Nothing in asyncio or uvloop sleeps on the loop
@@ -18,16 +24,15 @@ What counts (the categories, each can be switched off):
     mode (``gettimeout() != 0.0``, so a socket with a timeout counts too). An event loop
     only ever drives non-blocking sockets, so its own I/O never matches, and every sync
     network client (``http.client``, ``urllib``, ``requests``, httpx's sync transport, a
-    sync database driver) does.
+    sync database driver) does. ``connect`` on a datagram socket does not count: it only
+    records the peer address and never waits.
 ``file``
     Opening a file for reading (``open``/``io.open``, ``pathlib.Path.open``/``read_text``/
-    ``read_bytes``) when the caller is the user's code: not the standard library, not an
-    installed package, and not a file the caller exempts (the plugin exempts test modules
-    and ``conftest.py``: a test reading its expected data is scaffolding, the service's
-    own reads are what matter). Reads that libraries make for themselves (``mimetypes``
-    loading its tables, a package's data files, ``linecache``) and every write (log
-    handlers write on the loop thread in most services) are left alone: they are short,
-    bounded and not the user's to fix. Imports do not go through ``open``.
+    ``read_bytes``) when the *direct* caller is the code under test. Reads that libraries
+    make for themselves (``mimetypes`` loading its tables, a package's data files,
+    ``linecache``) and every write (log handlers write on the loop thread in most services)
+    are left alone: they are short, bounded and not the user's to fix. Imports do not go
+    through ``open``.
 
 Not covered, on purpose: DNS lookups (``socket.getaddrinfo`` is also used for cheap
 address parsing), thread joins, locks and queues (the watchdog reports a long wait on
@@ -36,8 +41,11 @@ them as a blocked loop), subprocesses, and names bound before the session starte
 
 Every wrapper checks, in this order, that it is enabled, that the call can block, and that
 an event loop runs on this thread (``asyncio.get_running_loop()``); a call that fails a
-check costs a few attribute reads. :func:`install` returns the undo, which puts back the
-identical original objects (a method that was inherited is deleted again).
+check costs a few attribute reads. Judging the origin is dictionary look-ups per frame: the
+wrappers make no call that could block (no ``stat``, ``abspath``, ``realpath``), so the
+plugin runs beside blockbuster and inside its checks. :func:`install` returns the undo,
+which puts back the identical original objects (a method that was inherited is deleted
+again).
 """
 
 from __future__ import annotations
@@ -51,18 +59,24 @@ import socket
 import ssl
 import threading
 import time
+import types
 from collections.abc import Callable, Collection
 from typing import Any
 
-from . import _frames
+from .._compat import cpython
+from .._patching import Patches
 
 __all__ = ["CATEGORIES", "KIND", "Reporter", "install"]
 
 KIND = "blocking_call"
 CATEGORIES = ("sleep", "socket", "file")
 
-# reporter(api, hint, detail): called on the loop thread, inside the blocking call's frame.
-Reporter = Callable[[str, str, dict[str, str]], None]
+# judge(caller, direct): the frame to report the call at when a blocking call made by
+# ``caller`` (the wrapper's caller) counts, else None. ``direct``: only the caller itself
+# may make it count (file reads that libraries make for themselves are theirs).
+Judge = Callable[[types.FrameType, bool], "types.FrameType | None"]
+# reporter(api, hint, detail, caller, site): called on the loop thread, inside the call.
+Reporter = Callable[[str, str, dict[str, str], types.FrameType, types.FrameType], None]
 
 _HINTS = {
     "sleep": (
@@ -94,7 +108,7 @@ _WRITE_MODES = frozenset("wax+")
 
 _local = threading.local()
 _reporter: Reporter | None = None
-_exempt: Callable[[str], bool] = lambda filename: False  # noqa: E731
+_judge: Judge = lambda caller, direct: None  # noqa: E731
 
 
 def _loop_running_here() -> bool:
@@ -105,20 +119,29 @@ def _loop_running_here() -> bool:
     return True
 
 
-def _report(category: str, api: str, detail: dict[str, str]) -> None:
-    """Hand one blocking call to the reporter; never raises into the caller."""
+def _report(category: str, api: str, detail: dict[str, str], direct: bool = False) -> bool:
+    """Hand one blocking call to the reporter if its origin counts; never raises.
+
+    Called by a wrapper: the frame two up is the code that made the call.
+    """
     reporter = _reporter
     if reporter is None:
-        return
+        return False
     # A wrapper reached again while reporting (the log handler, a nested wrapped call such
     # as SSLSocket.recv -> read) must not report again.
     _local.busy = True
     try:
-        reporter(api, _HINTS[category], detail)
+        caller = cpython.getframe(2)
+        site = _judge(caller, direct)
+        if site is None:
+            return False
+        reporter(api, _HINTS[category], detail, caller, site)
+        return True
     except Exception as exc:
-        from ._monitor import internal_error
+        from .._monitor import internal_error
 
         internal_error("blocking", exc)
+        return False
     finally:
         _local.busy = False
 
@@ -155,21 +178,22 @@ def _wrap_sleep(original: Callable[[float], None]) -> Callable[[float], None]:
 
 
 def _wrap_socket_method(original: Any, api: str) -> Any:
+    # connect() on a datagram socket only records the peer address: it never waits.
+    connects = api.rsplit(".", 1)[-1] in ("connect", "connect_ex")
+
     @functools.wraps(original)
     def method(self: socket.socket, /, *args: Any, **kwargs: Any) -> Any:
         if (
             _reporter is not None
             and not _busy()
             and self.gettimeout() != 0.0
+            and not (connects and self.type == socket.SOCK_DGRAM)
             and _loop_running_here()
         ):
             timeout = self.gettimeout()
-            _report(
-                "socket",
-                api,
-                {"mode": "blocking" if timeout is None else f"timeout {timeout:g} s"},
-            )
-            return _quietly(original, self, *args, **kwargs)
+            mode = "blocking" if timeout is None else f"timeout {timeout:g} s"
+            if _report("socket", api, {"mode": mode}):
+                return _quietly(original, self, *args, **kwargs)
         return original(self, *args, **kwargs)
 
     return method
@@ -179,32 +203,22 @@ def _reads(mode: object) -> bool:
     return isinstance(mode, str) and not (_WRITE_MODES & set(mode))
 
 
-def _caller_is_user_code() -> bool:
-    """Whether the code that called the wrapper is the user's (not stdlib, not a package)."""
-    # Frames from here: this function, _should_report_read, the wrapper, its caller.
-    caller = _frames.capture_stack(skip=3, limit=1)
-    if not caller:
-        return False
-    filename = caller[0].file
-    return _frames.is_user_file(filename) and not _exempt(filename)
-
-
-def _should_report_read(path: object, mode: object) -> bool:
+def _should_check_read(path: object, mode: object) -> bool:
     return (
         _reporter is not None
         and not _busy()
         and not isinstance(path, int)  # an fd the caller already has: not an open
         and _reads(mode)
         and _loop_running_here()
-        and _caller_is_user_code()
     )
 
 
 def _wrap_open(original: Callable[..., Any], api: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if _should_report_read(file, mode):
-            _report("file", api, {"path": _path_text(file), "mode": mode})
+        if _should_check_read(file, mode) and _report(
+            "file", api, {"path": _path_text(file), "mode": mode}, direct=True
+        ):
             return _quietly(original, file, mode, *args, **kwargs)
         return original(file, mode, *args, **kwargs)
 
@@ -214,8 +228,9 @@ def _wrap_open(original: Callable[..., Any], api: str) -> Callable[..., Any]:
 def _wrap_path_open(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def open(self: pathlib.Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if _should_report_read(self, mode):
-            _report("file", "pathlib.Path.open", {"path": str(self), "mode": mode})
+        if _should_check_read(self, mode) and _report(
+            "file", "pathlib.Path.open", {"path": str(self), "mode": mode}, direct=True
+        ):
             return _quietly(original, self, mode, *args, **kwargs)
         return original(self, mode, *args, **kwargs)
 
@@ -225,8 +240,9 @@ def _wrap_path_open(original: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap_path_read(original: Callable[..., Any], api: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def read(self: pathlib.Path, *args: Any, **kwargs: Any) -> Any:
-        if _should_report_read(self, "r"):
-            _report("file", api, {"path": str(self)})
+        if _should_check_read(self, "r") and _report(
+            "file", api, {"path": str(self)}, direct=True
+        ):
             return _quietly(original, self, *args, **kwargs)
         return original(self, *args, **kwargs)
 
@@ -242,51 +258,46 @@ def _path_text(file: object) -> str:
 # -- install / undo ------------------------------------------------------------------------
 
 
-class _Patches:
-    """Attributes replaced on modules and classes, undone exactly."""
-
-    def __init__(self) -> None:
-        # (owner, name, the wrapper, the owner's own attribute before, or _INHERITED)
-        self._done: list[tuple[Any, str, Any, Any]] = []
-
-    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-        own = vars(owner).get(name, _INHERITED)
-        original = getattr(owner, name, None)
-        if original is None:
-            return  # not on this platform (e.g. sendmsg on Windows)
-        wrapper = make(original)
-        setattr(owner, name, wrapper)
-        self._done.append((owner, name, wrapper, own))
-
-    def undo(self) -> None:
-        while self._done:
-            owner, name, wrapper, own = self._done.pop()
-            if vars(owner).get(name) is not wrapper:
-                # Someone patched over us since: leave theirs; ours, disabled, passes through.
-                continue
-            if own is _INHERITED:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, own)
-
-
-_INHERITED = object()
 _lock = threading.Lock()
 _installed = False
+
+
+def _replace(patches: Patches, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    if getattr(owner, name, None) is None:
+        return  # not on this platform (e.g. sendmsg on Windows)
+    patches.patch(owner, name, make)
+
+
+def _take_over(reporter: Reporter, judge: Judge) -> Callable[[], None]:
+    global _reporter, _judge
+    saved = (_reporter, _judge)
+    _reporter, _judge = reporter, judge
+
+    def undo() -> None:
+        global _reporter, _judge
+        with _lock:
+            if _reporter is reporter:
+                _reporter, _judge = saved
+
+    return undo
 
 
 def install(
     reporter: Reporter,
     categories: Collection[str] = CATEGORIES,
-    exempt_readers: Callable[[str], bool] | None = None,
+    judge: Judge | None = None,
 ) -> Callable[[], None]:
-    """Wrap the blocking calls of ``categories``; return the undo. One install at a time.
+    """Wrap the blocking calls of ``categories``; return the undo.
 
-    ``reporter(api, hint, detail)`` is called on the loop thread for every blocking call
-    made while a loop runs there, before the call proceeds. ``exempt_readers(filename)``
-    says which source files may open files for reading on the loop (``file`` category).
+    An install while one is active (a pytest session nested in another, in-process) takes
+    over the reporting until its undo, with the calls the first install wraps.
+
+    For every blocking call made while a loop runs on the calling thread,
+    ``judge(caller, direct)`` says whether it counts (and at which frame); if it does,
+    ``reporter(api, hint, detail, caller, site)`` is called on the loop thread before the
+    call proceeds. Without a judge every such call counts, at its caller.
     """
-    global _reporter, _installed, _exempt
+    global _reporter, _installed, _judge
     unknown = sorted(set(categories) - set(CATEGORIES))
     if unknown:
         raise ValueError(
@@ -294,39 +305,39 @@ def install(
         )
     with _lock:
         if _installed:
-            raise RuntimeError("the blocking-call detector is already installed")
-        patches = _Patches()
+            return _take_over(reporter, judge or (lambda caller, direct: caller))
+        patches = Patches()
         try:
             if "sleep" in categories:
-                patches.replace(time, "sleep", _wrap_sleep)
+                _replace(patches, time, "sleep", _wrap_sleep)
             if "socket" in categories:
                 for name in _SOCKET_METHODS:
-                    patches.replace(
-                        socket.socket, name,
+                    _replace(
+                        patches,                        socket.socket, name,
                         functools.partial(_wrap_socket_method, api=f"socket.{name}"),
                     )
                 for name in _SSL_METHODS:
-                    patches.replace(
-                        ssl.SSLSocket, name,
+                    _replace(
+                        patches,                        ssl.SSLSocket, name,
                         functools.partial(_wrap_socket_method, api=f"ssl.SSLSocket.{name}"),
                     )
             if "file" in categories:
                 original_open = builtins.open
                 wrapped_open = _wrap_open(original_open, "open")
-                patches.replace(builtins, "open", lambda _: wrapped_open)
+                _replace(patches, builtins, "open", lambda _: wrapped_open)
                 if io.open is original_open:  # the same object: keep it the same object
-                    patches.replace(io, "open", lambda _: wrapped_open)
-                patches.replace(pathlib.Path, "open", _wrap_path_open)
+                    _replace(patches, io, "open", lambda _: wrapped_open)
+                _replace(patches, pathlib.Path, "open", _wrap_path_open)
                 for name in ("read_text", "read_bytes"):
-                    patches.replace(
-                        pathlib.Path, name,
+                    _replace(
+                        patches,                        pathlib.Path, name,
                         functools.partial(_wrap_path_read, api=f"pathlib.Path.{name}"),
                     )
         except BaseException:
             patches.undo()
             raise
         _reporter = reporter
-        _exempt = exempt_readers or (lambda filename: False)
+        _judge = judge or (lambda caller, direct: caller)
         _installed = True
 
     def undo() -> None:
