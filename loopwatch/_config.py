@@ -339,9 +339,17 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
 _warned: set[str] = set()
 
 
-def check_environment(environ: Mapping[str, str] | None = None) -> None:
-    """Warn once per process about each unknown ``LOOPWATCH_*`` variable (a typo, probably)."""
+def check_environment(environ: Mapping[str, str] | None = None, *, said: bool = False) -> None:
+    """Warn once per process about each unknown ``LOOPWATCH_*`` variable (a typo, probably).
+
+    ``said``: the command that started this process warned already (``loopwatch run``):
+    note them as warned without a line, so no child of the command writes one to its stderr
+    (a program's stderr is part of what it does: a test may compare it).
+    """
     env = os.environ if environ is None else environ
+    if said:
+        _warned.update(variable for variable, _ in unknown_variables(env))
+        return
     for variable, close in unknown_variables(env):
         if variable in _warned:
             continue

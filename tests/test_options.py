@@ -413,6 +413,20 @@ def test_the_command_line_warns_about_a_typo(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "unknown variable LOOPWATCH_ON_REENTRANT" in done.stderr
     assert "did you mean LOOPWATCH_ON_REENTRY?" in done.stderr
+    # Said once, by the command: the wrapped program and its children write nothing of it
+    # (their stderr is theirs; CPython's own tests compare a child's stderr byte for byte).
+    assert done.stderr.count("LOOPWATCH_ON_REENTRANT") == 1, done.stderr
+    child = (
+        "import subprocess, sys; "
+        "r = subprocess.run([sys.executable, '-c', 'import asyncio; asyncio.run(asyncio.sleep(0))'],"
+        " capture_output=True, text=True); print(repr(r.stderr))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "loopwatch", "run", "--", sys.executable, "-c", child],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "''", done.stdout
 
 
 def test_the_discord_adapter_checks_its_arguments_with_the_same_parser() -> None:

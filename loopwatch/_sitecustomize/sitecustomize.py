@@ -77,8 +77,10 @@ def _install() -> None:
              f"{sys.executable}?)")
         return
     try:
-        from loopwatch._config import load_config
+        from loopwatch._config import check_environment, load_config
 
+        # `loopwatch run` named any unknown variable once already: no line from each child.
+        check_environment(said=True)
         # The variables read by the one parser, as install() will read them.
         config = load_config({})
         port = config.metrics_port
