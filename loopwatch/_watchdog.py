@@ -56,6 +56,7 @@ _PONG_TAIL_CPU = 0.0002
 
 _monotonic = time.monotonic
 _perf = time.perf_counter
+get_ident = threading.get_ident
 
 # -- garbage-collection time ---------------------------------------------------------------
 
@@ -179,6 +180,8 @@ class Watchdog:
         self._probes: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
         self._active: tuple[Probe, ...] = ()
         self._wake = _Wake()
+        self._parked = False  # the thread may sleep until a loop starts (see probe())
+        self._last: Probe | None = None  # the probe started last (a restart finds it here)
         self._stopping = False
         self._thread: threading.Thread | None = None
         metrics = monitor.metrics
@@ -188,22 +191,32 @@ class Watchdog:
 
     def probe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start (or restart) the probe of ``loop``; called in the thread about to run it."""
-        if self._stopping or _runtime.current_thread_is_ours():
-            return  # loopwatch's own offload workers: their stalls are the re-entry's
-        probe = self._probes.get(loop)
-        if probe is None:
-            with self._lock:
-                probe = self._probes.get(loop)
-                if probe is None:
-                    probe = Probe(self, loop)
-                    self._probes[loop] = probe
-                    # Drop the probes of loops closed meanwhile here too, so a program that
-                    # makes a loop per call keeps this tuple short between two looks.
-                    kept = tuple(p for p in self._active if _alive(p))
-                    self._active = (*kept, probe)
+        if self._stopping:
+            return
+        probe = self._last
+        if probe is None or probe.loop() is not loop or probe.thread_id != get_ident():
+            # Not a restart in the thread that ran this loop last (a thread the check
+            # below let through).
+            if _runtime.current_thread_is_ours():
+                return  # loopwatch's own offload workers: their stalls are the re-entry's
+            probe = self._probes.get(loop)
+            if probe is None:
+                with self._lock:
+                    probe = self._probes.get(loop)
+                    if probe is None:
+                        probe = Probe(self, loop)
+                        self._probes[loop] = probe
+                        # Drop the probes of loops closed meanwhile here too, so a program
+                        # that makes a loop per call keeps this tuple short between looks.
+                        kept = tuple(p for p in self._active if _alive(p))
+                        self._active = (*kept, probe)
+            self._last = probe
         probe.start(loop)
-        # The thread may sleep until woken (no loop was running when it last looked).
-        self._wake.set()
+        # The thread sleeps until woken only when no loop was running at its last look
+        # (``_parked`` is set before that look: a start it missed finds the flag set).
+        if self._parked:
+            self._parked = False
+            self._wake.set()
 
     def observe_lag(self, seconds: float) -> None:
         """One lag sample (the only metric written outside the metrics sink: hot path)."""
@@ -253,6 +266,7 @@ class Watchdog:
         with self._lock:
             probes, self._active = self._active, ()
             self._probes = weakref.WeakKeyDictionary()
+            self._last = None
         for probe in probes:
             probe.stop()
 
@@ -265,6 +279,8 @@ class Watchdog:
             probe.stop()
         self._active = ()
         self._probes = weakref.WeakKeyDictionary()
+        self._last = None
+        self._parked = False
         if not self._stopping:
             self.start_thread()
 
@@ -272,11 +288,17 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stopping:
+            # Set before the look, cleared after it unless nothing is to be watched: a loop
+            # that starts during the look either is seen by it or finds the flag set and
+            # wakes the thread.
+            self._parked = True
             try:
                 timeout = self._check()
             except Exception as exc:
                 _runtime.internal_error("watchdog", exc)
                 timeout = 1.0
+            if timeout is not None:
+                self._parked = False
             if timeout is None:
                 self._wake.wait(None)  # nothing to watch: sleep until a loop starts
             else:
