@@ -21,8 +21,9 @@ loopwatch run only (``--env LOOPWATCH_WATCHDOG=0``), for diagnosis.
 
 Each run is checked to have really been bare or really watched: a second ``sitecustomize``
 written by this script (loopwatch's hook chains to it; bare, it runs alone) records in every
-process whether loopwatch is installed there, and the job stops if any regrtest worker
-disagrees with the mode. Needs only the standard library.
+process whether loopwatch is installed there, at start and at exit (``loopwatch run``
+installs once asyncio is imported), and the job stops if any regrtest worker disagrees with
+the mode. Needs only the standard library.
 """
 
 from __future__ import annotations
@@ -86,10 +87,18 @@ def _chain():
     spec.loader.exec_module(module)
 
 
-try:
-    _record()
-except Exception as exc:
-    sys.stderr.write("transparency probe failed: %r\\n" % (exc,))
+def _record_safely():
+    try:
+        _record()
+    except Exception as exc:
+        sys.stderr.write("transparency probe failed: %r\\n" % (exc,))
+
+
+_record_safely()
+# Again at exit: loopwatch run installs when asyncio is first imported, after this ran.
+import atexit  # noqa: E402 - a builtin module, imported by the interpreter anyway
+
+atexit.register(_record_safely)
 _chain()
 '''
 
