@@ -18,11 +18,15 @@ asyncio, does not pay for them.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, LoopwatchError
 
+# Not from `typing`, which would double what importing this package costs (type checkers
+# treat this name as theirs wherever it is defined).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._context import handler_context
     from ._incidents import Incident
     from ._monitor import Monitor, install
