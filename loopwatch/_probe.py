@@ -72,6 +72,7 @@ class Probe:
 
     __slots__ = (
         "__weakref__",
+        "active_seen",
         "block",
         "busy_since",
         "c_loop",
@@ -109,6 +110,7 @@ class Probe:
         self.ping = 0.0  # when the outstanding uvloop ping was posted (0: none)
         self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
         self.idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
+        self.active_seen = 0.0  # when the watchdog last found it active, or it started (uvloop)
         self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
         self.ponged = False  # a ping was answered since the watchdog's last look (uvloop)
         self.block: Any = None  # the watchdog's record of a block in progress
@@ -129,7 +131,7 @@ class Probe:
         self.busy_since = self.started_at = _monotonic()
         self.waiting = False
         self.ping = 0.0
-        self.idle_seen = self.busy_since
+        self.idle_seen = self.active_seen = self.busy_since
         if self.c_loop:
             self.idle_code = None
             loop.call_soon(self._learn_idle)
@@ -159,6 +161,10 @@ class Probe:
         """The loop's wait returned: it is busy from now on."""
         self.busy_since = _monotonic()
         self.waiting = False
+        watchdog = self.watchdog
+        if watchdog.dozing:  # it sleeps until a loop gets going: this one does
+            watchdog.dozing = False
+            watchdog.wake()
 
     def _learn_idle(self) -> None:
         # Called by the C loop: the innermost Python frame is the one that runs the loop,

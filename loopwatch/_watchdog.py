@@ -8,7 +8,10 @@ is kept), and logs a "still blocked" line past ten thresholds. When the loop thr
 going again it reports one ``blocked_loop`` incident with the samples (``block_ended``).
 
 The thread sleeps until the moment a busy loop would cross the threshold, and polls loops
-that wait for I/O every ``min(threshold, 100 ms)``: it never wakes a loop.
+that wait for I/O every ``min(threshold, 100 ms)``: it never wakes a loop. Once every loop
+has been idle a while it looks less often: stdlib loops wake it when they get going again
+(so nothing is seen later), uvloop loops are polled every 100, then 200 ms (a block there
+that starts after seconds of idleness is seen up to that much later).
 
 Attribution: the labels in the context of the task that was running, else the handler
 whose code object is on the sampled stack (``_blocks.register_handler``), else the
@@ -53,6 +56,13 @@ _MAX_POLL = 0.1
 # a callback that went straight into a blocking call: where the thread sleeps tells them
 # apart (see Watchdog._c_loop_active).
 _PONG_TAIL_CPU = 0.0002
+# Idle for this long, a loop is looked at less often. A C loop (no Python hook per
+# iteration) is polled every _IDLE_POLL_STEPS[i][1] polls after _IDLE_POLL_STEPS[i][0]
+# seconds without activity, and at the normal rate again as soon as its thread spends CPU.
+# A stdlib loop waiting that long lets the thread sleep up to _DOZE: the loop's next
+# iteration wakes it (see Probe.after_wait), so no block is seen later for it.
+_IDLE_POLL_STEPS = ((5.0, 4), (1.0, 2))
+_DOZE = 1.0
 
 _monotonic = time.monotonic
 _perf = time.perf_counter
@@ -181,6 +191,10 @@ class Watchdog:
         self._active: tuple[Probe, ...] = ()
         self._wake = _Wake()
         self._parked = False  # the thread may sleep until a loop starts (see probe())
+        # The thread may sleep until a stdlib loop leaves its wait (see Probe.after_wait);
+        # _dozable: every loop looked at allows that.
+        self.dozing = False
+        self._dozable = False
         self._last: Probe | None = None  # the probe started last (a restart finds it here)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -217,6 +231,10 @@ class Watchdog:
         if self._parked:
             self._parked = False
             self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the thread now (a loop got going while it dozed)."""
+        self._wake.set()
 
     def observe_lag(self, seconds: float) -> None:
         """One lag sample (the only metric written outside the metrics sink: hot path)."""
@@ -280,7 +298,7 @@ class Watchdog:
         self._active = ()
         self._probes = weakref.WeakKeyDictionary()
         self._last = None
-        self._parked = False
+        self._parked = self.dozing = False
         if not self._stopping:
             self.start_thread()
 
@@ -292,16 +310,25 @@ class Watchdog:
             # that starts during the look either is seen by it or finds the flag set and
             # wakes the thread.
             self._parked = True
+            self.dozing = True  # likewise for a stdlib loop leaving its wait
+            self._dozable = True
             try:
                 timeout = self._check()
             except Exception as exc:
                 _runtime.internal_error("watchdog", exc)
                 timeout = 1.0
+                self._dozable = False
             if timeout is not None:
                 self._parked = False
             if timeout is None:
                 self._wake.wait(None)  # nothing to watch: sleep until a loop starts
+            elif self._dozable and timeout < _DOZE:
+                # Every loop has waited for I/O a while: sleep until one gets going again
+                # (it wakes this thread), or a loop starts, or _DOZE.
+                self._wake.wait(_DOZE)
+                self.dozing = False
             else:
+                self.dozing = False
                 # A plain sleep costs half a timed lock wait here; a loop that starts
                 # meanwhile is seen at the next look, at most one poll later.
                 time.sleep(timeout)
@@ -353,17 +380,24 @@ class Watchdog:
             if block is not None:  # stopped while blocked: over now
                 self._finish(probe, block, loop, now - block.since, None, None)
             if now - probe.started_at < 1.0:
+                self._dozable = False
                 return 0.01  # started a moment ago (the hook runs just before the loop does)
             return None  # a restart wakes the thread
         lead = 0.0
         if probe.c_loop:
             since = probe.ping
             lead = probe.ping_lead  # the loop probably got busy this long before the ping
+            self._dozable = False  # no hook per iteration: it must be polled
             if not since:
                 # Ping only a loop that is doing something. An idle loop is never woken.
                 if not self._c_loop_active(probe):
                     probe.idle_seen = now
+                    idle = now - probe.active_seen
+                    for after, times in _IDLE_POLL_STEPS:
+                        if idle >= after:
+                            return poll * times
                     return poll
+                probe.active_seen = now
                 if now < probe.next_sample:
                     # The activity stays pending (its CPU is not taken as seen): a callback
                     # that went into a blocking call is pinged at the next tick.
@@ -371,6 +405,8 @@ class Watchdog:
                 probe.next_sample = now + self.tick
                 # The loop got busy somewhere between the last idle look and now: a block's
                 # duration counts from the middle of that window.
+                # (At most half the normal poll: the look before may have been a longer,
+                # idle one.)
                 probe.ping_lead = min(max(now - probe.idle_seen, 0.0), poll) / 2
                 if not probe.send_ping(loop, now):
                     return poll
@@ -381,7 +417,10 @@ class Watchdog:
             if not probe.selector:
                 return None  # a selector loopwatch has not hooked: nothing to read
             if probe.waiting:
+                if now - probe.busy_since < _IDLE_POLL_STEPS[-1][0]:
+                    self._dozable = False  # busy a moment ago: keep looking
                 return poll
+            self._dozable = False
             since = probe.busy_since
         late = now - since + lead
         if late < threshold:
