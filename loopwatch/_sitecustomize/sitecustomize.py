@@ -219,11 +219,15 @@ def _chain() -> None:
     here = [i for i, p in enumerate(sys.path) if os.path.abspath(p or os.curdir) == _HERE]
     path = sys.path[here[0] + 1:] if here else list(sys.path)
     path = [p for p in path if os.path.abspath(p or os.curdir) != _HERE]
-    # The path-based finder comes with the interpreter's frozen import system (free);
-    # importlib.util costs a few milliseconds, paid only when there is a module to load.
-    import importlib.machinery
+    # The path-based finder of importlib.machinery, taken from the import system the
+    # interpreter already loaded: importing importlib (and warnings) would cost every
+    # process more than this whole file. importlib.util likewise, only when needed.
+    finder = getattr(sys.modules.get("_frozen_importlib_external"), "PathFinder", None)
+    if finder is None:
+        import importlib.machinery
 
-    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+        finder = importlib.machinery.PathFinder
+    spec = finder.find_spec("sitecustomize", path)
     if spec is None or spec.loader is None:
         return
     import importlib.util
