@@ -23,6 +23,11 @@ an idle machine. Run it with::
 "otel adds" at the end comes from the middleware-alone run, where each otel variant is
 paired with the same middleware without otel: the median of those differences, with their
 25th–75th percentiles.
+``--install`` runs it with loopwatch installed (as ``instrument()`` does), so the
+per-request tracking of handlers in flight (``stuck_after``) is in the measured path.
+``--stuck`` measures that tracking alone: the middleware around the answering app, loopwatch
+installed, batches with ``stuck_after=10`` (the default) paired with batches with
+``stuck_after=0`` (off), alternating which goes first.
 """
 
 from __future__ import annotations
@@ -224,6 +229,41 @@ async def middleware_alone(pairs: int, batch: int) -> dict[str, dict[str, float]
     return result
 
 
+async def stuck_tracking(pairs: int, batch: int) -> dict[str, float]:
+    """What tracking requests in flight adds: stuck_after=10 against stuck_after=0."""
+
+    monitor = loopwatch.install(registry=CollectorRegistry())
+    route = Route("/items/{item_id}", endpoint)
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"ok"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["route"] = route
+        await send(start)
+        await send(body)
+
+    wrapped = LoopwatchMiddleware(app, framework="starlette")
+    scope = scope_for("/items/42")
+    await time_requests(wrapped, scope, 500)
+    on: list[float] = []
+    off: list[float] = []
+    for i in range(pairs):
+        for stuck_after in ((10.0, 0.0) if i % 2 else (0.0, 10.0)):
+            monitor.reconfigure(stuck_after=stuck_after)
+            gc.disable()
+            try:
+                took = await time_requests(wrapped, scope, batch)
+            finally:
+                gc.enable()
+            (on if stuck_after else off).append(took)
+        if i % 16 == 15:
+            gc.collect()
+    added = [a - b for a, b in zip(on, off, strict=True)]
+    return {"added": statistics.median(added), "p25": quantile(added, 0.25),
+            "p75": quantile(added, 0.75), "best": min(on) - min(off),
+            "off": statistics.median(off)}
+
+
 def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
     lines = [
         "| routes | middleware | µs/request | added µs, median | p25 – p75 | added µs, best-of "
@@ -251,7 +291,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=600, help="paired batches per variant")
     parser.add_argument("--batch", type=int, default=20, help="requests per batch")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--install", action="store_true", help="install loopwatch first")
+    parser.add_argument("--alone", action="store_true", help="only the middleware alone")
+    parser.add_argument("--stuck", action="store_true",
+                        help="only what tracking requests in flight adds (stuck_after)")
     args = parser.parse_args(argv)
+    if args.stuck:
+        row = asyncio.run(stuck_tracking(args.pairs, 200))
+        print(f"Python {sys.version.split()[0]}: stuck_after=10 vs 0, {args.pairs} paired "
+              f"batches x 200 requests, middleware alone ({row['off']:.2f} µs/request off): "
+              f"added {row['added']:.2f} µs median (p25 {row['p25']:.2f}, p75 "
+              f"{row['p75']:.2f}), best-of {row['best']:.2f} µs")
+        return
+    if args.install:
+        import loopwatch
+
+        loopwatch.install(registry=CollectorRegistry())
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if args.loop == "uvloop":
         import uvloop
@@ -267,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     loop = factory()
     try:
         alone = loop.run_until_complete(middleware_alone(args.pairs, 200))
-        for routes in (30, 300):
+        for routes in () if args.alone else (30, 300):
             results[routes] = loop.run_until_complete(measure(routes, args.pairs, args.batch))
     finally:
         loop.close()

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._context import handler_context
     from ._incidents import Incident
     from ._monitor import Monitor, install
+    from ._taskview import TaskInfo
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Incident": "._incidents",
     "Monitor": "._monitor",
+    "TaskInfo": "._taskview",
     "handler_context": "._context",
     "install": "._monitor",
 }
@@ -46,11 +48,13 @@ __all__ = [
     "Incident",
     "LoopwatchError",
     "Monitor",
+    "TaskInfo",
     "__version__",
     "handler_context",
     "incidents",
     "install",
     "load_ipython_extension",
+    "tasks",
     "uninstall",
     "unload_ipython_extension",
 ]
@@ -69,6 +73,18 @@ def incidents() -> list[Incident]:
 
     monitor = _monitor.current()
     return [] if monitor is None else monitor.store.snapshot()
+
+
+def tasks(timeout: float = 1.0) -> list[TaskInfo]:
+    """Every task of every watched loop: name, handler, age, state, loop, thread, chain.
+
+    Chains are read on each loop's own thread: from another thread this posts one callback
+    to each running loop and waits up to ``timeout`` seconds for it (a loop blocked that
+    long is listed without chains, state ``unknown``).
+    """
+    from . import _taskview
+
+    return _taskview.tasks(timeout)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -95,6 +95,13 @@ def parse_seconds(name: str, value: Any) -> float:
     return number
 
 
+def _seconds_or_off(name: str, value: Any) -> float:
+    """Seconds, or ``0`` for off."""
+    if not isinstance(value, bool) and str(value).strip() in ("0", "0.0"):
+        return 0.0
+    return parse_seconds(name, value)
+
+
 def _port(name: str, value: Any) -> int | None:
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
@@ -207,6 +214,14 @@ _TABLE = (
            _flag),
     Option("lag_tick", "LOOPWATCH_LAG_TICK", "float", 0.02, "seconds > 0",
            "At most one loop-lag sample per loop per this many seconds.", parse_seconds),
+    Option("stuck_after", "LOOPWATCH_STUCK_AFTER", "float", 10.0, "seconds > 0, or 0 (off)",
+           "A handler (request, event, command, tasks-loop iteration, handler_context block) "
+           "still waiting on the same thing this long is reported as stuck, with its await "
+           "chain.", _seconds_or_off),
+    Option("tasks_endpoint", "LOOPWATCH_TASKS_ENDPOINT", "bool", False,
+           "1 | 0 | true | false | yes | no",
+           "Serve the live task view at <metrics path>/tasks (JSON or text), behind the "
+           "metrics token when one is set.", _flag),
     Option("otel", "LOOPWATCH_OTEL", "bool", False, "1 | 0 | true | false | yes | no",
            "Add incidents as events to the current OpenTelemetry span and mirror the metrics "
            "as OTel instruments (needs loopwatch[otel]; nothing is imported while off).",
@@ -257,6 +272,8 @@ class Config:
     default_framework: str = _DEFAULTS["default_framework"]
     watchdog: bool = _DEFAULTS["watchdog"]
     lag_tick: float = _DEFAULTS["lag_tick"]
+    stuck_after: float = _DEFAULTS["stuck_after"]
+    tasks_endpoint: bool = _DEFAULTS["tasks_endpoint"]
     otel: bool = _DEFAULTS["otel"]
     registry: Any = _DEFAULTS["registry"]  # a CollectorRegistry; None means the default one
     meter_provider: Any = _DEFAULTS["meter_provider"]  # None means OTel's global provider

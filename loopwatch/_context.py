@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from ._errors import ConfigError
 
@@ -96,6 +96,11 @@ reset_labels = _labels.reset
 raw_labels = _labels.get
 
 
+# While stuck-handler tracking is on, ``(begin, end)`` of loopwatch._handlers (which
+# imports this module, so it sets the hook rather than being imported here).
+track: tuple[Callable[[Labels], Any], Callable[[Any], None]] | None = None
+
+
 @contextlib.contextmanager
 def handler_context(framework: str, handler: str) -> Iterator[Labels]:
     """Attribute the work inside the ``with`` block to ``framework`` and ``handler``.
@@ -114,7 +119,11 @@ def handler_context(framework: str, handler: str) -> Iterator[Labels]:
         raise ConfigError(f"handler_context: handler={handler!r} must be a non-empty string")
     labels = Labels(framework, handler)
     token = _labels.set(labels)
+    hooks = track
+    entry = hooks[0](labels) if hooks is not None else None
     try:
         yield labels
     finally:
         _labels.reset(token)
+        if hooks is not None:
+            hooks[1](entry)

@@ -22,6 +22,7 @@ Kind = Literal[
     "pending_task_destroyed",
     "never_awaited",
     "foreign_patch",
+    "stuck_handler",
     "blocking_call",
     "threadpool_saturated",
     "internal",
@@ -61,6 +62,11 @@ _HINTS = {
     "foreign_patch": (
         "nest_asyncio (or a fork) has patched the event loop; loopwatch leaves those entry "
         "points alone. Remove `nest_asyncio.apply()` and use loopwatch's policies instead."
+    ),
+    "stuck_handler": (
+        "A handler has been waiting far longer than it should, while the loop itself is "
+        "healthy. Look at the line it awaits: give that wait a timeout "
+        "(`async with asyncio.timeout(...)`), or find what should have woken it."
     ),
     "blocking_call": (
         "A blocking call ran on the event loop's thread. Use its async variant, or move it off "
@@ -166,6 +172,9 @@ class Incident:
     @property
     def fingerprint(self) -> tuple[str, str, Frame | None]:
         """What makes two incidents "the same" for folding."""
+        if self.kind == "stuck_handler":
+            # Two handlers stuck at one shared line (a pool both await) are two hazards.
+            return (self.kind, f"{self.api} in {self.framework} {self.handler}", self.site)
         return (self.kind, self.api, self.site)
 
     def as_dict(self) -> dict[str, Any]:
@@ -232,6 +241,22 @@ class IncidentStore:
             if len(self._items) > self._capacity:
                 self._items.popitem(last=False)
             return incident
+
+    def get(self, fingerprint: tuple[Any, ...]) -> Incident | None:
+        """The kept incident of ``fingerprint``, if any."""
+        with self._lock:
+            return self._items.get(fingerprint)
+
+    def revise(self, fingerprint: tuple[Any, ...], **changes: Any) -> Incident | None:
+        """Change fields of a kept incident without counting an occurrence (a hazard still
+        going on, such as a stuck handler's age); ``None`` when it is no longer kept."""
+        with self._lock:
+            known = self._items.get(fingerprint)
+            if known is None:
+                return None
+            revised = dataclasses.replace(known, **changes)
+            self._items[fingerprint] = revised
+            return revised
 
     def snapshot(self) -> list[Incident]:
         """The recent incidents, least recently seen first."""

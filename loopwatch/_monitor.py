@@ -19,7 +19,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _context, _frames, _reentry, _runtime, _task_gauge, _tasks, _threadpool, _watchdog
+from . import (
+    _context,
+    _frames,
+    _handlers,
+    _reentry,
+    _runtime,
+    _task_gauge,
+    _tasks,
+    _threadpool,
+    _watchdog,
+)
 from ._compat import asyncio as aio
 from ._config import UNSET, Config, LogFormat, Policy, Unset, check_environment, load_config
 from ._errors import ConfigError, LoopwatchError
@@ -106,6 +116,7 @@ class Monitor:
         self._undo["tasks"] = _tasks.install(self)
         self._undo["threadpool"] = _threadpool.install(self)
         self._undo["task_gauge"] = _task_gauge.install(self)
+        self._undo["handlers"] = _handlers.install(self)
         if self.config.watchdog:
             self._undo["watchdog"] = _watchdog.install(self)
 
@@ -136,12 +147,15 @@ class Monitor:
         _context.set_default_framework(config.default_framework)
         self._log_setup.apply(config.log_format)
         self._set_info()
+        if not first:
+            _handlers.configure(config.stuck_after)
         # Whatever was built from a changed field is built again: the server serves the
-        # registry, the lag probe writes the registry's histogram, the state gauges (pools,
-        # tasks) are refreshed when the new registry is collected.
-        if first or moved or (config.metrics_port, config.metrics_addr) != (
+        # registry (and the task view), the lag probe writes the registry's histogram, the
+        # state gauges (pools, tasks) are refreshed when the new registry is collected.
+        if first or moved or (config.metrics_port, config.metrics_addr, config.tasks_endpoint) != (
             old.metrics_port,
             old.metrics_addr,
+            old.tasks_endpoint,
         ):
             self._restart_server()
         if not first and moved:
@@ -167,6 +181,8 @@ class Monitor:
         default_framework: str | Unset = UNSET,
         watchdog: bool | Unset = UNSET,
         lag_tick: float | Unset = UNSET,
+        stuck_after: float | Unset = UNSET,
+        tasks_endpoint: bool | Unset = UNSET,
         otel: bool | Unset = UNSET,
         registry: CollectorRegistry | Unset | None = UNSET,
         meter_provider: Any = UNSET,
@@ -183,7 +199,8 @@ class Monitor:
             metrics_port=metrics_port, metrics_addr=metrics_addr,
             offload_timeout=offload_timeout, label_cap=label_cap,
             default_framework=default_framework, watchdog=watchdog, lag_tick=lag_tick,
-            otel=otel, registry=registry, meter_provider=meter_provider,
+            stuck_after=stuck_after, tasks_endpoint=tasks_endpoint, otel=otel,
+            registry=registry, meter_provider=meter_provider,
         ))
 
     def _apply_otel(self, config: Config, old: Config, first: bool) -> None:
@@ -273,7 +290,9 @@ class Monitor:
         if port is None:
             return
         try:
-            self._server = start_http_server(port, addr, self.config.registry)
+            self._server = start_http_server(
+                port, addr, self.config.registry, tasks=self.config.tasks_endpoint
+            )
         except OSError as exc:
             # A port in use is the operator's to fix, not a fault of loopwatch: one line,
             # no traceback, no incident, and the program goes on without the server.
@@ -528,6 +547,8 @@ def install(
     default_framework: str | Unset = UNSET,
     watchdog: bool | Unset = UNSET,
     lag_tick: float | Unset = UNSET,
+    stuck_after: float | Unset = UNSET,
+    tasks_endpoint: bool | Unset = UNSET,
     otel: bool | Unset = UNSET,
     registry: CollectorRegistry | Unset | None = UNSET,
     meter_provider: Any = UNSET,
@@ -566,6 +587,13 @@ def install(
             included (``LOOPWATCH_WATCHDOG``, default on).
         lag_tick: at most one loop-lag sample per loop per this many seconds
             (``LOOPWATCH_LAG_TICK``, default 0.02).
+        stuck_after: seconds after which a handler (a request, a discord event, command or
+            tasks-loop iteration, a ``handler_context`` block) still waiting on the same
+            thing is reported once as ``stuck_handler`` with its await chain
+            (``LOOPWATCH_STUCK_AFTER``, default 10; ``0`` turns it off).
+        tasks_endpoint: serve the live task view at ``<metrics path>/tasks`` (JSON or
+            text, behind the metrics token when one is set; ``LOOPWATCH_TASKS_ENDPOINT``,
+            default off).
         otel: add every incident as an event to the OpenTelemetry span of the work it
             belongs to and mirror the metrics as OTel instruments (``LOOPWATCH_OTEL``,
             default off; needs ``loopwatch[otel]``, and nothing of it is imported while off).
@@ -579,7 +607,8 @@ def install(
         metrics_port=metrics_port, metrics_addr=metrics_addr, disable=disable,
         offload_timeout=offload_timeout, label_cap=label_cap,
         default_framework=default_framework, watchdog=watchdog, lag_tick=lag_tick,
-        otel=otel, registry=registry, meter_provider=meter_provider,
+        stuck_after=stuck_after, tasks_endpoint=tasks_endpoint, otel=otel,
+        registry=registry, meter_provider=meter_provider,
     ), explicit=True)
 
 

@@ -1,4 +1,5 @@
-"""The ``loopwatch`` command: ``demo``, ``run``, ``doctor`` and ``integrations export``.
+"""The ``loopwatch`` command: ``demo``, ``run``, ``doctor``, ``tasks`` and ``integrations
+export``.
 
 * ``loopwatch demo`` runs an instrumented FastAPI service that hits every hazard, sends it
   traffic and shows what loopwatch caught (see :mod:`loopwatch.demo`).
@@ -10,6 +11,8 @@
   frameworks, nest_asyncio, the monitors of this build and the effective configuration.
 * ``loopwatch integrations export DIR`` writes the operator files shipped in the package
   (Grafana dashboard, Prometheus alert rules and scrape config, gunicorn config).
+* ``loopwatch tasks URL`` prints the live tasks of a running service (its opt-in task
+  view) as a tree by handler, the way ``pstree`` prints processes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import os
 import platform
 import sys
 import textwrap
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -40,23 +46,32 @@ HOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sitecustom
 ROOT_PID_VARIABLE = "LOOPWATCH_RUN_PID"
 
 # (flag, install() option, metavar, help) of `loopwatch run`
-_RUN_FLAGS = (
-    ("--on-reentry", "on_reentry", "POLICY",
-     "offload (default): run the nested coroutine on a worker thread; raise: report and let "
-     "the RuntimeError through; reenter: run it on the same loop (stdlib loops)"),
-    ("--block-threshold", "block_threshold", "SECONDS",
-     "report the loop as blocked past this many seconds (default 0.1)"),
-    ("--log-format", "log_format", "FORMAT", "text (default) or json (one object per line)"),
-    ("--metrics-port", "metrics_port", "PORT",
-     "serve /metrics on this port from the wrapped process (or the first child that can bind it)"),
-    ("--metrics-addr", "metrics_addr", "ADDR", "address for --metrics-port (default 127.0.0.1)"),
-    ("--offload-timeout", "offload_timeout", "SECONDS",
-     "bound on every offloaded or marshalled call (default 30)"),
-    # A switch (no value): metavar None.
-    ("--otel", "otel", None,
-     "incidents as events on the current OpenTelemetry span, metrics as OTel instruments "
-     "(needs loopwatch[otel])"),
-)
+def _run_flags() -> tuple[tuple[str, str, str | None, str], ...]:
+    """(flag, option, metavar or None for a switch, help) of ``loopwatch run``.
+
+    Made from the options table, so the flags, their help and the values they accept are
+    the ones ``install()`` has. Every option with a variable gets a flag but ``disable``
+    (pointless here); a boolean is a switch that sets it on (off for one that is on by
+    default: ``--no-watchdog``).
+    """
+    flags: list[tuple[str, str, str | None, str]] = []
+    for option in OPTIONS.values():
+        if option.variable is None or option.name == "disable":
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        text = f"{option.doc} Accepts {option.accepted}; default {option.default!r}."
+        if option.type == "bool":
+            if option.default:
+                flags.append((f"--no-{flag[2:]}", option.name, None, f"turn off: {option.doc}"))
+            else:
+                flags.append((flag, option.name, None, option.doc))
+        else:
+            metavar = "SECONDS" if "seconds" in option.accepted else option.name.upper()
+            flags.append((flag, option.name, metavar, text.replace("%", "%%")))
+    return tuple(flags)
+
+
+_RUN_FLAGS = _run_flags()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     for flag, option, metavar, text in _RUN_FLAGS:
         if metavar is None:
-            run.add_argument(flag, dest=option, action="store_const", const="1", help=text)
+            switch = "0" if flag.startswith("--no-") else "1"
+            run.add_argument(flag, dest=option, action="store_const", const=switch, help=text)
         else:
             run.add_argument(flag, dest=option, metavar=metavar, help=text)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="the command to run")
@@ -150,7 +166,69 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("dir", metavar="DIR", help="directory to write into (created if needed)")
     export.add_argument("--force", action="store_true", help="overwrite files already there")
     export.set_defaults(func=_integrations_export)
+    tasks = sub.add_parser(
+        "tasks", help="show the live tasks of a running service, as a tree by handler",
+        description="Fetch the task view of a service instrumented with tasks_endpoint=True "
+        "(URL: its metrics endpoint, or that URL followed by /tasks) and print its tasks as "
+        "a tree: loop, handler, task and the await chain it waits in, innermost first. "
+        "Exit status 1 when the view cannot be fetched.",
+    )
+    tasks.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:8000/metrics")
+    tasks.add_argument("--token", default=None,
+                       help="the service's metrics token (default: $LOOPWATCH_METRICS_TOKEN)")
+    tasks.add_argument("--json", action="store_true", help="print the view's JSON as fetched")
+    tasks.add_argument("--full", action="store_true",
+                       help="every frame of each chain (default: down to the user's code)")
+    tasks.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="how long to wait for the service (default 10)")
+    tasks.set_defaults(func=_tasks)
     return parser
+
+
+def tasks_url(url: str) -> str:
+    """The task view's URL for a metrics URL (or the task view's URL itself)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/tasks"):
+        path += "/tasks"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from ._taskview import render_text
+
+    request = urllib.request.Request(tasks_url(args.url), headers={"Accept": "application/json"})
+    token = args.token or os.environ.get("LOOPWATCH_METRICS_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        reason = {
+            401: "the service wants its metrics token (--token)",
+            404: "no task view there: is loopwatch installed with tasks_endpoint=True "
+            "(LOOPWATCH_TASKS_ENDPOINT=1), and is the URL its metrics endpoint?",
+        }.get(exc.code, exc.reason)
+        print(f"loopwatch tasks: {request.full_url}: HTTP {exc.code}: {reason}",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"loopwatch tasks: {request.full_url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(body.decode() + "\n")
+        return 0
+    try:
+        data = json.loads(body)
+        items = data["tasks"]
+    except (ValueError, KeyError, TypeError):
+        print(f"loopwatch tasks: {request.full_url}: not a task view", file=sys.stderr)
+        return 1
+    pid = data.get("pid")
+    print(f"{request.full_url}" + (f" (pid {pid})" if pid else ""))
+    sys.stdout.write(render_text(items, full=args.full))
+    return 0
 
 
 def _port_number(text: str) -> int:

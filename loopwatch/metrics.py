@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.exposition import start_http_server as _prom_start_http_server
 
+from . import _runtime
 from ._compat import prometheus as prom
 from ._errors import LoopwatchError
 
@@ -56,6 +57,8 @@ METRIC_NAMES = (
     "loopwatch_threadpool_waiting",
     "loopwatch_threadpool_wait_seconds",
     "loopwatch_tasks",
+    "loopwatch_handlers_in_flight",
+    "loopwatch_stuck_handlers_total",
 )
 
 # Handler values that are always allowed: they are bounded by construction.
@@ -186,7 +189,7 @@ class Metrics:
             "Failures inside loopwatch itself (caught; the host kept running).",
             ("component",),
         )
-        self.info = _make(
+        self.info_gauge = _make(
             r,
             Gauge,
             "loopwatch_info",
@@ -244,6 +247,23 @@ class Metrics:
             ("framework", "handler"),
             multiprocess_mode="livesum",
         )
+        self.handlers_in_flight = _make(
+            r,
+            Gauge,
+            "loopwatch_handlers_in_flight",
+            "Requests, events, commands and loop iterations running now for longer than "
+            "a quarter of stuck_after (at most 1 s), by handler.",
+            ("framework", "handler"),
+            multiprocess_mode="livesum",
+        )
+        self.stuck_handlers_total = _make(
+            r,
+            Counter,
+            "loopwatch_stuck_handlers_total",
+            "Handlers still running past stuck_after while the loop was healthy.",
+            ("framework", "handler"),
+        )
+        self._in_flight: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[str, set[str]] = {}
@@ -320,6 +340,21 @@ class Metrics:
             self.child(
                 self.coroutines_never_awaited_total, framework=framework, handler=handler
             ).inc()
+        elif kind == "stuck_handler":
+            self.child(self.stuck_handlers_total, framework=framework, handler=handler).inc()
+
+    def set_in_flight(self, counts: dict[tuple[str, str], int]) -> None:
+        """Set ``loopwatch_handlers_in_flight`` to ``counts`` by (framework, handler); the
+        handlers seen before and absent now go to 0."""
+        for key in list(self._in_flight):
+            if key not in counts:
+                self._in_flight.pop(key).set(0)
+        for (framework, handler), count in counts.items():
+            gauge = self._in_flight.get((framework, handler))
+            if gauge is None:
+                gauge = self.child(self.handlers_in_flight, framework=framework, handler=handler)
+                self._in_flight[(framework, handler)] = gauge
+            gauge.set(count)
 
     def count_internal_error(self, component: str) -> None:
         """One failure inside loopwatch (``loopwatch_internal_errors_total``)."""
@@ -329,7 +364,7 @@ class Metrics:
         """Make ``labels`` this process's one ``loopwatch_info`` series, ending ``previous``."""
         if previous is not None and previous != labels:
             self.clear_info(previous)
-        self.info.labels(*labels).set(1)
+        self.info_gauge.labels(*labels).set(1)
 
     def clear_info(self, labels: tuple[str, ...]) -> None:
         """End this process's ``loopwatch_info`` series ``labels``.
@@ -338,9 +373,9 @@ class Metrics:
         drop a series from: it is set to 0 there (the gauge's mode takes the max).
         """
         if _multiprocess():
-            self.info.labels(*labels).set(0)
+            self.info_gauge.labels(*labels).set(0)
         else:
-            self.info.remove(*labels)
+            self.info_gauge.remove(*labels)
 
     def set_threadpool(
         self, pool: str, busy: int, waiting: int, limit: float | None = None
@@ -513,6 +548,9 @@ class NullMetrics:
     def move_refreshes(self, to: Metrics | NullMetrics) -> None:
         """Nothing to hand over."""
 
+    def set_in_flight(self, counts: dict[tuple[str, str], int]) -> None:
+        """Set nothing."""
+
 
 _by_registry: MutableMapping[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
 _by_registry_lock = threading.Lock()
@@ -573,15 +611,59 @@ class MetricsServer:
 
 
 def start_http_server(
-    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None,
+    *, tasks: bool = False,
 ) -> MetricsServer:
     """Serve ``/metrics`` on ``addr:port`` from a thread (loopback unless told otherwise).
 
     Raises :class:`OSError` when the port is taken. With ``PROMETHEUS_MULTIPROC_DIR`` set
-    and no registry given, it serves the values of every process.
+    and no registry given, it serves the values of every process. With ``tasks=True`` it
+    also serves the live task view at ``/tasks`` while loopwatch is installed with
+    ``tasks_endpoint=True`` (this server has no token: keep it on loopback).
     """
     reg = _exposition_registry(registry)
+    if tasks:
+        return _serve_with_tasks(port, addr, reg)
     server, thread = _prom_start_http_server(port, addr=addr, registry=reg)
+    return MetricsServer(server, thread)
+
+
+def _serve_with_tasks(port: int, addr: str, registry: CollectorRegistry) -> MetricsServer:
+    """The standalone exposition plus ``/tasks``, on the standard library's WSGI server."""
+    import socket
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if not environ.get("PATH_INFO", "").rstrip("/").endswith("/tasks"):
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if not tasks_endpoint_enabled():
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found\n"]
+        body, content_type = render_tasks(
+            environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT", "")
+        )
+        start_response("200 OK", [("Content-Type", content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Say nothing per request (the metrics are scraped every few seconds)."""
+
+    server = make_server(addr, port, app, Server, handler_class=Quiet)
+    thread = threading.Thread(
+        target=server.serve_forever, name="loopwatch-metrics-server", daemon=True
+    )
+    thread.start()
     return MetricsServer(server, thread)
 
 
@@ -591,12 +673,38 @@ ASGIApp = Callable[
 ]
 
 
+def tasks_endpoint_enabled() -> bool:
+    """Whether the installed monitor serves the task view (``tasks_endpoint``; off by default)."""
+    monitor = _runtime.active()
+    return bool(monitor is not None and monitor.config.tasks_endpoint)
+
+
+def render_tasks(query: str, accept: str) -> tuple[bytes, str]:
+    """The task view as JSON or text (``?format=json|text``, else by ``Accept``); blocking:
+    call it off the loop (it waits for each loop to list its tasks)."""
+    import json
+    import time
+    import urllib.parse
+
+    from . import _taskview
+
+    fmt = urllib.parse.parse_qs(query).get("format", [""])[0]
+    items = [info.as_dict() for info in _taskview.tasks()]
+    if fmt == "json" or (not fmt and "application/json" in accept):
+        body = json.dumps({"time": time.time(), "pid": os.getpid(), "tasks": items})
+        return body.encode(), "application/json"
+    return _taskview.render_text(items).encode(), "text/plain; charset=utf-8"
+
+
 def make_asgi_app(
     registry: CollectorRegistry | None = None, *, token: str | None = None
 ) -> ASGIApp:
     """An ASGI app serving the metrics; the rendering runs in the loop's executor.
 
-    With ``token`` set, requests must carry ``Authorization: Bearer <token>``.
+    With ``token`` set, requests must carry ``Authorization: Bearer <token>``. A path
+    ending in ``/tasks`` serves the live task view instead (JSON or text), only when
+    loopwatch is installed with ``tasks_endpoint=True`` (404 otherwise), behind the
+    same token.
     """
     expected = f"Bearer {token}".encode() if token else None
 
@@ -614,6 +722,10 @@ def make_asgi_app(
                 await send({"type": "websocket.close", "code": 1008})
             return
         headers = dict(scope.get("headers") or ())
+        tasks_view = scope.get("path", "").rstrip("/").endswith("/tasks")
+        if tasks_view and not tasks_endpoint_enabled():
+            await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8", [])
+            return
         if expected is not None and not hmac.compare_digest(
             headers.get(b"authorization", b""), expected
         ):
@@ -636,7 +748,11 @@ def make_asgi_app(
             return
         accept = headers.get(b"accept", b"").decode("latin-1")
         loop = asyncio.get_running_loop()
-        body, content_type = await loop.run_in_executor(None, render, registry, accept)
+        if tasks_view:
+            query = scope.get("query_string", b"").decode("latin-1")
+            body, content_type = await loop.run_in_executor(None, render_tasks, query, accept)
+        else:
+            body, content_type = await loop.run_in_executor(None, render, registry, accept)
         await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, content_type, [])
 
     return app

@@ -10,6 +10,8 @@ import asyncio
 import contextvars
 import sys
 from asyncio import events, tasks
+from collections.abc import AsyncIterator
+from typing import Any
 
 from loopwatch._compat import asyncio as compat
 
@@ -87,3 +89,61 @@ def test_waited_future_and_proof_of_waiting_for_another_loop() -> None:
     finally:
         loop.close()
         stalled.close()
+
+
+def test_task_waiter_reads_fut_waiter(loop_factory: Any) -> None:
+    """Canary: ``Task._fut_waiter`` is what a suspended task waits on, on both loops."""
+    loop = loop_factory()
+    try:
+        waiter = loop.create_future()
+
+        async def waits() -> object:
+            return await waiter
+
+        task = loop.create_task(waits())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert compat.task_waiter(task) is waiter
+        waiter.set_result(1)
+        loop.run_until_complete(task)
+        assert compat.task_waiter(task) is None
+    finally:
+        loop.close()
+
+
+async def _innermost(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def _agen(event: asyncio.Event) -> AsyncIterator[int]:
+    await _innermost(event)
+    yield 1
+
+
+async def _through_generator(event: asyncio.Event) -> None:
+    async for _ in _agen(event):
+        pass
+
+
+async def _outer(event: asyncio.Event) -> None:
+    inner = asyncio.ensure_future(_through_generator(event))
+    await inner  # the chain continues into the awaited task
+
+
+def test_await_chain_is_innermost_first_through_tasks(loop_factory: Any) -> None:
+    """Canary: ``cr_await``/``ag_await`` chains and an awaited task's waiter, 3.10-3.13."""
+    loop = loop_factory()
+    try:
+        event = asyncio.Event()
+
+        async def main() -> list[str]:
+            task = asyncio.ensure_future(_outer(event))
+            await asyncio.sleep(0.01)
+            names = [f.f_code.co_name for f in compat.await_chain(task)]
+            event.set()
+            await task
+            return names
+
+        names = loop.run_until_complete(main())
+        assert names == ["wait", "_innermost", "_agen", "_through_generator", "_outer"]
+    finally:
+        loop.close()

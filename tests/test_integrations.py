@@ -67,20 +67,6 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loopwatch_tasks": ("gauge", ("framework", "handler")),
 }
 
-def _not_yet_exported() -> frozenset[str]:
-    """The stuck-handler (H7) metrics, while this build does not export them yet.
-
-    The dashboard and the rules already query them; until loopwatch defines them, the
-    checks that compare against what loopwatch exports leave exactly these two out. Once
-    loopwatch exports them this set is empty and every check applies to them too.
-    """
-    from loopwatch.metrics import METRIC_NAMES
-
-    pending = {"loopwatch_handlers_in_flight", "loopwatch_stuck_handlers_total"}
-    return frozenset(pending - set(METRIC_NAMES))
-
-
-NOT_YET_EXPORTED = _not_yet_exported()
 SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": (), "gauge": ()}
 METRIC_TOKEN = re.compile(r"\bloopwatch_[a-z0-9_]+")
 # A metric name in PromQL and the label matchers that follow it, if any.
@@ -104,6 +90,15 @@ NOT_PRODUCED_BY_DEMO = frozenset(
 
 
 # -- reading the integrations ---------------------------------------------------------------
+
+
+def require_grafana_sdk() -> None:
+    """Skip on Pythons grafana-foundation-sdk does not support (it needs 3.11+).
+
+    On 3.11 and later the ``test`` extra installs it, so a missing SDK is an error there.
+    """
+    if sys.version_info < (3, 11):
+        pytest.skip("grafana-foundation-sdk needs Python 3.11 or later")
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -439,6 +434,7 @@ def test_alert_rules_unit_tests(tmp_path: Path) -> None:
 
 
 def test_dashboard_is_built_from_the_script() -> None:
+    require_grafana_sdk()
     proc = subprocess.run(
         [sys.executable, str(DASHBOARD_BUILDER), "--check"],
         capture_output=True,
@@ -477,10 +473,81 @@ def test_dashboard_variables() -> None:
         variable = variables[name]
         assert variable["type"] == "query"
         assert variable["datasource"]["uid"] == "${datasource}"
-        assert LABEL_VALUES.match(variable["definition"]), variable["definition"]
-        assert variable["query"]["query"] == variable["definition"]
+        query = variable["query"]["query"]
+        assert LABEL_VALUES.match(query), query
     # The instance list follows the chosen job.
-    assert JOB_FILTER in variables["instance"]["definition"]
+    assert JOB_FILTER in variables["instance"]["query"]["query"]
+
+
+@pytest.mark.slow
+def test_dashboard_builder_type_checks(tmp_path: Path) -> None:
+    """The SDK's builders are typed: mypy rejects a misspelt option or a wrong value type."""
+    require_grafana_sdk()
+    pytest.importorskip("mypy")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-version", "3.11",
+         "--cache-dir", str(tmp_path / "mypy"), str(DASHBOARD_BUILDER)],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def dashboard_schema_errors(dashboard: dict[str, Any]) -> list[str]:
+    require_grafana_sdk()
+    sys.path.insert(0, str(DASHBOARD_BUILDER.parent))
+    try:
+        from build_dashboard import ALERT_ANNOTATION_FORMAT
+    finally:
+        sys.path.remove(str(DASHBOARD_BUILDER.parent))
+    from grafana_schema import schema_errors
+
+    return schema_errors(dashboard, open_annotation_keys=frozenset(ALERT_ANNOTATION_FORMAT))
+
+
+def test_dashboard_fits_grafanas_schema() -> None:
+    assert dashboard_schema_errors(load_dashboard()) == []
+
+
+def _set(path: tuple[str | int, ...], value: Any) -> Any:
+    def mutate(dashboard: dict[str, Any]) -> None:
+        node: Any = dashboard
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return mutate
+
+
+def _panel(panel_type: str) -> int:
+    return next(i for i, p in enumerate(load_dashboard()["panels"]) if p["type"] == panel_type)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("schemaVersion",), "39", "schema_version: '39' is not a int"),
+        (("panels", 1, "gridPos", "w"), "4", "grid_pos.w: '4' is not a int"),
+        (("graphTooltip",), 7, "graph_tooltip: 7 is not a DashboardCursorSync"),
+        (("panels", "timeseries", "fieldConfig", "defaults", "custom", "fillOpacity"), "5",
+         "custom.fill_opacity: '5' is not a float"),
+        (("panels", "timeseries", "options", "legend", "displayMode"), "tabel",
+         "legend.display_mode: 'tabel' is not a LegendDisplayMode"),
+        (("panels", "stat", "options", "reduceOptions", "calcs"), "lastNotNull",
+         "reduce_options.calcs: str where the schema has a list"),
+        (("panels", "timeseries", "targets", 0, "instant"), "no", "instant: 'no'"),
+        (("panels", "timeseries", "options", "legend", "placment"), "bottom",
+         "legend.placment: not a field of Grafana's schema here"),
+    ],
+)
+def test_schema_check_rejects_what_grafana_would_not_load(
+    path: tuple[str | int, ...], value: Any, expected: str
+) -> None:
+    """The schema check is not vacuous: one wrong field type (or unknown key) fails it."""
+    dashboard = load_dashboard()
+    resolved = tuple(_panel(key) if key in ("stat", "timeseries") else key for key in path)
+    _set(resolved, value)(dashboard)
+    errors = dashboard_schema_errors(dashboard)
+    assert any(expected in error for error in errors), errors
 
 
 def test_every_dashboard_query_filters_on_job_and_instance() -> None:
@@ -514,7 +581,7 @@ def test_dashboard_lag_panel_shows_p50_p90_p99() -> None:
 def test_integrations_name_only_exported_metrics() -> None:
     from loopwatch.metrics import METRIC_NAMES
 
-    exported = set(METRIC_NAMES) | NOT_YET_EXPORTED
+    exported = set(METRIC_NAMES)
     texts = {path: path.read_text(encoding="utf-8") for path in (DASHBOARD, ALERTS)}
     for path, text in texts.items():
         for token in set(METRIC_TOKEN.findall(text)):
@@ -538,7 +605,7 @@ def test_spec_table_matches_loopwatch_metrics() -> None:
     """The §6 table used by these tests is what loopwatch.metrics defines."""
     from loopwatch.metrics import METRIC_NAMES, get_metrics
 
-    assert set(METRIC_NAMES) == set(SPEC_METRICS) - NOT_YET_EXPORTED
+    assert set(METRIC_NAMES) == set(SPEC_METRICS)
     registry = CollectorRegistry()
     metrics = get_metrics(registry)
     found: dict[str, tuple[str, set[str]]] = {}
@@ -558,7 +625,7 @@ def test_spec_table_matches_loopwatch_metrics() -> None:
             child.set(1)
         found[name] = (family.type, set(labels))
     assert {name: kind for name, (kind, _) in found.items()} == {
-        name: kind for name, (kind, _) in SPEC_METRICS.items() if name not in NOT_YET_EXPORTED
+        name: kind for name, (kind, _) in SPEC_METRICS.items()
     }
     for family in registry.collect():
         for sample in family.samples:
@@ -749,7 +816,7 @@ def test_dashboard_variables_live(live: Live) -> None:
     for variable in load_dashboard()["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        match = LABEL_VALUES.match(grafana_expr(variable["definition"], live.variables))
+        match = LABEL_VALUES.match(grafana_expr(variable["query"]["query"], live.variables))
         assert match is not None
         selector, label = match.groups()
         values = {s.labels.get(label) for s in live.prom.query(selector).series}
@@ -848,9 +915,7 @@ def test_dashboard_against_demo(tmp_path: Path) -> None:
             # poll (bounded) until every panel has shown data and the alert is active.
             deadline = time.monotonic() + 30
             while True:
-                problems = dashboard_problems(
-                    prom, variables, NOT_PRODUCED_BY_DEMO | NOT_YET_EXPORTED
-                )
+                problems = dashboard_problems(prom, variables, NOT_PRODUCED_BY_DEMO)
                 states = {a["labels"]["alertname"]: a["state"] for a in prom.alerts()}
                 reentry = states.get("LoopwatchReentry")
                 if (not problems and reentry) or time.monotonic() > deadline:
@@ -999,10 +1064,13 @@ def test_gunicorn_config_multiprocess(tmp_path: Path) -> None:
         assert answer["installed"] is True
         # A worker that dies is marked dead: its live gauge stops counting.
         victim = int(answer["pid"])
+        # loopwatch's own live gauges are in the worker's files too: loopwatch_info
+        # (livemax), and the pool, task and in-flight gauges (livesum).
+        assert list(multiproc.glob(f"gauge_livemax_{victim}.db")), sorted(multiproc.iterdir())
         os.kill(victim, signal.SIGKILL)
         wait(
-            "the dead worker's files removed",
-            lambda: not list(multiproc.glob(f"gauge_livesum_{victim}.db")),
+            "the dead worker's live gauge files removed",
+            lambda: not list(multiproc.glob(f"gauge_live*_{victim}.db")),
         )
         wait("a replacement worker up", lambda: live_workers() == 2)
     finally:

@@ -442,3 +442,16 @@ def test_the_state_gauges_move_with_the_registry() -> None:
         task.cancel()
 
     asyncio.run(leave_one_behind())
+
+
+def test_loopwatch_run_has_a_flag_for_every_option_with_a_variable() -> None:
+    from loopwatch import _config, cli
+
+    options = {o for _, o, _, _ in cli._RUN_FLAGS}
+    wanted = {o.name for o in _config.OPTIONS.values() if o.variable and o.name != "disable"}
+    assert options == wanted
+    env = cli.run_environment({"on_reentry": "auto", "watchdog": "0", "stuck_after": "0"}, {})
+    assert (env["LOOPWATCH_ON_REENTRY"], env["LOOPWATCH_WATCHDOG"]) == ("auto", "0")
+    assert env["LOOPWATCH_STUCK_AFTER"] == "0"
+    with pytest.raises(loopwatch.ConfigError, match="--stuck-after"):
+        cli.run_environment({"stuck_after": "-1"}, {})

@@ -12,7 +12,8 @@ Checked against CPython 3.10.13, 3.11.7, 3.12.1 and 3.13.0 (run in CI) and read 
   only for the thread's running loop. :func:`enter_task`/:func:`leave_task` therefore make
   ``loop`` the running loop first (callers do, see ``_nested``).
 * the event-loop policy system is deprecated; loopwatch never calls the policy API.
-* ``asyncio.capture_call_graph`` exists; :func:`awaited_by_frames` uses it when present.
+* ``asyncio.capture_call_graph`` exists; :func:`await_chain` uses it for a task's own
+  coroutines when present (and still follows ``_fut_waiter`` into the task it awaits).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio.tasks
 import contextvars
 import gc
 import sys
+import types
 from asyncio import events
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +35,8 @@ __all__ = [
     "BASE_RUN_ONCE",
     "IDLE_FUNCTIONS",
     "PY314",
+    "all_tasks",
+    "await_chain",
     "can_drive",
     "clear_await_flag",
     "current_handle",
@@ -53,6 +57,7 @@ __all__ = [
     "set_stopping",
     "set_unawaited_hook",
     "task_context",
+    "task_waiter",
     "unawaited_hook",
 ]
 
@@ -195,6 +200,98 @@ def task_context(task: Any) -> contextvars.Context | None:
     return None
 
 
+def task_waiter(task: Any) -> Any:
+    """What a suspended task waits for right now (``Task._fut_waiter``, 3.10–3.14), or ``None``.
+
+    Read it only on the task's loop thread: the loop writes it on every step.
+    """
+    return getattr(task, "_fut_waiter", None)
+
+
+def all_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    """The unfinished tasks of ``loop``; call it on the loop's thread.
+
+    ``asyncio.all_tasks`` copies a WeakSet that other threads may change while it iterates
+    (tasks created by ``run_coroutine_threadsafe``): the standard library retries the copy
+    itself, and a last failure leaves the list empty rather than raising.
+    """
+    try:
+        return list(asyncio.all_tasks(loop))
+    except RuntimeError:
+        return []
+
+
+# What ``agen.__anext__()`` / ``asend()`` / ``athrow()`` return (C types without a public
+# link to their generator).
+_ASYNC_GEN_AWAITABLES = frozenset({"async_generator_asend", "async_generator_athrow"})
+
+
+def _frames_of(awaitable: Any, out: list[types.FrameType], limit: int) -> None:
+    """Append the frames of a coroutine chain, outermost first, following what each awaits.
+
+    Coroutines (``cr_frame``/``cr_await``), async generators (``ag_frame``/``ag_await``)
+    and generator-based coroutines (``gi_frame``/``gi_yieldfrom``): public attributes of
+    3.10–3.14. ``async for`` awaits the generator's ``asend`` object, which exposes no link
+    to its generator: it is found among the object's GC referents (3.10–3.14 visit it).
+    The chain ends at an object with none of these (a Future's iterator): what the
+    innermost frame waits on.
+    """
+    node = awaitable
+    while node is not None and len(out) < limit:
+        if type(node).__name__ in _ASYNC_GEN_AWAITABLES:
+            node = next((r for r in gc.get_referents(node) if hasattr(r, "ag_frame")), None)
+            continue
+        if hasattr(node, "cr_frame"):
+            frame, node = node.cr_frame, node.cr_await
+        elif hasattr(node, "ag_frame"):
+            frame, node = node.ag_frame, node.ag_await
+        elif hasattr(node, "gi_frame"):
+            frame, node = node.gi_frame, node.gi_yieldfrom
+        else:
+            return
+        if frame is None:  # finished (or a generator not started): nothing below it
+            return
+        out.append(frame)
+
+
+def _own_frames(task: Any, limit: int) -> list[types.FrameType]:
+    """A task's own coroutine chain, outermost first."""
+    out: list[types.FrameType] = []
+    capture = getattr(asyncio, "capture_call_graph", None)
+    coro = task.get_coro() if hasattr(task, "get_coro") else None
+    if PY314 and capture is not None:
+        # 3.14: the standard library walks the chain itself (and knows of frames it adds
+        # later). Its order is checked against the task's own coroutine, not assumed.
+        graph = capture(task, limit=limit)
+        if graph is not None:
+            frames = [entry.frame for entry in graph.call_stack]
+            if frames and coro is not None and frames[-1] is getattr(coro, "cr_frame", None):
+                frames.reverse()
+            return frames[:limit]
+    _frames_of(coro, out, limit)
+    return out
+
+
+def await_chain(task: Any, limit: int = 64) -> list[types.FrameType]:
+    """The frames ``task`` is suspended in, innermost first, through the tasks it awaits.
+
+    A task that awaits another task (``await other``, ``asyncio.wait_for`` on 3.10/3.11)
+    waits on it through ``_fut_waiter``; the chain continues into that task's coroutines,
+    so the innermost frame is the line that is really waiting. Call it on the task's loop
+    thread only: the frames change under a running loop.
+    """
+    frames: list[types.FrameType] = []
+    seen: set[int] = set()
+    current = task
+    while current is not None and id(current) not in seen and len(frames) < limit:
+        seen.add(id(current))
+        frames += _own_frames(current, limit - len(frames))
+        waiter = task_waiter(current)
+        current = waiter if waiter is not None and hasattr(waiter, "get_coro") else None
+    frames.reverse()
+    return frames
+
+
 def clear_await_flag(task: Any) -> None:
     """Clear ``_asyncio_future_blocking`` on a pending task of the running loop.
 
@@ -289,9 +386,9 @@ def set_policy_loop(loop: Any) -> None:
 def waited_future(task: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
     """What a suspended task waits for, following tasks it awaits (``Task._fut_waiter``)."""
     seen = 0
-    waiter = getattr(task, "_fut_waiter", None)
+    waiter = task_waiter(task)
     while waiter is not None and seen < 100:
-        inner = getattr(waiter, "_fut_waiter", None)
+        inner = task_waiter(waiter)
         if inner is None:
             return waiter  # type: ignore[no-any-return]
         waiter, seen = inner, seen + 1

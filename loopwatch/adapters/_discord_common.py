@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import loopwatch
-from loopwatch import _config, _monitor
+from loopwatch import _config, _handlers, _monitor
 from loopwatch._context import Labels, raw_labels, reset_labels, set_labels
 from loopwatch._patching import Patches
 from loopwatch.metrics import (
@@ -334,6 +334,7 @@ class _Hub:
                 return await original(*args, **kwargs)
             # Label point: one iteration of a tasks loop.
             token = set_labels(self.flavour.framework, handler)
+            entry = _handlers.begin_labels(raw_labels())
             start = time.perf_counter()
             outcome = "error"
             try:
@@ -345,6 +346,7 @@ class _Hub:
                 raise
             finally:
                 reset_labels(token)
+                _handlers.end(entry)
                 holder._observe(handler, outcome, time.perf_counter() - start)
 
         setattr(iteration, _OURS, True)
@@ -366,6 +368,9 @@ class _Hub:
                 lambda: original(name, *args, **kwargs),
                 lambda: False,
                 timed=not error,
+                # Not a handler that can be stuck: a before_loop waits for the bot to be
+                # ready, as long as the connection takes.
+                tracked=False,
             )
             return None
 
@@ -542,24 +547,27 @@ class Instrumentation:
             handler = "event:" + event_name
             # Label point: every event handler (and the client's on_error).
             token = set_labels(self.flavour.framework, handler)
+            entry = _handlers.begin_labels(raw_labels())
             try:
                 # The label also covers the client's on_error, which discord.py calls from
                 # inside its event runner; the timing covers the handler alone.
                 await original(self._timed(coro, handler), event_name, *args, **kwargs)
             finally:
                 reset_labels(token)
+                _handlers.end(entry)
             return None
 
         return run_event
 
     async def _labelled(
         self, handler: str, call: Callable[[], Awaitable[Any]], failed: Callable[[], bool],
-        *, timed: bool = True,
+        *, timed: bool = True, tracked: bool = True,
     ) -> None:
         """Run ``call`` under ``handler``'s labels and record its duration and outcome."""
         # Label point: commands, application commands, view items, modals, dynamic items
         # and a tasks loop's before/after/error hooks.
         token = set_labels(self.flavour.framework, handler)
+        entry = _handlers.begin_labels(raw_labels()) if tracked else None
         start = time.perf_counter()
         outcome = "error"
         try:
@@ -570,6 +578,7 @@ class Instrumentation:
             raise
         finally:
             reset_labels(token)
+            _handlers.end(entry)
             if outcome == "error" and _cancelling():
                 outcome = "cancelled"
             if timed:

@@ -31,6 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from .. import _handlers
 from .._compat import prometheus as prom
 from .._compat import starlette as _starlette
 from .._context import (
@@ -89,6 +90,12 @@ class LoopwatchMiddleware:
     the app when not given. Without a ``registry`` of its own the durations go where the
     installed monitor's metrics go, following it when ``install(registry=...)`` changes it.
     The middleware never raises an error of its own into the app.
+
+    Each HTTP request is tracked while in flight (``loopwatch_handlers_in_flight``) and
+    reported once as ``stuck_handler`` when its tasks wait on the same thing for
+    ``stuck_after`` seconds; a response that keeps streaming moves on to a new wait with
+    every chunk, so it is never stuck. WebSocket sessions are tracked only with
+    ``stuck_websockets=True`` (a quiet socket is normal).
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class LoopwatchMiddleware:
         registry: CollectorRegistry | None = None,
         handler_metrics: bool = False,
         framework: str | None = None,
+        stuck_websockets: bool = False,
     ) -> None:
         if framework is not None and framework not in FRAMEWORKS:
             raise ConfigError(
@@ -105,6 +113,7 @@ class LoopwatchMiddleware:
                 f"use one of {', '.join(sorted(FRAMEWORKS))}"
             )
         self.app = app
+        self.stuck_websockets = stuck_websockets
         self.handler_metrics = handler_metrics
         self.framework = framework
         self._metrics: Metrics | NullMetrics | None = None
@@ -123,11 +132,13 @@ class LoopwatchMiddleware:
         self._children: dict[tuple[Labels, str], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
         token = None
         root_path = ""
+        key = 0
         try:
             outer = raw_labels()  # an outer LoopwatchMiddleware's request, maybe
             # A mounted app instrumented too: the outermost middleware labels (and times)
@@ -136,7 +147,14 @@ class LoopwatchMiddleware:
                 if self.framework is None:
                     self._detect_framework(scope)
                 root_path = scope.get("root_path", "")
-                token = set_lazy_labels(_RequestLabels((self._resolver, scope, root_path)))
+                labels = _RequestLabels((self._resolver, scope, root_path))
+                token = set_lazy_labels(labels)
+                # In flight (for stuck requests): inline, a call costs more than the rest.
+                if _TRACKING[0] and (kind == "http" or self.stuck_websockets):
+                    key = id(labels)
+                    _INFLIGHT[key] = labels
+                    if _CHECKER_ASLEEP[0]:
+                        _FAST.wake()
         except Exception as exc:
             internal_error("asgi", exc)
         if token is None:
@@ -178,6 +196,14 @@ class LoopwatchMiddleware:
         finally:
             try:
                 reset_labels(token)
+                if key:
+                    # A with-block (contextlib.suppress) costs more per request than try.
+                    try:  # noqa: SIM105
+                        del _INFLIGHT[key]
+                    except KeyError:  # tracking was turned off (and emptied) meanwhile
+                        pass
+                    if _REPORTED:  # some handler is stuck now: was it this one?
+                        _finished(key)
             except Exception as exc:
                 internal_error("asgi", exc)
 
@@ -234,6 +260,14 @@ class LoopwatchMiddleware:
                 self._children.clear()
             self._children[(labels, outcome)] = observe
         return observe
+
+
+# The request's task is found by this frame on its await chain, only once it is stuck.
+_CALL = LoopwatchMiddleware.__call__.__code__
+_FAST = _handlers.FAST
+_TRACKING, _CHECKER_ASLEEP = _FAST.on, _FAST.asleep
+_INFLIGHT, _REPORTED = _FAST.inflight, _FAST.reported
+_finished = _handlers.finished
 
 
 class _RequestLabels(LazyLabels, tuple[Any, Scope, str]):
@@ -634,3 +668,6 @@ class _Tree:
             ):
                 best = placement
         return best
+
+
+_FAST.mark(_RequestLabels, _CALL)

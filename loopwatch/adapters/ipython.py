@@ -42,6 +42,7 @@ from loopwatch import _monitor
 from loopwatch._config import POLICIES, Policy
 from loopwatch._incidents import Incident
 from loopwatch._logging import logger
+from loopwatch._taskview import render_text
 
 __all__ = ["IncidentNote", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -291,8 +292,15 @@ class _Extension:
             %loopwatch                   # policy and recent incidents
             %loopwatch policy            # the policy
             %loopwatch policy reenter    # or auto, offload, raise
+            %loopwatch tasks             # the live tasks: handler, age, await chain
         """
         words = line.split()
+        if words == ["tasks"]:
+            # The kernel's own loop is read directly (this runs on its thread); any other
+            # watched loop answers a posted callback.
+            items = [info.as_dict() for info in loopwatch.tasks()]
+            print(render_text(items), end="")
+            return
         if not words:
             monitor = _monitor.current()
             recent = loopwatch.incidents()[-_RECENT:]
@@ -300,7 +308,7 @@ class _Extension:
             display(_Status(None if monitor is None else monitor.config.on_reentry, notes))
             return
         if words[0] != "policy" or len(words) > 2:
-            raise UsageError(f"usage: %loopwatch [policy [{'|'.join(POLICIES)}]]")
+            raise UsageError(f"usage: %loopwatch [tasks | policy [{'|'.join(POLICIES)}]]")
         if len(words) == 1:
             monitor = _monitor.current()
             policy = "(not installed)" if monitor is None else monitor.config.on_reentry

@@ -46,7 +46,9 @@ def instrument(
     ``metrics_path`` (``None``: do not mount; use ``loopwatch.metrics.start_http_server``
     on 127.0.0.1 instead) serves the metrics off the event loop, from every worker's
     values under ``PROMETHEUS_MULTIPROC_DIR``; with ``metrics_token`` it requires
-    ``Authorization: Bearer <token>``. Other keywords go to :func:`loopwatch.install`.
+    ``Authorization: Bearer <token>``. ``<metrics_path>/tasks`` serves the live task view
+    when loopwatch is installed with ``tasks_endpoint=True``, behind the same token.
+    Other keywords go to :func:`loopwatch.install`.
     Call it before the app starts serving; calling it again on the same app adds nothing.
     """
     return instrument_app(
@@ -84,6 +86,11 @@ def instrument_app(
         # An ASGI endpoint: Starlette hands a class instance the raw scope/receive/send.
         endpoint: Any = _Exposition(make_asgi_app(registry, token=metrics_token))
         app.add_route(metrics_path, endpoint, name="loopwatch_metrics", include_in_schema=False)
+        # The task view: answers only with tasks_endpoint=True (404 otherwise).
+        app.add_route(
+            metrics_path.rstrip("/") + "/tasks", endpoint, name="loopwatch_tasks",
+            include_in_schema=False,
+        )
     return monitor
 
 
