@@ -48,8 +48,9 @@ SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 ALLOWED_FILE = ROOT / "tests" / "cpython_asyncio_allowed.txt"
 MARKER_VARIABLE = "LOOPWATCH_TRANSPARENCY_MARKERS"
 
-# Written next to nothing else into a temporary directory on PYTHONPATH. Only `os` and `sys`:
-# the probe must not change what the tests observe (threads, modules regrtest compares).
+# Written next to nothing else into a temporary directory on PYTHONPATH. Only `os`, `sys`
+# and asyncio (imported in both runs, see below): the probe must not change what the tests
+# observe (threads, modules regrtest compares) between the two runs.
 MARKER_SITECUSTOMIZE = '''\
 """Transparency probe: records whether loopwatch is installed in this process."""
 import os
@@ -94,8 +95,17 @@ def _record_safely():
         sys.stderr.write("transparency probe failed: %r\\n" % (exc,))
 
 
+# loopwatch run installs when asyncio is first imported, and its threads start then.
+# regrtest snapshots the threads before a test file imports asyncio: a thread started by
+# that import would read as one the test left behind. Both runs import asyncio here, at
+# start, so the watched one is installed before regrtest looks, as a service is before
+# its framework runs.
+try:
+    import asyncio  # noqa: F401
+except Exception as exc:
+    sys.stderr.write("transparency probe: asyncio: %r\\n" % (exc,))
 _record_safely()
-# Again at exit: loopwatch run installs when asyncio is first imported, after this ran.
+# Again at exit (a process that installed later is seen then).
 import atexit  # noqa: E402 - a builtin module, imported by the interpreter anyway
 
 atexit.register(_record_safely)

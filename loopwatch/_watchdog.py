@@ -63,6 +63,8 @@ _PONG_TAIL_CPU = 0.0002
 # iteration wakes it (see Probe.after_wait), so no block is seen later for it.
 _IDLE_POLL_STEPS = ((5.0, 4), (1.0, 2))
 _DOZE = 1.0
+# How long after the last loop start the thread keeps polling with no loop to watch.
+_LINGER = 1.0
 
 _monotonic = time.monotonic
 _perf = time.perf_counter
@@ -367,7 +369,16 @@ class Watchdog:
                     else:
                         kept.append(p)
                 self._active = tuple(kept)
-        return None if timeout is None else max(timeout, 0.001)
+        if timeout is None:
+            last = self._last
+            if last is not None and _monotonic() - last.started_at < _LINGER:
+                # A loop started a moment ago: keep looking at the normal rate a while
+                # rather than sleep until the next start wakes this thread. A program
+                # that runs asyncio.run() in a loop then pays no wake-up per call.
+                self._dozable = False
+                return poll
+            return None
+        return max(timeout, 0.001)
 
     def _check_probe(
         self, probe: Probe, loop: Any, threshold: float, poll: float
