@@ -46,7 +46,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 ALLOWED_FILE = ROOT / "tests" / "cpython_asyncio_allowed.txt"
-MARKER_VARIABLE = "LOOPWATCH_TRANSPARENCY_MARKERS"
+# Not a LOOPWATCH_* name: loopwatch warns about variables of its prefix it does not know, and
+# the tests that read a child's stderr would see that warning.
+MARKER_VARIABLE = "TRANSPARENCY_JOB_MARKERS"
 
 # Written next to nothing else into a temporary directory on PYTHONPATH. Only `os`, `sys`
 # and asyncio (imported in both runs, see below): the probe must not change what the tests
@@ -58,7 +60,7 @@ import sys
 
 
 def _record():
-    folder = os.environ.get("LOOPWATCH_TRANSPARENCY_MARKERS")
+    folder = os.environ.get("TRANSPARENCY_JOB_MARKERS")
     if not folder:
         return
     monitor = sys.modules.get("loopwatch._monitor")
