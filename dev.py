@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Developer entry point: needs only Python 3.10+ on the machine.
 
-    python3 dev.py demo          set up .venv and run `loopwatch demo`
+    python3 dev.py demo          set up .venv-demo (only what the demo needs) and run
+                                 `loopwatch demo`
     python3 dev.py test          set up .venv, run ruff, mypy and the whole test suite, then
                                  CPython's test_asyncio bare vs watched; beside them, the core,
                                  loop-health and notebook tests on every other supported Python
@@ -19,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import venv
@@ -133,7 +135,7 @@ def main_env() -> Path:
 
 
 def demo(args: list[str]) -> int:
-    env = main_env()
+    env = ensure_env(ROOT / ".venv-demo", sys.executable, "demo")
     return subprocess.call([str(bin_of(env, "loopwatch")), "demo", *args], cwd=ROOT)
 
 
@@ -220,6 +222,7 @@ def test(args: list[str]) -> int:
     )
     for fork in FORKS:
         builds[fork] = partial(ensure_env, ROOT / f".venv-{fork}", sys.executable, f"test{fork}")
+    builds["docs"] = partial(ensure_env, ROOT / ".venv-docs", sys.executable, "docs")
     with ThreadPoolExecutor(max_workers=4) as pool:
         envs = dict(zip(builds, pool.map(lambda build: build(), builds.values()), strict=True))
     say(f"environments ready in {time.monotonic() - started:.0f}s")
@@ -258,6 +261,10 @@ def test(args: list[str]) -> int:
     for fork in FORKS:
         other_lane.append(Stage(f"{fork}", bin_of(envs[fork], "python"), "-m", "pytest",
                                 "-p", "no:cacheprovider", *FORK_TESTS))
+    other_lane.append(Stage(
+        "docs site", bin_of(envs["docs"], "mkdocs"), "build", "--strict", "--quiet",
+        "-d", tempfile.mkdtemp(prefix="loopwatch-site-"),
+    ))
     passed = run_lanes([main_lane, other_lane])
     stages = main_lane + other_lane
     say("stage times: " + ", ".join(f"{s.name} {s.seconds:.0f}s" for s in stages))

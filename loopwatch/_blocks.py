@@ -86,7 +86,8 @@ def register_handler(func: Callable[..., Any], framework: str, handler: str) -> 
 
 _IDLE_FUNCTIONS = aio.IDLE_FUNCTIONS
 _IDLE_FILES = frozenset(
-    {"selectors.py", "base_events.py", "runners.py", "_reentry.py", "events.py", "__init__.py"}
+    {"selectors.py", "base_events.py", "runners.py", "_reentry.py", "_dispatch.py", "events.py",
+     "__init__.py"}
 )
 _LOCK_FILES = tuple(
     os.sep + os.path.join(*parts)

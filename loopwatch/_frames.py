@@ -50,7 +50,10 @@ def _normalise(path: str) -> str:
 
 def _library_prefixes() -> tuple[str, ...]:
     paths: set[str] = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+    # "scripts": the bin/Scripts directory of the environment, where pip writes the
+    # console-script launchers (venv/bin/uvicorn, venv/bin/pytest). A launcher is the
+    # outermost frame of every stack it starts, and is an installed package's code.
+    for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts"):
         try:
             paths.add(sysconfig.get_paths()[key])
         except KeyError:
@@ -59,6 +62,9 @@ def _library_prefixes() -> tuple[str, ...]:
         prefix = getattr(sys, scheme_var, "")
         if prefix:
             paths.add(os.path.join(prefix, "lib"))
+    for prefix in {sys.prefix, getattr(sys, "base_prefix", "")}:
+        if prefix:
+            paths.add(os.path.join(prefix, "Scripts" if os.name == "nt" else "bin"))
     # Some embedded interpreters have no site.getsitepackages.
     with contextlib.suppress(AttributeError):
         paths.update(site.getsitepackages())

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from ._monitor import Monitor
 
 __all__ = [
-    "FAST", "THREAD_NAME", "begin", "begin_labels", "end", "finished", "install", "touch",
-    "watched_loops",
+    "FAST", "THREAD_NAME", "begin", "begin_labels", "end", "finished", "install", "labels_of",
+    "own_tasks", "touch", "watched_loops",
 ]
 
 THREAD_NAME = "loopwatch-handlers"
@@ -250,16 +250,31 @@ def is_stuck(entry: list[Any]) -> bool:
     return bool(entry[_STATE] == _REPORTED)
 
 
-def _labels_of(task: Any) -> Any:
+def labels_of(task: Any) -> Any:
+    """The labels object in a task's context (unresolved), or ``None``."""
     context = aio.task_context(task)
     return None if context is None else context.get(_context._labels)
+
+
+def own_tasks() -> dict[int, Any]:
+    """The handlers in flight, to tell a handler's own task from the tasks it started: the
+    ``id`` of each one's labels object -> its own task, or ``None`` for a request (its task
+    is not recorded; it is one of the tasks carrying that labels object)."""
+    owners: dict[int, Any] = {}
+    for value in list(_inflight.values()):
+        if type(value) is list:
+            ref = value[_TASK]
+            owners[id(value[_LABELS])] = ref() if ref is not None else None
+        else:
+            owners[id(value)] = None
+    return owners
 
 
 def tasks_by_labels(tasks: list[Any], wanted: set[int]) -> dict[int, list[Any]]:
     """The tasks whose context holds one of the labels objects in ``wanted`` (by ``id``)."""
     out: dict[int, list[Any]] = {}
     for task in tasks:
-        labels = _labels_of(task)
+        labels = labels_of(task)
         if labels is not None and id(labels) in wanted:
             out.setdefault(id(labels), []).append(task)
     return out

@@ -22,7 +22,10 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["ImportHook", "Patches"]
+from . import _runtime
+from ._compat import uvloop as uvl
+
+__all__ = ["ImportHook", "Patches", "uvloop_patcher"]
 
 _MISSING = object()
 
@@ -177,3 +180,20 @@ class ImportHook:
                 _finder.waiting.pop(self._name, None)
             if not _finder.waiting and _finder in sys.meta_path:
                 sys.meta_path.remove(_finder)
+
+
+def uvloop_patcher(
+    patches: Patches, name: str, make: Callable[[Any], Any]
+) -> Callable[[types.ModuleType], None]:
+    """The :class:`ImportHook` callback for uvloop that patches ``name`` on its loop class
+    with ``make`` (once per class, in ``patches``); a failure is loopwatch's, reported."""
+
+    def patch_uvloop(module: types.ModuleType) -> None:
+        cls = uvl.loop_class(module)
+        if cls is not None and not patches.patched(cls, name):
+            try:
+                patches.patch(cls, name, make)
+            except Exception as exc:
+                _runtime.internal_error("uvloop", exc)
+
+    return patch_uvloop

@@ -4,8 +4,10 @@ A task copies the context of the code that creates it, so a task a request handl
 carries that handler's labels for its whole life: no task factory is needed, and none is
 ever set on a user's loop. The gauge counts the pending tasks of every watched loop (each
 loop that started while loopwatch was installed, held weakly) by those labels; tasks
-created outside any handler are not counted. While a handler runs, its own task carries
-its labels too; once it has answered, what is left under its name is what it left behind.
+created outside any handler are not counted, nor is the own task of a handler in flight
+(the in-flight registry of ``_handlers`` knows them while stuck-handler tracking is on):
+what is counted under a handler's name is what it left behind, or started and still
+waits for.
 
 When: only when the metrics are read. A scrape collects a small collector registered just
 before the gauge, which counts then (``asyncio.all_tasks`` is written to be read from
@@ -23,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _context, _runtime
+from . import _context, _handlers, _runtime
 from ._compat import asyncio as aio
 from ._tasks import task_labels
 
@@ -53,10 +55,20 @@ class TaskGauge:
         with self._lock:
             loops = list(self._loops)
         counts: dict[tuple[str, str], int] = {}
+        # A handler in flight is not something it left behind: its own task is skipped (a
+        # request's, not recorded, is any one task carrying its labels object: the same key).
+        owners = _handlers.own_tasks()
         for loop in loops:
             if loop.is_closed():
                 continue
             for task in asyncio.all_tasks(loop):
+                if owners:
+                    raw = _handlers.labels_of(task)
+                    if raw is not None and id(raw) in owners:
+                        own = owners[id(raw)]
+                        if own is None or own is task:
+                            del owners[id(raw)]
+                            continue
                 labels = task_labels(task)
                 if labels is None or labels.handler == _context.NO_HANDLER:
                     continue

@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _context, _frames, _runtime
 from ._compat import asyncio as aio
-from ._compat import uvloop as uvl
 from ._frames import Frame
-from ._patching import ImportHook, Patches
+from ._patching import ImportHook, Patches, uvloop_patcher
 
 if TYPE_CHECKING:
     from ._monitor import Monitor
@@ -213,15 +212,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     make = _make_call_exception_handler(hooks)
     patches.patch(asyncio.base_events.BaseEventLoop, "call_exception_handler", make)
 
-    def patch_uvloop(module: types.ModuleType) -> None:
-        cls = uvl.loop_class(module)
-        if cls is not None and not patches.patched(cls, "call_exception_handler"):
-            try:
-                patches.patch(cls, "call_exception_handler", make)
-            except Exception as exc:
-                _runtime.internal_error("uvloop", exc)
-
-    uvloop_hook = ImportHook("uvloop", patch_uvloop)
+    uvloop_hook = ImportHook("uvloop", uvloop_patcher(patches, "call_exception_handler", make))
     uvloop_hook.start()
 
     original = aio.unawaited_hook()

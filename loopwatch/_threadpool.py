@@ -41,9 +41,8 @@ from typing import TYPE_CHECKING, Any
 from . import _context, _runtime
 from ._compat import anyio as anyio_compat
 from ._compat import asyncio as aio
-from ._compat import uvloop as uvl
 from ._frames import Frame, is_user_file
-from ._patching import ImportHook, Patches
+from ._patching import ImportHook, Patches, uvloop_patcher
 
 if TYPE_CHECKING:
     from ._monitor import Monitor
@@ -326,14 +325,6 @@ def install(monitor: Monitor) -> Callable[[], None]:
     )
     patches.patch(concurrent.futures.ThreadPoolExecutor, "submit", _make_submit)
 
-    def patch_uvloop(module: types.ModuleType) -> None:
-        cls = uvl.loop_class(module)
-        if cls is not None and not patches.patched(cls, "run_in_executor"):
-            try:
-                patches.patch(cls, "run_in_executor", _make_run_in_executor)
-            except Exception as exc:
-                _runtime.internal_error("uvloop", exc)
-
     def patch_anyio(module: types.ModuleType) -> None:
         cls = anyio_compat.backend_class(module)
         name = anyio_compat.worker_thread_entry
@@ -347,7 +338,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
             _runtime.internal_error("anyio", exc)
 
     hooks = [
-        ImportHook("uvloop", patch_uvloop),
+        ImportHook("uvloop", uvloop_patcher(patches, "run_in_executor", _make_run_in_executor)),
         ImportHook(anyio_compat.BACKEND_MODULE, patch_anyio),
     ]
     for hook in hooks:

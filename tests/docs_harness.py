@@ -12,6 +12,10 @@ Rules a page follows (docs/contributing.md says the same for writers):
 - A ```` ```console ```` block holds ``$ command`` lines, each followed by its output (same
   matching). Only ``loopwatch`` and ``python`` commands run; ``$`` lines of other programs
   are shown to readers but not run (a server that must already be up, say).
+- A python block whose first line is ``# file: NAME`` is a file, not a program: every later
+  example of the same page (``from NAME import ...``, a console block's ``$ python NAME``,
+  ``$ loopwatch run -- python NAME``) runs in a directory holding it.
+- ``$ pytest ...`` lines run too (as ``python -m pytest``), for the plugin's pages.
 - ``<!-- docs: skip REASON -->`` before a block keeps it out, with the reason shown in the
   test report. Used only where running is impossible here (a bot token, a browser).
 """
@@ -41,6 +45,14 @@ class Block:
     reason: str = ""
     output: Block | None = None
     before: list[Block] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def file_name(self) -> str | None:
+        """The name given by a first line ``# file: NAME``, if any."""
+        first = self.text.split("\n", 1)[0]
+        match = re.match(r"#\s*file:\s*(\S+)\s*$", first)
+        return match[1] if match else None
 
     @property
     def id(self) -> str:
@@ -88,7 +100,13 @@ def examples() -> list[Block]:
     for page in PAGES:
         previous: list[Block] = []
         last_python: Block | None = None
+        files: dict[str, str] = {}
         for block in blocks_of(page):
+            if block.lang in ("python", "console"):
+                block.files = dict(files)
+            if block.lang == "python" and block.file_name:
+                files[block.file_name] = block.text
+                continue
             if block.lang == "text" and block.directive == "output":
                 if last_python is None:
                     raise ValueError(f"{page}:{block.line}: an output block follows no program")

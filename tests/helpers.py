@@ -19,7 +19,10 @@ try:
 except ImportError:  # pragma: no cover - Windows, or a build without the extra
     uvloop = None
 
-__all__ = ["LOOP_KINDS", "free_port", "run_on", "serve_uvicorn", "uvloop", "wait_for"]
+__all__ = [
+    "LOOP_KINDS", "Gate", "free_port", "marked_line", "reentry_total", "run_on", "serve_uvicorn",
+    "uvloop", "wait_for",
+]
 
 LOOP_KINDS = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
 
@@ -82,3 +85,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def marked_line(path: str, marker: str) -> int:
+    """The line of the file ``path`` that ends with ``# LINE: marker``."""
+    with open(path, encoding="utf-8") as source:
+        for number, line in enumerate(source, 1):
+            if line.rstrip().endswith(f"# LINE: {marker}"):
+                return number
+    raise LookupError(marker)
+
+
+def reentry_total(
+    registry: Any, *, api: str = "asyncio.run", action: str = "offloaded",
+    framework: str = "none", handler: str = "__none__",
+) -> float | None:
+    """``loopwatch_reentry_total`` for one series (default: an offloaded ``asyncio.run``
+    outside any handler)."""
+    return registry.get_sample_value(  # type: ignore[no-any-return]
+        "loopwatch_reentry_total",
+        {"api": api, "action": action, "framework": framework, "handler": handler},
+    )
+
+
+class Gate:
+    """The Event a route waits on (set by the route: its loop and event), and how the test
+    releases it from its own thread (nothing to release before the route started)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event: asyncio.Event | None = None
+
+    def release(self) -> None:
+        if self.loop is not None and self.event is not None:
+            self.loop.call_soon_threadsafe(self.event.set)

@@ -113,7 +113,22 @@ class KernelHarness:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> KernelHarness:
-        """Start the kernel and wait until it answers (bounded by ``startup_timeout``)."""
+        """Start the kernel and wait until it answers (bounded by ``startup_timeout``).
+
+        jupyter_client picks free ports, closes them and lets the kernel bind them: another
+        process can take one in between (CI runs test lanes side by side). That start is
+        tried again with new ports, at most three times in all.
+        """
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except Exception as exc:
+                text = f"{exc}\n{getattr(exc, '__cause__', '')}"
+                if "Address already in use" not in text or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> KernelHarness:
         self._dir = Path(tempfile.mkdtemp(prefix="loopwatch-kernel-"))
         spec_dir = self._dir / "kernels" / _KERNEL_NAME
         spec_dir.mkdir(parents=True)

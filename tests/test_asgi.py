@@ -39,7 +39,7 @@ import loopwatch
 from loopwatch import ConfigError, LoopwatchError
 from loopwatch._compat import prometheus as prom
 from loopwatch._context import current_labels
-from loopwatch.adapters import asgi as lw_asgi
+from loopwatch.adapters import _routes as lw_routes
 from loopwatch.adapters.asgi import LoopwatchMiddleware
 from loopwatch.adapters.fastapi import instrument as instrument_fastapi
 from loopwatch.adapters.starlette import instrument as instrument_starlette
@@ -586,7 +586,7 @@ def test_a_failure_inside_the_middleware_never_reaches_the_app(
     def broken(*args: Any) -> Any:
         raise KeyError("resolver bug on purpose")
 
-    monkeypatch.setattr(lw_asgi._Resolver, "_leaf", broken)
+    monkeypatch.setattr(lw_routes._Resolver, "_leaf", broken)
 
     async def go() -> httpx.Response:
         async with in_process(app) as client:

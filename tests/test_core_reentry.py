@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import run_on
+from helpers import marked_line, run_on
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -44,11 +44,8 @@ def sync_helper_run(x: int) -> int:
 
 
 def line_of(marker: str) -> int:
-    with open(HERE) as f:
-        for number, text in enumerate(f, 1):
-            if f"# LINE: {marker}" in text:
-                return number
-    raise LookupError(marker)
+    """The line of this file that ends with ``# LINE: marker``."""
+    return marked_line(HERE, marker)
 
 
 def sample(

@@ -27,7 +27,7 @@ from discord_harness import (
     reentries,
     run,
 )
-from helpers import run_on
+from helpers import marked_line, run_on
 from prometheus_client import CollectorRegistry, generate_latest
 
 import loopwatch
@@ -42,11 +42,8 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
 def line_of(marker: str) -> int:
-    with open(HERE) as f:
-        for number, text in enumerate(f, 1):
-            if text.rstrip().endswith(f"# LINE: {marker}"):
-                return number
-    raise LookupError(marker)
+    """The line of this file that ends with ``# LINE: marker``."""
+    return marked_line(HERE, marker)
 
 
 def latency(registry: CollectorRegistry, shard: str) -> float | None:

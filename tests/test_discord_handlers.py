@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 from discord.ext import tasks
 from discord_harness import BotHarness, commands, discord, handled, make_bot, reentries, run
-from helpers import run_on
+from helpers import marked_line, run_on
 from prometheus_client import CollectorRegistry, generate_latest
 
 import loopwatch
@@ -26,11 +26,8 @@ NONE = Labels("none", "__none__")
 
 
 def line_of(marker: str) -> int:
-    with open(HERE) as f:
-        for number, text in enumerate(f, 1):
-            if text.rstrip().endswith(f"# LINE: {marker}"):
-                return number
-    raise LookupError(marker)
+    """The line of this file that ends with ``# LINE: marker``."""
+    return marked_line(HERE, marker)
 
 
 def blocks(registry: CollectorRegistry, handler: str) -> float:

@@ -101,7 +101,7 @@ def test_sdist_carries_what_the_tests_read(tmp_path: Path) -> None:
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         tar.extractall(tmp_path / "unpacked", filter="data")
-    for needed in ("LICENSE", "tests/conftest.py", "examples/fastapi_app.py",
+    for needed in ("LICENSE", "tests/conftest.py", "examples/fastapi_app.py", "mkdocs.yml",
                    *(f"integrations/{n}" for n in _integrations.FILES)):
         assert needed in names, needed
     # The sdist's own static checks of the operator files pass from the sdist.

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from helpers import reentry_total
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -66,18 +67,7 @@ def test_thousand_install_cycles_leave_everything_identical() -> None:
     assert_identical(before, patched_attributes())
     alive = {t.ident for t in threading.enumerate() if t.is_alive()}
     assert alive <= threads_before
-    assert (
-        registry.get_sample_value(
-            "loopwatch_reentry_total",
-            {
-                "api": "asyncio.run",
-                "action": "offloaded",
-                "framework": "none",
-                "handler": "__none__",
-            },
-        )
-        == 10
-    )
+    assert reentry_total(registry) == 10
 
 
 def test_concurrent_installs_with_traffic() -> None:

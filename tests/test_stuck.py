@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
-from helpers import LOOP_KINDS, run_on, serve_uvicorn, wait_for
+from helpers import LOOP_KINDS, Gate, run_on, serve_uvicorn, wait_for
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -39,19 +39,6 @@ def sample(registry: CollectorRegistry, name: str, framework: str, handler: str)
 
 async def wait_for_pool(never: asyncio.Event) -> None:
     await never.wait()  # the user line a stuck report must point at
-
-
-class Gate:
-    """The Event a stuck route waits on, and how the test releases it from its thread."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.event: asyncio.Event | None = None
-
-    def release(self) -> None:
-        assert self.loop is not None and self.event is not None
-        self.loop.call_soon_threadsafe(self.event.set)
 
 
 def make_app(registry: CollectorRegistry, gate: Gate) -> FastAPI:

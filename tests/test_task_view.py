@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from helpers import LOOP_KINDS, run_on, serve_uvicorn, wait_for
+from helpers import LOOP_KINDS, Gate, run_on, serve_uvicorn, wait_for
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -123,17 +123,6 @@ def test_a_loop_of_another_thread_answers_and_a_blocked_one_is_listed_without_ch
 
 
 # -- the HTTP view and `loopwatch tasks URL` --------------------------------------------------
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.event: asyncio.Event | None = None
-
-    def release(self) -> None:
-        if self.loop is not None and self.event is not None:
-            self.loop.call_soon_threadsafe(self.event.set)
 
 
 def make_app(registry: CollectorRegistry, gate: Gate, **options: Any) -> FastAPI:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import LOOP_KINDS, run_on, serve_uvicorn, uvloop
+from helpers import LOOP_KINDS, marked_line, run_on, serve_uvicorn, uvloop
 from prometheus_client import CollectorRegistry
 
 import loopwatch
@@ -29,12 +29,8 @@ NEVER_AWAITED = "ignore:coroutine .* was never awaited:RuntimeWarning"
 
 
 def line_of(marker: str) -> int:
-    """The line of this file that carries ``# LINE: marker``."""
-    with open(HERE, encoding="utf-8") as source:
-        for number, line in enumerate(source, 1):
-            if line.rstrip().endswith(f"# LINE: {marker}"):
-                return number
-    raise LookupError(marker)
+    """The line of this file that ends with ``# LINE: marker``."""
+    return marked_line(HERE, marker)
 
 
 def unretrieved(registry: CollectorRegistry, handler: str, exception: str, fw: str) -> float:

@@ -29,6 +29,15 @@ def tasks_of(registry: CollectorRegistry, **labels: str) -> float | None:
     return registry.get_sample_value("loopwatch_tasks", labels)
 
 
+def scraped_tasks(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """``loopwatch_tasks`` by (framework, handler), as a scrape of ``/metrics`` shows it."""
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    return {
+        (s.labels["framework"], s.labels["handler"]): s.value
+        for s in families["loopwatch_tasks"].samples
+    }
+
+
 @pytest.mark.parametrize("loop", LOOP_KINDS)
 def test_three_requests_leave_three_tasks(loop: str, registry: CollectorRegistry) -> None:
     spawned: list[asyncio.Task[None]] = []
@@ -60,13 +69,7 @@ def test_three_requests_leave_three_tasks(loop: str, registry: CollectorRegistry
         assert client.get("/healthy").status_code == 200
         assert tasks_of(registry, **SPAWN) == 3
         # The scrape over HTTP shows the same series.
-        families = {
-            f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)
-        }
-        values = {
-            (s.labels["framework"], s.labels["handler"]): s.value
-            for s in families["loopwatch_tasks"].samples
-        }
+        values = scraped_tasks(client)
         assert values[("fastapi", "GET /spawn/{n}")] == 3
         assert ("fastapi", "GET /healthy") not in values
         assert not any(handler == "__none__" for _, handler in values)
@@ -101,3 +104,41 @@ def test_handler_context_tasks_and_uninstall(
     loopwatch.uninstall()
     # Once uninstalled, a scrape counts nothing: the gauge keeps its last value.
     assert tasks_of(registry, framework="none", handler="job:nightly") == 0
+
+
+def test_a_request_in_flight_is_not_a_task_left_behind(registry: CollectorRegistry) -> None:
+    """The task serving a request is the handler itself, not something it left behind: only
+    the task it started counts while it waits, and the scrape does not count itself."""
+    import threading
+
+    release = threading.Event()
+    started = threading.Event()
+
+    app = FastAPI()
+
+    @app.get("/wait")
+    async def wait() -> dict[str, str]:
+        child = asyncio.create_task(asyncio.Event().wait(), name="left-by-wait")
+        started.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+        child.cancel()
+        return {"ok": "yes"}
+
+    instrument(app, registry=registry)
+    wait_labels = {"framework": "fastapi", "handler": "GET /wait"}
+    with serve_uvicorn(app, "asyncio") as url, httpx.Client(base_url=url) as client:
+        answer: list[httpx.Response] = []
+        request = threading.Thread(target=lambda: answer.append(client.get("/wait")))
+        request.start()
+        try:
+            assert started.wait(10)
+            # In flight: its own task is not counted, the task it started is.
+            assert tasks_of(registry, **wait_labels) == 1
+            values = scraped_tasks(client)
+            assert values.get(("fastapi", "GET /metrics"), 0) == 0
+            assert values[("fastapi", "GET /wait")] == 1
+        finally:
+            release.set()
+            request.join(10)
+        assert answer and answer[0].status_code == 200
+        wait_for(lambda: tasks_of(registry, **wait_labels) == 0)

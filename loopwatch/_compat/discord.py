@@ -18,6 +18,8 @@ import discord
 from discord.ext import tasks
 from discord.ui import view as _ui_view
 
+from ._discord_shape import task_loops
+
 __all__ = [
     "APP_COMMAND_PROCESSOR",
     "APP_COMMAND_RUNNER",
@@ -107,14 +109,4 @@ def running_task_loops(running: Iterable[asyncio.Task[Any]]) -> list[tasks.Loop[
     A loop started before loopwatch attached is found through its task: the task's
     coroutine is ``Loop._loop`` and its frame holds the loop as ``self`` (2.0–2.7.1).
     """
-    code = tasks.Loop._loop.__code__
-    found: list[tasks.Loop[Any]] = []
-    for task in running:
-        coro = task.get_coro()
-        if getattr(coro, "cr_code", None) is not code:
-            continue
-        frame = getattr(coro, "cr_frame", None)
-        owner = frame.f_locals.get("self") if frame is not None else None
-        if isinstance(owner, tasks.Loop) and owner not in found:
-            found.append(owner)
-    return found
+    return task_loops(tasks.Loop, running)

@@ -18,6 +18,8 @@ import nextcord
 import nextcord.ui
 from nextcord.ext import tasks
 
+from ._discord_shape import defining_class, task_loops
+
 __all__ = [
     "APP_COMMAND_PROCESSOR",
     "APP_COMMAND_RUNNER",
@@ -63,21 +65,14 @@ def command_tree(client: Any) -> None:
     return None
 
 
-def _defining_class(cls: type, name: str) -> type | None:
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            return klass
-    return None
-
-
 def view_item_runner_owner() -> type | None:
     """The class whose ``_scheduled_task`` runs a view item (``View``)."""
-    return _defining_class(nextcord.ui.View, VIEW_ITEM_RUNNER)
+    return defining_class(nextcord.ui.View, VIEW_ITEM_RUNNER)
 
 
 def modal_runner_owner() -> type | None:
     """The class whose ``_scheduled_task(interaction)`` runs ``Modal.callback`` (``Modal``)."""
-    return _defining_class(nextcord.ui.Modal, VIEW_ITEM_RUNNER)
+    return defining_class(nextcord.ui.Modal, VIEW_ITEM_RUNNER)
 
 
 def dynamic_item_runner_owner() -> None:
@@ -93,14 +88,4 @@ def loop_has_hook(loop: Any, name: str) -> bool:
 def running_task_loops(running: Iterable[asyncio.Task[Any]]) -> list[Any]:
     """The ``tasks.Loop`` objects whose background task is among ``running``: the task's
     coroutine is ``Loop._loop`` and its frame holds the loop as ``self``."""
-    code = tasks.Loop._loop.__code__
-    found: list[Any] = []
-    for task in running:
-        coro = task.get_coro()
-        if getattr(coro, "cr_code", None) is not code:
-            continue
-        frame = getattr(coro, "cr_frame", None)
-        owner = frame.f_locals.get("self") if frame is not None else None
-        if isinstance(owner, tasks.Loop) and owner not in found:
-            found.append(owner)
-    return found
+    return task_loops(tasks.Loop, running)

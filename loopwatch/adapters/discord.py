@@ -75,8 +75,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from loopwatch._compat import pycord as _pycord
-from loopwatch.metrics import MetricsServer
 
+from . import _discord_cog as cog
 from . import _discord_common as common
 
 __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
@@ -129,7 +129,7 @@ def uninstrument(client: discord.Client) -> None:
     common.uninstrument(client)
 
 
-class LoopwatchCog(commands.Cog, name="Loopwatch"):
+class LoopwatchCog(cog.CogBody, commands.Cog, name="Loopwatch"):
     """The loopwatch cog: adding it watches the bot, removing it undoes that exactly.
 
     ``registry`` receives the metrics (default: loopwatch's); with ``metrics_port`` a
@@ -147,12 +147,10 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):
         metrics_addr: str = "127.0.0.1",
         latency_interval: float = _LATENCY_INTERVAL,
     ) -> None:
-        self.bot = bot
-        self._state = common.CogState(
+        self._make_state(
             Instrumentation, bot, registry=registry, metrics_port=metrics_port,
             metrics_addr=metrics_addr, latency_interval=latency_interval,
         )
-        self.instrumentation = self._state.instrumentation
         if _FLAVOUR.sync_extensions:
             self._state.load()
 
@@ -170,15 +168,6 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):
             return None
         return self._state.aunload()
 
-    def update_latency(self) -> None:
-        """Export the gateway latency now."""
-        self.instrumentation.update_latency()
-
-    @property
-    def metrics_server(self) -> MetricsServer | None:
-        """The cog's metrics server, when ``metrics_port`` was given and the port was free."""
-        return self.instrumentation.metrics_server
-
 
 if _FLAVOUR.sync_extensions:
 
@@ -189,7 +178,7 @@ if _FLAVOUR.sync_extensions:
 
     def teardown(bot: commands.Bot) -> None:
         """Extension exit point: undo anything the cog's removal left behind."""
-        common.teardown(bot)
+        cog.teardown(bot)
 
 else:
 
@@ -202,4 +191,4 @@ else:
 
         An :func:`instrument` the user made is theirs and stays.
         """
-        await common.ateardown(bot)
+        await cog.ateardown(bot)

@@ -32,8 +32,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from loopwatch._compat import disnake as compat
-from loopwatch.metrics import MetricsServer
 
+from . import _discord_cog as cog
 from . import _discord_common as common
 
 __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown", "uninstrument"]
@@ -73,7 +73,7 @@ def uninstrument(client: Any) -> None:
     common.uninstrument(client)
 
 
-class LoopwatchCog(commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-arg]
+class LoopwatchCog(cog.CogBody, commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-arg]
     """The loopwatch cog: making it watches the bot, removing it undoes that exactly.
 
     disnake adds a cog without calling anything on it, so the cog attaches when it is
@@ -89,26 +89,15 @@ class LoopwatchCog(commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-ar
         metrics_addr: str = "127.0.0.1",
         latency_interval: float = _LATENCY_INTERVAL,
     ) -> None:
-        self.bot = bot
-        self._state = common.CogState(
+        self._make_state(
             Instrumentation, bot, registry=registry, metrics_port=metrics_port,
             metrics_addr=metrics_addr, latency_interval=latency_interval,
         )
-        self.instrumentation = self._state.instrumentation
         self._state.load()
 
     def cog_unload(self) -> None:
         """Detach from the bot and stop the metrics server (called from ``remove_cog``)."""
         self._state.unload()
-
-    def update_latency(self) -> None:
-        """Export the gateway latency now."""
-        self.instrumentation.update_latency()
-
-    @property
-    def metrics_server(self) -> MetricsServer | None:
-        """The cog's metrics server, when ``metrics_port`` was given and the port was free."""
-        return self.instrumentation.metrics_server
 
 
 def setup(bot: Any) -> None:
@@ -118,4 +107,4 @@ def setup(bot: Any) -> None:
 
 def teardown(bot: Any) -> None:
     """Extension exit point: undo anything the cog's removal left behind."""
-    common.teardown(bot)
+    cog.teardown(bot)
