@@ -21,8 +21,9 @@ loopwatch run only (``--env LOOPWATCH_WATCHDOG=0``), for diagnosis.
 
 Each run is checked to have really been bare or really watched: a second ``sitecustomize``
 written by this script (loopwatch's hook chains to it; bare, it runs alone) records in every
-process whether loopwatch is installed there, and the job stops if any regrtest worker
-disagrees with the mode. Needs only the standard library.
+process whether loopwatch is installed there, at start and at exit (``loopwatch run``
+installs once asyncio is imported), and the job stops if any regrtest worker disagrees with
+the mode. Needs only the standard library.
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ("3.10", "3.11", "3.12", "3.13")
 ALLOWED_FILE = ROOT / "tests" / "cpython_asyncio_allowed.txt"
-MARKER_VARIABLE = "LOOPWATCH_TRANSPARENCY_MARKERS"
+# Not a LOOPWATCH_* name: loopwatch warns about variables of its prefix it does not know, and
+# the tests that read a child's stderr would see that warning.
+MARKER_VARIABLE = "TRANSPARENCY_JOB_MARKERS"
 
-# Written next to nothing else into a temporary directory on PYTHONPATH. Only `os` and `sys`:
-# the probe must not change what the tests observe (threads, modules regrtest compares).
+# Written next to nothing else into a temporary directory on PYTHONPATH. Only `os`, `sys`
+# and asyncio (imported in both runs, see below): the probe must not change what the tests
+# observe (threads, modules regrtest compares) between the two runs.
 MARKER_SITECUSTOMIZE = '''\
 """Transparency probe: records whether loopwatch is installed in this process."""
 import os
@@ -56,7 +60,7 @@ import sys
 
 
 def _record():
-    folder = os.environ.get("LOOPWATCH_TRANSPARENCY_MARKERS")
+    folder = os.environ.get("TRANSPARENCY_JOB_MARKERS")
     if not folder:
         return
     monitor = sys.modules.get("loopwatch._monitor")
@@ -86,10 +90,27 @@ def _chain():
     spec.loader.exec_module(module)
 
 
+def _record_safely():
+    try:
+        _record()
+    except Exception as exc:
+        sys.stderr.write("transparency probe failed: %r\\n" % (exc,))
+
+
+# loopwatch run installs when asyncio is first imported, and its threads start then.
+# regrtest snapshots the threads before a test file imports asyncio: a thread started by
+# that import would read as one the test left behind. Both runs import asyncio here, at
+# start, so the watched one is installed before regrtest looks, as a service is before
+# its framework runs.
 try:
-    _record()
+    import asyncio  # noqa: F401
 except Exception as exc:
-    sys.stderr.write("transparency probe failed: %r\\n" % (exc,))
+    sys.stderr.write("transparency probe: asyncio: %r\\n" % (exc,))
+_record_safely()
+# Again at exit (a process that installed later is seen then).
+import atexit  # noqa: E402 - a builtin module, imported by the interpreter anyway
+
+atexit.register(_record_safely)
 _chain()
 '''
 

@@ -304,8 +304,6 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['p75']:.2f}), best-of {row['best']:.2f} µs")
         return
     if args.install:
-        import loopwatch
-
         loopwatch.install(registry=CollectorRegistry())
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if args.loop == "uvloop":

@@ -8,19 +8,40 @@ you import them.
 
 PYTEST_DONT_REWRITE: ``loopwatch run`` imports the package before pytest starts, and the
 package ships a pytest plugin; pytest must not warn that it cannot rewrite it.
+
+Importing the package costs next to nothing: the monitor, the metrics (and
+prometheus-client) and the rest are imported when one of their names is first used, so a
+process that only imports loopwatch, or one ``loopwatch run`` starts that never uses
+asyncio, does not pay for them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
-from ._context import handler_context
 from ._errors import ConfigError, LoopwatchError
-from ._incidents import Incident
-from ._monitor import Monitor, install
-from ._taskview import TaskInfo
+
+# Not from `typing`, which would double what importing this package costs (type checkers
+# treat this name as theirs wherever it is defined).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._context import handler_context
+    from ._incidents import Incident
+    from ._monitor import Monitor, install
+    from ._taskview import TaskInfo
 
 __version__ = "0.1.0"
+
+# Public names imported on first use: name -> the module that defines it.
+_LAZY = {
+    "Incident": "._incidents",
+    "Monitor": "._monitor",
+    "TaskInfo": "._taskview",
+    "handler_context": "._context",
+    "install": "._monitor",
+}
 
 __all__ = [
     "ConfigError",
@@ -78,3 +99,16 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .adapters import ipython as adapter
 
     adapter.unload_ipython_extension(ipython)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next look-up is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -568,7 +568,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     global _checker
     checker = _Checker(monitor)
     _checker = checker
-    remove_hook = _runtime.on_loop_start(_watch)
+    remove_hook = _runtime.on_loop_start(_watch, once=True)
     running = _running_loop()
     if running is not None:
         _watch(running)

@@ -112,7 +112,7 @@ class Monitor:
             if not _runtime.current_thread_is_ours():
                 self._set_info(loop)
 
-        self._undo["info"] = _runtime.on_loop_start(loop_started)
+        self._undo["info"] = _runtime.on_loop_start(loop_started, once=True)
         self._undo["tasks"] = _tasks.install(self)
         self._undo["threadpool"] = _threadpool.install(self)
         self._undo["task_gauge"] = _task_gauge.install(self)

@@ -48,14 +48,23 @@ __all__ = ["Probe", "patch_selectors", "probe_for_selector"]
 
 _monotonic = time.monotonic
 
-# id(selector) -> the probe of the loop that waits on it. A finalizer drops the entry when
-# the selector is collected, before its id can be reused.
+# id(selector) -> the probe of the loop that waits on it. The probe holds its selector
+# weakly and the select wrapper checks it is the one: an id reused by a new selector after
+# the loop's was collected finds a probe of another selector, ignored (and dropped when the
+# watchdog forgets the dead loop). No finalizer per loop: a program may start thousands.
 _by_selector: dict[int, Probe] = {}
 
 
 def probe_for_selector(selector: object) -> Probe | None:
     """The probe waiting on ``selector`` (for tests and the select wrapper)."""
-    return _by_selector.get(id(selector))
+    probe = _by_selector.get(id(selector))
+    if probe is None or probe.selector_ref() is not selector:
+        return None
+    return probe
+
+
+def _no_selector() -> None:
+    return None
 
 
 class Probe:
@@ -63,6 +72,7 @@ class Probe:
 
     __slots__ = (
         "__weakref__",
+        "active_seen",
         "block",
         "busy_since",
         "c_loop",
@@ -76,6 +86,7 @@ class Probe:
         "ping_lead",
         "ponged",
         "selector",
+        "selector_ref",
         "started_at",
         "thread_id",
         "thread_name",
@@ -91,43 +102,48 @@ class Probe:
         self.native_id = 0  # the kernel's id of the loop thread (0: unknown)
         self.waiting = False  # in select (stdlib loops)
         self.busy_since = _monotonic()  # when the current iteration left its wait
-        self.next_sample = 0.0
+        # The first lag sample is taken a tick after the probe starts: a loop that lives less
+        # than that (a short asyncio.run) writes no sample at all.
+        self.next_sample = self.busy_since + watchdog.tick
         self.c_loop = uvl.is_uvloop(loop) or not isinstance(loop, asyncio.BaseEventLoop)
         self.idle_code: Any = None  # code of the frame that runs a C loop (learnt)
         self.ping = 0.0  # when the outstanding uvloop ping was posted (0: none)
         self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
         self.idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
+        self.active_seen = 0.0  # when the watchdog last found it active, or it started (uvloop)
         self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
         self.ponged = False  # a ping was answered since the watchdog's last look (uvloop)
         self.block: Any = None  # the watchdog's record of a block in progress
         self.selector = 0  # id of the selector the probe is registered for
+        self.selector_ref: Callable[[], object] = _no_selector  # that selector, weakly
         self.started_at = 0.0  # monotonic time of the last start
 
     # -- the loop's thread -----------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop is about to run in this thread (again)."""
-        current = threading.current_thread()
-        self.thread_id = current.ident or threading.get_ident()
-        self.thread_name = current.name
-        self.native_id = getattr(current, "native_id", None) or 0
+        ident = threading.get_ident()
+        if ident != self.thread_id:
+            current = threading.current_thread()
+            self.thread_id = ident
+            self.thread_name = current.name
+            self.native_id = getattr(current, "native_id", None) or 0
         self.busy_since = self.started_at = _monotonic()
         self.waiting = False
         self.ping = 0.0
-        self.idle_seen = self.busy_since
+        self.idle_seen = self.active_seen = self.busy_since
         if self.c_loop:
             self.idle_code = None
             loop.call_soon(self._learn_idle)
             return
+        if self.selector:
+            return  # registered at an earlier start; a loop keeps its selector
         selector = aio.loop_selector(loop)
         if selector is None or getattr(type(selector), "select", None) not in _wrappers:
-            self.selector = 0  # a selector loopwatch has not hooked (a test double): not probed
-            return
-        key = id(selector)
-        if _by_selector.get(key) is not self:
-            _by_selector[key] = self
-            self.selector = key
-            weakref.finalize(selector, _by_selector.pop, key, None)
+            return  # a selector loopwatch has not hooked (a test double): not probed
+        self.selector_ref = weakref.ref(selector)
+        self.selector = key = id(selector)
+        _by_selector[key] = self
 
     def before_wait(self) -> None:
         """The loop goes back to waiting for I/O: the iteration's busy time is known."""
@@ -145,6 +161,10 @@ class Probe:
         """The loop's wait returned: it is busy from now on."""
         self.busy_since = _monotonic()
         self.waiting = False
+        watchdog = self.watchdog
+        if watchdog.dozing:  # it sleeps until a loop gets going: this one does
+            watchdog.dozing = False
+            watchdog.wake()
 
     def _learn_idle(self) -> None:
         # Called by the C loop: the innermost Python frame is the one that runs the loop,
@@ -180,6 +200,7 @@ class Probe:
         if self.selector and _by_selector.get(self.selector) is self:
             _by_selector.pop(self.selector, None)
         self.selector = 0
+        self.selector_ref = _no_selector
 
 
 # -- the class-level hook ------------------------------------------------------------------
@@ -191,7 +212,7 @@ _wrappers: set[Any] = set()
 def _make_select(original: Callable[..., Any]) -> Callable[..., Any]:
     def select(self: Any, timeout: float | None = None) -> Any:
         probe = _by_selector.get(id(self))
-        if probe is None:
+        if probe is None or probe.selector_ref() is not self:
             return original(self, timeout)
         try:
             probe.before_wait()

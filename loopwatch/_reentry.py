@@ -184,7 +184,7 @@ def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]
 
 def _starting(loop: Any) -> None:
     # A closed loop is refused by run_forever itself: no hook sees it.
-    if _runtime.loop_start_hooks and not loop.is_closed():
+    if _runtime.has_loop_start_hooks() and not loop.is_closed():
         _runtime.run_loop_start_hooks(loop)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,10 @@ from ._logging import logger
 
 __all__ = [
     "active",
+    "has_loop_start_hooks",
     "internal_error",
     "loop_name",
+    "loop_seen_hooks",
     "loop_start_hooks",
     "on_loop_start",
     "run_loop_start_hooks",
@@ -81,23 +84,56 @@ def internal_error(component: str, exc: BaseException) -> None:
 # -- loops starting ------------------------------------------------------------------------
 
 # Called with a loop just before it starts running in this thread (the loop-health probe
-# and the info metric attach there). Each hook is wrapped so it never raises.
+# attaches there). Each hook is wrapped so it never raises.
 loop_start_hooks: list[Callable[[Any], None]] = []
+# Called once per loop rather than per start (the info metric, the task gauge): a loop that
+# ``asyncio.run`` drives starts three times (the main coroutine, then the shutdown of async
+# generators and of the default executor), and a reused loop may start thousands of times.
+loop_seen_hooks: list[Callable[[Any], None]] = []
+# The loop last started and the thread it started in: when the same loop starts again in
+# the same thread, the once-per-loop hooks already ran for it.
+_last_started: tuple[Any, int] = (None, 0)
+_get_ident = threading.get_ident
 
 
-def on_loop_start(hook: Callable[[Any], None]) -> Callable[[], None]:
-    """Call ``hook(loop)`` whenever a loop starts; return the function that removes it."""
-    loop_start_hooks.append(hook)
+def on_loop_start(hook: Callable[[Any], None], *, once: bool = False) -> Callable[[], None]:
+    """Call ``hook(loop)`` whenever a loop starts; return the function that removes it.
+
+    ``once``: only the first time a loop starts (in practice: again when another loop
+    started in that thread meanwhile, so the hook must not mind a second call).
+    """
+    global _last_started
+    hooks = loop_seen_hooks if once else loop_start_hooks
+    hooks.append(hook)
+    _last_started = (None, 0)  # a new once-per-loop hook has seen no loop yet
 
     def remove() -> None:
-        if hook in loop_start_hooks:
-            loop_start_hooks.remove(hook)
+        if hook in hooks:
+            hooks.remove(hook)
 
     return remove
 
 
+def has_loop_start_hooks() -> bool:
+    """Whether any hook wants to know about loops starting (a fast test for the hot path)."""
+    return bool(loop_start_hooks or loop_seen_hooks)
+
+
 def run_loop_start_hooks(loop: Any) -> None:
     """Run every loop-start hook for ``loop``; a failing hook is an internal error."""
+    global _last_started
+    if loop_seen_hooks:
+        last, ident = _last_started
+        if last is None or last() is not loop or ident != _get_ident():
+            try:
+                _last_started = (weakref.ref(loop), _get_ident())
+            except TypeError:  # a loop that cannot be referenced weakly: every start is new
+                _last_started = (None, 0)
+            for hook in list(loop_seen_hooks):
+                try:
+                    hook(loop)
+                except Exception as exc:
+                    internal_error("loop_start", exc)
     for hook in list(loop_start_hooks):
         try:
             hook(loop)

@@ -89,7 +89,7 @@ class TaskGauge:
 def install(monitor: Monitor) -> Callable[[], None]:
     """Watch loops as they start and count their tasks at each scrape; return the undo."""
     gauge = TaskGauge(monitor)
-    remove_hook = _runtime.on_loop_start(gauge.watch)
+    remove_hook = _runtime.on_loop_start(gauge.watch, once=True)
     running = aio.get_running_loop()
     if running is not None:
         gauge.watch(running)

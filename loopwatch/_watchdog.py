@@ -8,7 +8,10 @@ is kept), and logs a "still blocked" line past ten thresholds. When the loop thr
 going again it reports one ``blocked_loop`` incident with the samples (``block_ended``).
 
 The thread sleeps until the moment a busy loop would cross the threshold, and polls loops
-that wait for I/O every ``min(threshold, 100 ms)``: it never wakes a loop.
+that wait for I/O every ``min(threshold, 100 ms)``: it never wakes a loop. Once every loop
+has been idle a while it looks less often: stdlib loops wake it when they get going again
+(so nothing is seen later), uvloop loops are polled every 100, then 200 ms (a block there
+that starts after seconds of idleness is seen up to that much later).
 
 Attribution: the labels in the context of the task that was running, else the handler
 whose code object is on the sampled stack (``_blocks.register_handler``), else the
@@ -53,9 +56,19 @@ _MAX_POLL = 0.1
 # a callback that went straight into a blocking call: where the thread sleeps tells them
 # apart (see Watchdog._c_loop_active).
 _PONG_TAIL_CPU = 0.0002
+# Idle for this long, a loop is looked at less often. A C loop (no Python hook per
+# iteration) is polled every _IDLE_POLL_STEPS[i][1] polls after _IDLE_POLL_STEPS[i][0]
+# seconds without activity, and at the normal rate again as soon as its thread spends CPU.
+# A stdlib loop waiting that long lets the thread sleep up to _DOZE: the loop's next
+# iteration wakes it (see Probe.after_wait), so no block is seen later for it.
+_IDLE_POLL_STEPS = ((5.0, 4), (1.0, 2))
+_DOZE = 1.0
+# How long after the last loop start the thread keeps polling with no loop to watch.
+_LINGER = 1.0
 
 _monotonic = time.monotonic
 _perf = time.perf_counter
+get_ident = threading.get_ident
 
 # -- garbage-collection time ---------------------------------------------------------------
 
@@ -179,6 +192,12 @@ class Watchdog:
         self._probes: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
         self._active: tuple[Probe, ...] = ()
         self._wake = _Wake()
+        self._parked = False  # the thread may sleep until a loop starts (see probe())
+        # The thread may sleep until a stdlib loop leaves its wait (see Probe.after_wait);
+        # _dozable: every loop looked at allows that.
+        self.dozing = False
+        self._dozable = False
+        self._last: Probe | None = None  # the probe started last (a restart finds it here)
         self._stopping = False
         self._thread: threading.Thread | None = None
         metrics = monitor.metrics
@@ -188,21 +207,35 @@ class Watchdog:
 
     def probe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start (or restart) the probe of ``loop``; called in the thread about to run it."""
-        if self._stopping or _runtime.current_thread_is_ours():
-            return  # loopwatch's own offload workers: their stalls are the re-entry's
-        probe = self._probes.get(loop)
-        if probe is None:
-            with self._lock:
-                probe = self._probes.get(loop)
-                if probe is None:
-                    probe = Probe(self, loop)
-                    self._probes[loop] = probe
-                    # Drop the probes of loops closed meanwhile here too, so a program that
-                    # makes a loop per call keeps this tuple short between two looks.
-                    kept = tuple(p for p in self._active if _alive(p))
-                    self._active = (*kept, probe)
+        if self._stopping:
+            return
+        probe = self._last
+        if probe is None or probe.loop() is not loop or probe.thread_id != get_ident():
+            # Not a restart in the thread that ran this loop last (a thread the check
+            # below let through).
+            if _runtime.current_thread_is_ours():
+                return  # loopwatch's own offload workers: their stalls are the re-entry's
+            probe = self._probes.get(loop)
+            if probe is None:
+                with self._lock:
+                    probe = self._probes.get(loop)
+                    if probe is None:
+                        probe = Probe(self, loop)
+                        self._probes[loop] = probe
+                        # Drop the probes of loops closed meanwhile here too, so a program
+                        # that makes a loop per call keeps this tuple short between looks.
+                        kept = tuple(p for p in self._active if _alive(p))
+                        self._active = (*kept, probe)
+            self._last = probe
         probe.start(loop)
-        # The thread may sleep until woken (no loop was running when it last looked).
+        # The thread sleeps until woken only when no loop was running at its last look
+        # (``_parked`` is set before that look: a start it missed finds the flag set).
+        if self._parked:
+            self._parked = False
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the thread now (a loop got going while it dozed)."""
         self._wake.set()
 
     def observe_lag(self, seconds: float) -> None:
@@ -253,6 +286,7 @@ class Watchdog:
         with self._lock:
             probes, self._active = self._active, ()
             self._probes = weakref.WeakKeyDictionary()
+            self._last = None
         for probe in probes:
             probe.stop()
 
@@ -265,6 +299,8 @@ class Watchdog:
             probe.stop()
         self._active = ()
         self._probes = weakref.WeakKeyDictionary()
+        self._last = None
+        self._parked = self.dozing = False
         if not self._stopping:
             self.start_thread()
 
@@ -272,14 +308,29 @@ class Watchdog:
 
     def _run(self) -> None:
         while not self._stopping:
+            # Set before the look, cleared after it unless nothing is to be watched: a loop
+            # that starts during the look either is seen by it or finds the flag set and
+            # wakes the thread.
+            self._parked = True
+            self.dozing = True  # likewise for a stdlib loop leaving its wait
+            self._dozable = True
             try:
                 timeout = self._check()
             except Exception as exc:
                 _runtime.internal_error("watchdog", exc)
                 timeout = 1.0
+                self._dozable = False
+            if timeout is not None:
+                self._parked = False
             if timeout is None:
                 self._wake.wait(None)  # nothing to watch: sleep until a loop starts
+            elif self._dozable and timeout < _DOZE:
+                # Every loop has waited for I/O a while: sleep until one gets going again
+                # (it wakes this thread), or a loop starts, or _DOZE.
+                self._wake.wait(_DOZE)
+                self.dozing = False
             else:
+                self.dozing = False
                 # A plain sleep costs half a timed lock wait here; a loop that starts
                 # meanwhile is seen at the next look, at most one poll later.
                 time.sleep(timeout)
@@ -318,7 +369,16 @@ class Watchdog:
                     else:
                         kept.append(p)
                 self._active = tuple(kept)
-        return None if timeout is None else max(timeout, 0.001)
+        if timeout is None:
+            last = self._last
+            if last is not None and _monotonic() - last.started_at < _LINGER:
+                # A loop started a moment ago: keep looking at the normal rate a while
+                # rather than sleep until the next start wakes this thread. A program
+                # that runs asyncio.run() in a loop then pays no wake-up per call.
+                self._dozable = False
+                return poll
+            return None
+        return max(timeout, 0.001)
 
     def _check_probe(
         self, probe: Probe, loop: Any, threshold: float, poll: float
@@ -331,17 +391,24 @@ class Watchdog:
             if block is not None:  # stopped while blocked: over now
                 self._finish(probe, block, loop, now - block.since, None, None)
             if now - probe.started_at < 1.0:
+                self._dozable = False
                 return 0.01  # started a moment ago (the hook runs just before the loop does)
             return None  # a restart wakes the thread
         lead = 0.0
         if probe.c_loop:
             since = probe.ping
             lead = probe.ping_lead  # the loop probably got busy this long before the ping
+            self._dozable = False  # no hook per iteration: it must be polled
             if not since:
                 # Ping only a loop that is doing something. An idle loop is never woken.
                 if not self._c_loop_active(probe):
                     probe.idle_seen = now
+                    idle = now - probe.active_seen
+                    for after, times in _IDLE_POLL_STEPS:
+                        if idle >= after:
+                            return poll * times
                     return poll
+                probe.active_seen = now
                 if now < probe.next_sample:
                     # The activity stays pending (its CPU is not taken as seen): a callback
                     # that went into a blocking call is pinged at the next tick.
@@ -349,6 +416,8 @@ class Watchdog:
                 probe.next_sample = now + self.tick
                 # The loop got busy somewhere between the last idle look and now: a block's
                 # duration counts from the middle of that window.
+                # (At most half the normal poll: the look before may have been a longer,
+                # idle one.)
                 probe.ping_lead = min(max(now - probe.idle_seen, 0.0), poll) / 2
                 if not probe.send_ping(loop, now):
                     return poll
@@ -359,7 +428,10 @@ class Watchdog:
             if not probe.selector:
                 return None  # a selector loopwatch has not hooked: nothing to read
             if probe.waiting:
+                if now - probe.busy_since < _IDLE_POLL_STEPS[-1][0]:
+                    self._dozable = False  # busy a moment ago: keep looking
                 return poll
+            self._dozable = False
             since = probe.busy_since
         late = now - since + lead
         if late < threshold:

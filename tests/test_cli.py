@@ -442,9 +442,30 @@ def test_sitecustomize_and_another_that_chains_the_same_way_run_once_each(
     assert "RecursionError" not in result.stderr
 
 
+def test_sitecustomize_installs_when_asyncio_is_imported_not_before() -> None:
+    # A Python that never imports asyncio imports nothing of loopwatch; one that does is
+    # guarded from the moment asyncio has finished importing, before it can start a loop.
+    code = ("import sys; print('loopwatch' in sys.modules, 'asyncio' in sys.modules); "
+            "import asyncio; import loopwatch._monitor as m; print(m.current() is not None); "
+            "print(any(type(f).__name__ == '_InstallAfterAsyncio' for f in sys.meta_path))")
+    result = run(loopwatch_cmd("run", "--", PY, "-c", code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False False", "True", "False"]
+
+
+def test_sitecustomize_waits_for_a_program_that_imports_loopwatch_itself() -> None:
+    # loopwatch's own modules import asyncio: the install happens once that import is done.
+    code = ("import loopwatch.metrics, sys; import loopwatch._monitor as m; "
+            "print(m.current() is not None, 'asyncio' in sys.modules)")
+    result = run(loopwatch_cmd("run", "--", PY, "-c", code))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True True"]
+
+
 def test_sitecustomize_never_breaks_the_host(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": cli.HOOK_DIR, "LOOPWATCH_ON_REENTRY": "bogus"}
-    result = run([PY, "-c", "print('still running')"], env=env)
+    # loopwatch installs (and so reads its options) once asyncio is imported.
+    result = run([PY, "-c", "import asyncio; print('still running')"], env=env)
     assert (result.returncode, result.stdout) == (0, "still running\n")
     assert result.stderr.count("loopwatch: not installed in this process:") == 1
     assert "LOOPWATCH_ON_REENTRY='bogus'" in result.stderr
@@ -453,7 +474,9 @@ def test_sitecustomize_never_breaks_the_host(tmp_path: Path) -> None:
     broken.mkdir()
     (broken / "__init__.py").write_text("raise ImportError('broken build')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([cli.HOOK_DIR, str(tmp_path)])}
-    result = run([PY, "-c", "print('still running')"], env=env)
+    # From tmp_path: `-c` puts the working directory first on the path by the time asyncio
+    # is imported, and the broken build must be the loopwatch found.
+    result = run([PY, "-c", "import asyncio; print('still running')"], env=env, cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, "still running\n")
     assert "not installed in this process: broken build" in result.stderr
 

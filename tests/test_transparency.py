@@ -199,13 +199,14 @@ def test_running_a_closed_loop_is_asyncios_error_alone(registry: CollectorRegist
 def test_subinterpreters_are_left_alone(tmp_path: Path) -> None:
     script = tmp_path / "subinterpreter.py"
     script.write_text(textwrap.dedent("""
+        import asyncio  # loopwatch installs in the main interpreter once asyncio is imported
         import sys
         try:
             import _interpreters as interpreters
         except ImportError:
             import _xxsubinterpreters as interpreters
         interp = interpreters.create()
-        code = "import sys; assert 'loopwatch' not in sys.modules"
+        code = "import sys, asyncio; assert 'loopwatch' not in sys.modules"
         result = interpreters.run_string(interp, code)
         interpreters.destroy(interp)
         assert result is None, result

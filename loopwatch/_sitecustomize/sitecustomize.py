@@ -1,9 +1,16 @@
-"""Installs loopwatch at interpreter start, for ``loopwatch run``.
+"""Installs loopwatch in every Python process of ``loopwatch run``, once asyncio is imported.
 
 ``loopwatch run`` puts this directory first on ``PYTHONPATH`` and the options in
 ``LOOPWATCH_*`` variables, so every Python process of the wrapped command (and its
 children, which inherit the environment) runs this before any application code. Then the
 next ``sitecustomize`` on the path runs, as it would have without loopwatch.
+
+At interpreter start this only adds an import hook (a finder at the head of
+``sys.meta_path``): loopwatch is imported and installed the moment ``asyncio`` has finished
+importing, before any code can start a loop with it (uvicorn, discord.py, anyio and
+pytest-asyncio all import asyncio first). A Python that never imports asyncio (a build
+step, a command-line tool, a worker that only computes) pays for this file alone. When the
+program imports loopwatch itself, the install waits until that import is complete.
 
 Nothing here may break the host interpreter: every failure is counted (when loopwatch
 imports at all) and reported once on stderr, and the program starts as usual.
@@ -11,11 +18,16 @@ imports at all) and reported once on stderr, and the program starts as usual.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.machinery
-import importlib.util
 import os
 import sys
+
+# Not `typing`: importing it would cost every Python process more than the rest of this
+# file (type checkers treat this name as theirs wherever it is defined).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT_PID_VARIABLE = "LOOPWATCH_RUN_PID"
@@ -23,8 +35,10 @@ _ROOT_PID_VARIABLE = "LOOPWATCH_RUN_PID"
 
 def _say(message: str) -> None:
     # No usable stderr: stay silent rather than break the program.
-    with contextlib.suppress(Exception):
+    try:  # noqa: SIM105 - contextlib costs every Python process an import
         sys.stderr.write(f"loopwatch: {message}\n")
+    except Exception:
+        pass
 
 
 def _port_is_free(addr: str, port: int) -> bool:
@@ -68,8 +82,6 @@ def _in_subinterpreter() -> bool:
 
 
 def _install() -> None:
-    if _in_subinterpreter():
-        return
     try:
         import loopwatch
     except ImportError as exc:
@@ -109,6 +121,98 @@ def _count(exc: BaseException) -> None:
         pass
 
 
+_LOOPWATCH = "loopwatch"
+
+
+def _initializing(name: str) -> bool:
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+class _InstallAfterAsyncio:
+    """A meta-path finder that installs loopwatch once ``asyncio`` has been imported.
+
+    It finds nothing itself: for ``asyncio`` and loopwatch's own modules it asks the other
+    finders, and lets the loader run the module's code, then looks whether asyncio is
+    imported and no module of loopwatch is half-imported (the program importing loopwatch,
+    which imports asyncio): then it installs and leaves ``sys.meta_path``.
+    """
+
+    def __init__(self) -> None:
+        self.installing = False
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if self.installing or not (
+            name == "asyncio" or name == _LOOPWATCH or name.startswith("loopwatch.")
+        ):
+            return None
+        try:
+            spec: ModuleSpec | None = None
+            for finder in list(sys.meta_path):
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(name, path, target)
+                if spec is not None:
+                    break
+            loader = getattr(spec, "loader", None)
+            original = getattr(loader, "exec_module", None)
+            if original is None:
+                return spec
+            hook = self
+
+            def exec_module(module: object) -> None:
+                # On the loader instance of this one module (its own, made for this spec),
+                # and only while its code runs: nothing stays changed afterwards.
+                try:
+                    original(module)
+                finally:
+                    try:  # noqa: SIM105
+                        del loader.exec_module  # type: ignore[union-attr]
+                    except AttributeError:  # taken off meanwhile (a nested import)
+                        pass
+                hook.module_done(name)
+
+            loader.exec_module = exec_module  # type: ignore[union-attr]
+            return spec
+        except Exception:  # never break an import: the program starts without the hook
+            self.leave()
+            return None
+
+    def module_done(self, name: str) -> None:
+        if self.installing or "asyncio" not in sys.modules:
+            return
+        if _initializing("asyncio") and name != "asyncio":
+            return
+        for other in list(sys.modules):
+            if (other == _LOOPWATCH or other.startswith("loopwatch.")) and other != name \
+                    and _initializing(other):
+                return  # loopwatch is being imported: install when that import is done
+        self.installing = True
+        self.leave()
+        try:
+            _install()
+        except Exception as exc:  # whatever happens, the program goes on
+            _say(f"not installed in this process: {exc!r}")
+
+    def leave(self) -> None:
+        try:  # noqa: SIM105
+            sys.meta_path.remove(self)
+        except ValueError:  # not there (any more)
+            pass
+
+
+def _install_after_asyncio() -> None:
+    if _in_subinterpreter():
+        return
+    if "asyncio" in sys.modules:  # imported before this ran (a .pth file): install now
+        _install()
+        return
+    sys.meta_path.insert(0, _InstallAfterAsyncio())
+
+
 def _chain() -> None:
     """Run the ``sitecustomize`` this one shadows, if there is one."""
     # Only the entries after this directory: a sitecustomize before it already ran (it is
@@ -117,9 +221,19 @@ def _chain() -> None:
     here = [i for i, p in enumerate(sys.path) if os.path.abspath(p or os.curdir) == _HERE]
     path = sys.path[here[0] + 1:] if here else list(sys.path)
     path = [p for p in path if os.path.abspath(p or os.curdir) != _HERE]
-    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    # The path-based finder of importlib.machinery, taken from the import system the
+    # interpreter already loaded: importing importlib (and warnings) would cost every
+    # process more than this whole file. importlib.util likewise, only when needed.
+    finder = getattr(sys.modules.get("_frozen_importlib_external"), "PathFinder", None)
+    if finder is None:
+        import importlib.machinery
+
+        finder = importlib.machinery.PathFinder
+    spec = finder.find_spec("sitecustomize", path)
     if spec is None or spec.loader is None:
         return
+    import importlib.util
+
     module = importlib.util.module_from_spec(spec)
     sys.modules["sitecustomize"] = module
     spec.loader.exec_module(module)
@@ -133,7 +247,7 @@ sys.modules.setdefault(_ONCE, sys.modules[__name__])
 
 try:
     if not _again:
-        _install()
+        _install_after_asyncio()
 except BaseException as exc:  # whatever happens, the program must start
     if isinstance(exc, KeyboardInterrupt):
         raise

@@ -1,0 +1,117 @@
+"""What starting a loop costs loopwatch: work done once per loop, not once per start.
+
+``asyncio.run`` starts its loop three times (the coroutine, then the shutdown of async
+generators and of the default executor); a reused loop may start thousands of times.
+Counted, not timed: hook calls, finalizers, wake-ups of the watchdog thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import loopwatch
+from loopwatch import _probe, _runtime, _watchdog
+
+
+async def noop() -> None:
+    pass
+
+
+def test_once_hooks_run_once_per_loop_start_hooks_at_every_start(
+    registry: CollectorRegistry,
+) -> None:
+    loopwatch.install(registry=registry)
+    once: list[Any] = []
+    every: list[Any] = []
+    remove_once = _runtime.on_loop_start(once.append, once=True)
+    remove_every = _runtime.on_loop_start(every.append)
+    try:
+        asyncio.run(noop())
+        assert len(every) == 3 and len(set(map(id, every))) == 1
+        assert len(once) == 1 and once[0] is every[0]
+        loop = asyncio.new_event_loop()
+        try:
+            for _ in range(5):
+                loop.run_until_complete(noop())
+            # The same loop run from another thread is new there: the hooks see it again.
+            thread = threading.Thread(target=loop.run_until_complete, args=(noop(),))
+            thread.start()
+            thread.join()
+        finally:
+            loop.close()
+        assert [x for x in once if x is loop] == [loop, loop]
+        assert len([x for x in every if x is loop]) == 6
+    finally:
+        remove_once()
+        remove_every()
+
+
+def test_a_new_once_hook_sees_a_loop_already_started(registry: CollectorRegistry) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loopwatch.install(registry=registry)
+        loop.run_until_complete(noop())
+        seen: list[Any] = []
+        remove = _runtime.on_loop_start(seen.append, once=True)
+        try:
+            loop.run_until_complete(noop())
+        finally:
+            remove()
+        assert seen == [loop]
+    finally:
+        loop.close()
+
+
+def test_no_finalizer_per_loop_and_the_probe_still_reads_its_selector(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loopwatch.install(registry=registry)
+    asyncio.run(noop())
+    made: list[Any] = []
+
+    class Counted(weakref.finalize):  # type: ignore[type-arg]
+        def __init__(self, obj: Any, func: Any, /, *args: Any, **kwargs: Any) -> None:
+            made.append(obj)
+            super().__init__(obj, func, *args, **kwargs)
+
+    monkeypatch.setattr(weakref, "finalize", Counted)
+    for _ in range(50):
+        asyncio.run(noop())
+    assert len(made) < 5
+
+    async def probed() -> bool:
+        loop = asyncio.get_running_loop()
+        return _probe.probe_for_selector(loop._selector) is not None  # type: ignore[attr-defined]
+
+    assert asyncio.run(probed())
+
+
+def test_the_watchdog_is_not_woken_per_start_while_it_polls(
+    registry: CollectorRegistry,
+) -> None:
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    wakes: list[int] = []
+
+    class Counted(_watchdog._Wake):
+        def set(self) -> None:
+            wakes.append(1)
+            super().set()
+
+    asyncio.run(noop())  # the thread polls from now on (a loop started a moment ago)
+    watchdog._wake = Counted()
+    asyncio.run(noop())
+    time.sleep(0.3)  # the thread has looked since: it polls, not parked
+    del wakes[:]
+    for _ in range(200):
+        asyncio.run(noop())
+    # 200 runs start 600 times; only a start that found the thread parked wakes it.
+    assert len(wakes) < 20
