@@ -30,11 +30,11 @@ from helpers import free_port
 from loopwatch import cli
 from loopwatch._incidents import hint_for
 from loopwatch.demo import plan as _demo
-from loopwatch.demo import service as _service
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_SOURCE = Path(_service.__file__)
+# Found, not imported: importing the demo service installs loopwatch (it instruments its app).
+DEMO_SOURCE = Path(importlib.util.find_spec("loopwatch.demo.service").origin)  # type: ignore[union-attr,arg-type]
 WATCHED = {
     hazard: importlib.util.find_spec(module) is not None
     for hazard, (_, module) in _demo.HAZARDS.items()

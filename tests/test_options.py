@@ -418,8 +418,9 @@ def test_the_command_line_warns_about_a_typo(tmp_path: Path) -> None:
     assert done.stderr.count("LOOPWATCH_ON_REENTRANT") == 1, done.stderr
     child = (
         "import subprocess, sys; "
-        "r = subprocess.run([sys.executable, '-c', 'import asyncio; asyncio.run(asyncio.sleep(0))'],"
-        " capture_output=True, text=True); print(repr(r.stderr))"
+        "code = 'import asyncio; asyncio.run(asyncio.sleep(0))'; "
+        "r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True); "
+        "print(repr(r.stderr))"
     )
     done = subprocess.run(
         [sys.executable, "-m", "loopwatch", "run", "--", sys.executable, "-c", child],
