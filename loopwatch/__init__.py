@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._monitor import Monitor, install
     from ._taskview import TaskInfo
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public names imported on first use: name -> the module that defines it.
 _LAZY = {

@@ -114,3 +114,12 @@ def test_sdist_carries_what_the_tests_read(tmp_path: Path) -> None:
         cwd=tree, capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_version_is_the_newest_release_of_the_changelog() -> None:
+    import re
+
+    import loopwatch
+
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert releases and releases[0] == loopwatch.__version__
