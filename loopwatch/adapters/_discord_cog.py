@@ -8,6 +8,7 @@ per cog, attached unless something attached first, detached only if the cog atta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from loopwatch.metrics import MetricsServer
@@ -15,7 +16,7 @@ from loopwatch.metrics import MetricsServer
 from ._discord_common import _LATENCY_INTERVAL, Instrumentation, attached
 from ._discord_hooks import _STATE_ATTR
 
-__all__ = ["CogBody", "CogState", "ateardown", "teardown"]
+__all__ = ["CogBody", "CogState", "SyncCog", "ateardown", "sync_setup", "teardown"]
 
 
 class CogState:
@@ -109,3 +110,43 @@ def teardown(bot: Any) -> None:
     state = attached(bot)
     if state is not None and state._by_cog:
         state.close()
+
+
+class SyncCog(CogBody):
+    """A fork's ``LoopwatchCog`` body (nextcord, disnake): it attaches when it is made.
+
+    Those libraries add a cog synchronously and call nothing on it on the way in; on the way
+    out they call ``cog_unload``. A fork's module mixes this in before its library's
+    ``commands.Cog`` and names its instrumentation class.
+    """
+
+    instrumentation_class: type[Instrumentation]
+
+    def __init__(
+        self,
+        bot: Any,
+        *,
+        registry: Any = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
+        latency_interval: float = _LATENCY_INTERVAL,
+    ) -> None:
+        self._make_state(
+            self.instrumentation_class, bot, registry=registry, metrics_port=metrics_port,
+            metrics_addr=metrics_addr, latency_interval=latency_interval,
+        )
+        self._state.load()
+
+    def cog_unload(self) -> None:
+        """Detach from the bot and stop the metrics server (called from ``remove_cog``)."""
+        self._state.unload()
+
+
+def sync_setup(cog_class: type[SyncCog], module: str) -> Callable[[Any], None]:
+    """The ``setup`` of a fork's extension module: add a new ``cog_class`` to the bot."""
+
+    def setup(bot: Any) -> None:
+        bot.add_cog(cog_class(bot))
+
+    setup.__doc__ = f'Extension entry point: ``bot.load_extension("{module}")``.'
+    return setup

@@ -482,6 +482,31 @@ def instrument(
     return state
 
 
+def instrumenter(cls: type[Instrumentation], library: str) -> Callable[..., Instrumentation]:
+    """The public ``instrument`` of an adapter module whose instrumentation is ``cls``."""
+
+    def instrument_client(
+        client: Any,
+        *,
+        registry: Any = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
+        latency_interval: float = _LATENCY_INTERVAL,
+    ) -> Instrumentation:
+        return instrument(
+            cls, client, registry=registry, metrics_port=metrics_port,
+            metrics_addr=metrics_addr, latency_interval=latency_interval,
+        )
+
+    instrument_client.__name__ = instrument_client.__qualname__ = "instrument"
+    instrument_client.__doc__ = (
+        f"Watch a ``{library}.Client`` (or any bot) without the cog; idempotent.\n\n"
+        "Installs loopwatch if it is not installed (options from the ``LOOPWATCH_*``\n"
+        "environment). Undo with :func:`uninstrument`."
+    )
+    return instrument_client
+
+
 def uninstrument(client: Any) -> None:
     """Undo :func:`instrument` exactly (idempotent); stops its metrics server."""
     state: Instrumentation | None = getattr(client, _STATE_ATTR, None)

@@ -21,8 +21,6 @@ they have no label of their own yet.
 
 from __future__ import annotations
 
-from typing import Any
-
 try:
     import nextcord
     from nextcord.ext import commands, tasks
@@ -40,7 +38,6 @@ __all__ = ["Instrumentation", "LoopwatchCog", "instrument", "setup", "teardown",
 
 FRAMEWORK = "nextcord"
 _FLAVOUR = common.flavour(FRAMEWORK, nextcord, commands, tasks, compat, sync_extensions=True)
-_LATENCY_INTERVAL = common._LATENCY_INTERVAL
 
 
 class Instrumentation(common.Instrumentation):
@@ -49,62 +46,20 @@ class Instrumentation(common.Instrumentation):
     flavour = _FLAVOUR
 
 
-def instrument(
-    client: Any,
-    *,
-    registry: Any = None,
-    metrics_port: int | None = None,
-    metrics_addr: str = "127.0.0.1",
-    latency_interval: float = _LATENCY_INTERVAL,
-) -> common.Instrumentation:
-    """Watch a ``nextcord.Client`` (or any bot) without the cog; idempotent.
-
-    Installs loopwatch if it is not installed (options from the ``LOOPWATCH_*``
-    environment). Undo with :func:`uninstrument`.
-    """
-    return common.instrument(
-        Instrumentation, client, registry=registry, metrics_port=metrics_port,
-        metrics_addr=metrics_addr, latency_interval=latency_interval,
-    )
+#: Watch a ``nextcord.Client`` (or any bot) without the cog; undo with :func:`uninstrument`.
+instrument = common.instrumenter(Instrumentation, "nextcord")
+uninstrument = common.uninstrument
 
 
-def uninstrument(client: Any) -> None:
-    """Undo :func:`instrument` exactly (idempotent); stops its metrics server."""
-    common.uninstrument(client)
-
-
-class LoopwatchCog(cog.CogBody, commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-arg]
+class LoopwatchCog(cog.SyncCog, commands.Cog, name="Loopwatch"):  # type: ignore[misc,call-arg]
     """The loopwatch cog: making it watches the bot, removing it undoes that exactly.
 
     nextcord adds a cog without calling anything on it, so the cog attaches when it is
     made. ``registry``, ``metrics_port``, ``metrics_addr`` as for the discord.py cog.
     """
 
-    def __init__(
-        self,
-        bot: Any,
-        *,
-        registry: Any = None,
-        metrics_port: int | None = None,
-        metrics_addr: str = "127.0.0.1",
-        latency_interval: float = _LATENCY_INTERVAL,
-    ) -> None:
-        self._make_state(
-            Instrumentation, bot, registry=registry, metrics_port=metrics_port,
-            metrics_addr=metrics_addr, latency_interval=latency_interval,
-        )
-        self._state.load()
-
-    def cog_unload(self) -> None:
-        """Detach from the bot and stop the metrics server (called from ``remove_cog``)."""
-        self._state.unload()
+    instrumentation_class = Instrumentation
 
 
-def setup(bot: Any) -> None:
-    """Extension entry point: ``bot.load_extension("loopwatch.adapters.nextcord")``."""
-    bot.add_cog(LoopwatchCog(bot))
-
-
-def teardown(bot: Any) -> None:
-    """Extension exit point: undo anything the cog's removal left behind."""
-    cog.teardown(bot)
+setup = cog.sync_setup(LoopwatchCog, "loopwatch.adapters.nextcord")
+teardown = cog.teardown
