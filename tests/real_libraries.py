@@ -401,10 +401,12 @@ def run_case(
 
 
 def _usable(kernel: KernelHarness) -> str:
+    step = "trivial cell"
     try:
         cell = kernel.execute("print(6 * 7)", timeout=20)
         if cell.stdout.strip() != "42":
             return f"trivial cell: {_describe(cell, '42')}"
+        step = "interrupted cell"
         cell = kernel.execute(
             "print('sleeping', flush=True)\ntime.sleep(30)",
             timeout=25,
@@ -412,11 +414,12 @@ def _usable(kernel: KernelHarness) -> str:
         )
         if cell.error is None or cell.error.ename != "KeyboardInterrupt":
             return f"interrupt: {_describe(cell, '')}"
+        step = "cell after the interrupt"
         cell = kernel.execute("print(await asyncio.sleep(0, 'alive'))", timeout=20)
         if cell.stdout.strip() != "alive":
             return f"after interrupt: {_describe(cell, 'alive')}"
-    except KernelTimeout:
-        return "cell stalled"
+    except KernelTimeout as exc:
+        return f"cell stalled: {step} ({str(exc)[-1500:]})"
     return "ok"
 
 
