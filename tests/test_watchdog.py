@@ -146,13 +146,17 @@ def test_probe_starts_on_the_loop_running_at_install(
 ) -> None:
     async def main() -> float:
         loopwatch.install(registry=registry)
-        for _ in range(40):
-            spin(0.005)
+        for _ in range(10):
+            spin(0.02)
             await asyncio.sleep(0)
         return lag(registry, "count")
 
     # Samples prove the probe runs; uvloop's come from the watchdog thread, which needs the
-    # GIL of the spinning loop (one at least, in 200 ms, on a loaded machine).
+    # GIL of the spinning loop (one at least, in 200 ms, on a loaded machine). The loop runs
+    # 20 ms callbacks: callbacks as long as the GIL's switch interval (5 ms), each followed
+    # by the loop's wait, hand the GIL straight back to the loop thread at every wait, and a
+    # thread asking for it is never given it (the waiter asks for a hand-over only after a
+    # whole interval with no release).
     assert run_on(loop_factory, main()) >= (2 if loop_factory is asyncio.new_event_loop else 1)
 
 
