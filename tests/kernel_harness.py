@@ -92,6 +92,10 @@ class CellResult:
         )
 
 
+class _Quiet(Exception):
+    """The kernel sent nothing for a while (not an error: the cell may still be running)."""
+
+
 class KernelHarness:
     """Start an ipykernel for this interpreter; :meth:`execute` cells; shut it down."""
 
@@ -236,11 +240,14 @@ class KernelHarness:
         *,
         timeout: float | None = None,
         on_stdout: Callable[[str], None] | None = None,
+        on_quiet: Callable[[], None] | None = None,
+        quiet_after: float = 5.0,
     ) -> CellResult:
         """Run one cell and collect its output until the kernel is idle again.
 
         ``on_stdout`` is called with each piece of stdout as it arrives, while the cell
-        still runs (to react to it, e.g. with :meth:`interrupt`).
+        still runs (to react to it, e.g. with :meth:`interrupt`); ``on_quiet`` each time
+        the kernel has sent nothing for ``quiet_after`` seconds (to press stop again).
         """
         client = self._kc
         if client is None:
@@ -251,7 +258,15 @@ class KernelHarness:
 
         idle = False
         while not idle:
-            msg = self._next(client.get_iopub_msg, deadline, cell)
+            try:
+                msg = self._next(
+                    client.get_iopub_msg, deadline, cell,
+                    quiet_after if on_quiet is not None else None,
+                )
+            except _Quiet:
+                if on_quiet is not None:
+                    on_quiet()
+                continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue  # output of an earlier cell or of the kernel's start
             kind = msg["msg_type"]
@@ -288,13 +303,18 @@ class KernelHarness:
         """Run cells in order; return each one's result."""
         return [self.execute(code) for code in cells]
 
-    def _next(self, get: Any, deadline: float, cell: CellResult) -> dict[str, Any]:
+    def _next(
+        self, get: Any, deadline: float, cell: CellResult, quiet: float | None = None
+    ) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise KernelTimeout(self._timeout_message(cell))
+        wait = remaining if quiet is None else min(remaining, quiet)
         try:
-            msg: dict[str, Any] = get(timeout=remaining)
+            msg: dict[str, Any] = get(timeout=wait)
         except queue.Empty:
+            if wait < remaining:
+                raise _Quiet from None
             raise KernelTimeout(self._timeout_message(cell)) from None
         return msg
 
