@@ -34,6 +34,7 @@ import fnmatch
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,8 @@ class Run:
     messages: dict[str, str] = field(default_factory=dict)  # id -> "Type: first line"
     files: dict[str, str] = field(default_factory=dict)  # test file -> crashed/timed-out/...
     seconds: float = 0.0
+    # CPU seconds of every process of the run: steadier than wall time on a shared machine.
+    cpu: float = 0.0
     returncode: int = 0
 
     @property
@@ -257,11 +260,15 @@ def run_regrtest(
     log = out / "regrtest.log"
     say(f"{mode}: {' '.join(command[:8])} ... ({len(tests)} test files) > {log}")
     started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as sink:
         # A scratch cwd: the repository root on sys.path would make loopwatch importable bare.
         proc = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
                               cwd=out, check=False)
-    run = Run(mode=mode, seconds=time.monotonic() - started, returncode=proc.returncode)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    run = Run(mode=mode, seconds=time.monotonic() - started, cpu=cpu,
+              returncode=proc.returncode)
     check_probe(markers, mode)
     text = log.read_text(errors="replace")
     if not junit.exists():
@@ -375,9 +382,14 @@ def summary_blocks(text: str) -> dict[str, set[str]]:
     return blocks
 
 
+def timing(run: Run) -> str:
+    return f"{run.seconds:.0f} s, {run.cpu:.0f} s CPU"
+
+
 def save(run: Run, out: Path) -> None:
     data = {
-        "mode": run.mode, "seconds": round(run.seconds, 1), "returncode": run.returncode,
+        "mode": run.mode, "seconds": round(run.seconds, 1), "cpu": round(run.cpu, 1),
+        "returncode": run.returncode,
         "cases": run.cases, "messages": run.messages, "files": run.files,
     }
     (out / "results.json").write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -387,7 +399,8 @@ def save(run: Run, out: Path) -> None:
 def load(out: Path) -> Run:
     data = json.loads((out / "results.json").read_text())
     return Run(mode=data["mode"], cases=data["cases"], messages=data["messages"],
-               files=data["files"], seconds=data["seconds"], returncode=data["returncode"])
+               files=data["files"], seconds=data["seconds"], cpu=data.get("cpu", 0.0),
+               returncode=data["returncode"])
 
 
 # -- comparing ------------------------------------------------------------------------------
@@ -551,7 +564,7 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
         bare = run_regrtest(python, "bare", tests, here / "bare", args.jobs, args.timeout, {},
                             skip)
     if args.bare_only:
-        return f"{version}: bare {counts(bare)} ({bare.seconds:.0f} s)", True
+        return f"{version}: bare {counts(bare)} ({timing(bare)})", True
     watched = run_regrtest(python, "loopwatch", tests, here / "loopwatch", args.jobs,
                            args.timeout, extra_env, skip)
     ok, not_ok = compare(version, bare, watched, allowed, here)
@@ -579,8 +592,10 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
               + ", ".join(stale))
     if flaky:
         print(f"   still not allowed after the re-run: {len(not_ok)}")
-    line = (f"{version}: bare {counts(bare)} ({bare.seconds:.0f} s); loopwatch "
-            f"{counts(watched)} ({watched.seconds:.0f} s); allowed differences {len(ok)}; "
+    cost = f"{watched.cpu / bare.cpu:.2f}x" if bare.cpu > 0 else "unknown"
+    line = (f"{version}: bare {counts(bare)} ({timing(bare)}); loopwatch "
+            f"{counts(watched)} ({timing(watched)}; CPU {cost} bare); "
+            f"allowed differences {len(ok)}; "
             f"not allowed {len(not_ok)}; skipped as flaky bare {len(skip)}")
     return line, not not_ok
 
