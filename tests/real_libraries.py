@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+import sys
 import textwrap
 import time
 
@@ -420,6 +421,8 @@ def _usable(kernel: KernelHarness) -> str:
             # likely the signal taken by another thread, which does not wake the sleeping
             # one). A user presses stop again.
             if started:
+                print("kernel check: no answer 5 s after stop, pressing it again",
+                      file=sys.stderr)
                 kernel.interrupt()
 
         cell = kernel.execute(
