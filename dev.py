@@ -142,10 +142,8 @@ def demo(args: list[str]) -> int:
 class Stage:
     """One command of the full run, its log and how long it took."""
 
-    def __init__(self, name: str, *cmd: str | Path, retries: int = 0) -> None:
+    def __init__(self, name: str, *cmd: str | Path) -> None:
         self.name = name
-        # Tries after a failure: only for a stage known to flake under load, and said loudly.
-        self.retries = retries
         self.cmd = [str(c) for c in cmd]
         self.log = LOGS / (name.replace(" ", "-").replace("/", "-") + ".log")
         self.seconds = 0.0
@@ -169,10 +167,6 @@ class Stage:
                 say(f"{self.name}: FAILED ({self.status}) in {self.seconds:.0f}s; log follows")
                 print("\n".join(text), flush=True)
                 say(f"{self.name}: FAILED, end of log")
-        if self.status != 0 and self.retries > 0:
-            self.retries -= 1
-            say(f"{self.name}: known to flake under load; running it once more")
-            return self.run()
         return self.status == 0
 
 
@@ -258,11 +252,9 @@ def test(args: list[str]) -> int:
             Stage(f"{version} notebook", other_py, "-m", "pytest", *quiet, *KERNEL_TESTS),
         ]
         if version in NESTED_ON:
-            # Real kernels running real libraries' nested loops: after a nested run, the
-            # kernel's usability check stalled in 2 of ~20 runs on a loaded machine (cause not
-            # found yet; the failed log is printed whole before the second try).
+            # Real kernels running real libraries' nested loops.
             other_lane.append(Stage(f"{version} real libraries", other_py, "-m", "pytest",
-                                    *quiet, *NESTED_TESTS, retries=1))
+                                    *quiet, *NESTED_TESTS))
     other_lane.append(Stage(
         "oldest starlette-fastapi", bin_of(envs["oldest-web"], "python"), "-m", "pytest",
         "-m", "not slow", "-p", "no:cacheprovider", *ROUTE_TESTS,
