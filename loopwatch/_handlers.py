@@ -124,8 +124,8 @@ _loops_lock = threading.Lock()
 
 
 def _watch(loop: Any) -> None:
-    if _runtime.current_thread_is_ours():
-        return  # loopwatch's own offload loops: short-lived, not the service's
+    # A once-per-loop hook: never called for loopwatch's own offload loops (short-lived,
+    # not the service's).
     with _loops_lock:
         _loops[loop] = threading.current_thread().name
 
@@ -570,7 +570,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     _checker = checker
     remove_hook = _runtime.on_loop_start(_watch, once=True)
     running = _running_loop()
-    if running is not None:
+    if running is not None and not _runtime.current_thread_is_ours():
         _watch(running)
     checker.start()
     configure(monitor.config.stuck_after)
