@@ -19,7 +19,7 @@ wakes an idle loop. What is measured, per loop type:
   it is busy, the watchdog posts one callback (``call_soon_threadsafe``), at most once per
   ``lag_tick``; the time it takes to run is the lag sample, and a callback not run within
   ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle one
-  none, plus one per loop start to learn which frame runs the loop.
+  none, plus one at a loop's first start in a thread to learn which frame runs the loop.
 
 The probe of a loop is written by the loop's thread and read by the watchdog thread
 without locks (plain attribute reads and writes of floats and booleans).
