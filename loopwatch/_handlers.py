@@ -118,22 +118,42 @@ class _Fast:
 FAST = _Fast()
 _checker: _Checker | None = None
 
-# Loops seen starting (or running at install) and the name of the thread running them.
-_loops: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+# Loops seen starting (or running at install), by id: a weak reference to the loop and the
+# name of the thread running it. A plain dict, so a loop's first start makes no weak
+# reference with a callback: entries of loops closed or gone are dropped when the loops are
+# read, and by the start that finds the dict twice as long as after the last such sweep.
+_loops: dict[int, tuple[Callable[[], Any], str]] = {}
 _loops_lock = threading.Lock()
+_sweep_at = [64]
 
 
 def _watch(loop: Any) -> None:
-    if _runtime.current_thread_is_ours():
-        return  # loopwatch's own offload loops: short-lived, not the service's
+    # A once-per-loop hook: never called for loopwatch's own offload loops (short-lived,
+    # not the service's).
+    entry = (weakref.ref(loop), threading.current_thread().name)
     with _loops_lock:
-        _loops[loop] = threading.current_thread().name
+        _loops[id(loop)] = entry
+        if len(_loops) >= _sweep_at[0]:
+            _sweep()
+
+
+def _sweep() -> list[tuple[Any, str]]:
+    # Under _loops_lock: drop the loops closed or gone; return the others.
+    alive = []
+    for key, (ref, name) in list(_loops.items()):
+        loop = ref()
+        if loop is None or loop.is_closed():
+            del _loops[key]
+        else:
+            alive.append((loop, name))
+    _sweep_at[0] = max(64, 2 * len(_loops))
+    return alive
 
 
 def watched_loops() -> list[tuple[Any, str]]:
     """The loops loopwatch has seen run, with their thread's name."""
     with _loops_lock:
-        return [(loop, name) for loop, name in _loops.items() if not loop.is_closed()]
+        return _sweep()
 
 
 def begin(framework: str, handler: str, task: Any = None, loop: Any = None) -> list[Any] | None:
@@ -570,7 +590,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     _checker = checker
     remove_hook = _runtime.on_loop_start(_watch, once=True)
     running = _running_loop()
-    if running is not None:
+    if running is not None and not _runtime.current_thread_is_ours():
         _watch(running)
     checker.start()
     configure(monitor.config.stuck_after)

@@ -94,6 +94,7 @@ class Monitor:
         self._server: MetricsServer | None = None
         self._info_labels: tuple[str, ...] | None = None  # the live info series, if any
         self._info_loop: str | None = None  # the loop type a loop start told us about
+        self._info_type: type | None = None  # the class of the loop that started last
         # Span events and OTel instruments, while the ``otel`` option is on (_otel imports
         # OpenTelemetry: it is imported only then).
         self.otel: OtelSink | None = None
@@ -105,11 +106,13 @@ class Monitor:
         self._undo["reentry"] = _reentry.install(self)
 
         def loop_started(loop: object) -> None:
-            # The service's loop, not the fresh loops of loopwatch's own offload workers; a
+            # The service's loop (the hooks never see loopwatch's own offload workers'); a
             # loop of the kind already named changes nothing (a program may start thousands).
-            if self._info_loop == loop_name(loop):
+            kind = type(loop)
+            if kind is self._info_type:
                 return
-            if not _runtime.current_thread_is_ours():
+            self._info_type = kind
+            if self._info_loop != loop_name(loop):
                 self._set_info(loop)
 
         self._undo["info"] = _runtime.on_loop_start(loop_started, once=True)

@@ -19,7 +19,7 @@ wakes an idle loop. What is measured, per loop type:
   it is busy, the watchdog posts one callback (``call_soon_threadsafe``), at most once per
   ``lag_tick``; the time it takes to run is the lag sample, and a callback not run within
   ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle one
-  none, plus one per loop start to learn which frame runs the loop.
+  none, plus one at a loop's first start in a thread to learn which frame runs the loop.
 
 The probe of a loop is written by the loop's thread and read by the watchdog thread
 without locks (plain attribute reads and writes of floats and booleans).
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Probe", "patch_selectors", "probe_for_selector"]
 
 _monotonic = time.monotonic
+get_ident = threading.get_ident
 
 # id(selector) -> the probe of the loop that waits on it. The probe holds its selector
 # weakly and the select wrapper checks it is the one: an id reused by a new selector after
@@ -70,69 +71,56 @@ def _no_selector() -> None:
 class Probe:
     """The busy/idle state of one loop."""
 
-    __slots__ = (
-        "__weakref__",
-        "active_seen",
-        "block",
-        "busy_since",
-        "c_loop",
-        "cpu_seen",
-        "idle_code",
-        "idle_seen",
-        "loop",
-        "native_id",
-        "next_sample",
-        "ping",
-        "ping_lead",
-        "ponged",
-        "selector",
-        "selector_ref",
-        "started_at",
-        "thread_id",
-        "thread_name",
-        "waiting",
-        "watchdog",
-    )
+    # Defaults at class level: a new probe writes only what differs (a program may start a
+    # loop per call), and the fields a loop of the other kind never uses stay unwritten.
+    thread_id = 0
+    thread_name = ""
+    native_id = 0  # the kernel's id of the loop thread (0: unknown)
+    waiting = False  # in select (stdlib loops)
+    idle_code: Any = None  # code of the frame that runs a C loop (learnt)
+    ping = 0.0  # when the outstanding uvloop ping was posted (0: none)
+    cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
+    idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
+    active_seen = 0.0  # when the watchdog last found it active, or it started (uvloop)
+    ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
+    ponged = False  # a ping was answered since the watchdog's last look (uvloop)
+    block: Any = None  # the watchdog's record of a block in progress
+    selector = 0  # id of the selector the probe is registered for
+    selector_ref: Callable[[], object] = staticmethod(_no_selector)  # that selector, weakly
+    started_at = 0.0  # monotonic time of the last start
 
     def __init__(self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop) -> None:
         self.watchdog = watchdog
         self.loop = weakref.ref(loop)
-        self.thread_id = 0
-        self.thread_name = ""
-        self.native_id = 0  # the kernel's id of the loop thread (0: unknown)
-        self.waiting = False  # in select (stdlib loops)
-        self.busy_since = _monotonic()  # when the current iteration left its wait
+        self.key = id(loop)  # where the watchdog files it
+        self.busy_since = now = _monotonic()  # when the current iteration left its wait
         # The first lag sample is taken a tick after the probe starts: a loop that lives less
         # than that (a short asyncio.run) writes no sample at all.
-        self.next_sample = self.busy_since + watchdog.tick
+        self.next_sample = now + watchdog.tick
         self.c_loop = uvl.is_uvloop(loop) or not isinstance(loop, asyncio.BaseEventLoop)
-        self.idle_code: Any = None  # code of the frame that runs a C loop (learnt)
-        self.ping = 0.0  # when the outstanding uvloop ping was posted (0: none)
-        self.cpu_seen = 0.0  # the loop thread's CPU time at the watchdog's last look (uvloop)
-        self.idle_seen = 0.0  # when the watchdog last found it idle (uvloop)
-        self.active_seen = 0.0  # when the watchdog last found it active, or it started (uvloop)
-        self.ping_lead = 0.0  # how long before the ping the loop probably got busy (uvloop)
-        self.ponged = False  # a ping was answered since the watchdog's last look (uvloop)
-        self.block: Any = None  # the watchdog's record of a block in progress
-        self.selector = 0  # id of the selector the probe is registered for
-        self.selector_ref: Callable[[], object] = _no_selector  # that selector, weakly
-        self.started_at = 0.0  # monotonic time of the last start
 
     # -- the loop's thread -----------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop is about to run in this thread (again)."""
-        ident = threading.get_ident()
-        if ident != self.thread_id:
-            current = threading.current_thread()
-            self.thread_id = ident
-            self.thread_name = current.name
-            self.native_id = getattr(current, "native_id", None) or 0
-        self.busy_since = self.started_at = _monotonic()
+        if get_ident() != self.thread_id:
+            self._moved(loop)
+        # The rest is what a restart needs (``asyncio.run`` starts its loop three times):
+        # the loop is busy from now on, with no ping outstanding.
+        self.busy_since = self.started_at = self.idle_seen = self.active_seen = _monotonic()
         self.waiting = False
         self.ping = 0.0
-        self.idle_seen = self.active_seen = self.busy_since
+
+    def _moved(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The first start of this loop in this thread: what is learnt once, not per start.
+        current = threading.current_thread()
+        self.thread_id = get_ident()
+        self.thread_name = current.name
         if self.c_loop:
+            # The kernel's id of the thread: where it sleeps tells an idle C loop (Linux).
+            self.native_id = getattr(current, "native_id", None) or 0
+            # Every start goes through loopwatch's run_forever wrapper, so the frame that
+            # runs the loop is the same at each start in this thread (a pong learns it again).
             self.idle_code = None
             loop.call_soon(self._learn_idle)
             return
@@ -145,9 +133,10 @@ class Probe:
         self.selector = key = id(selector)
         _by_selector[key] = self
 
-    def before_wait(self) -> None:
+    def before_wait(self, now: float | None = None) -> None:
         """The loop goes back to waiting for I/O: the iteration's busy time is known."""
-        now = _monotonic()
+        if now is None:
+            now = _monotonic()
         busy = now - self.busy_since
         self.waiting = True
         watchdog = self.watchdog
@@ -174,6 +163,9 @@ class Probe:
     def pong(self, sent: float) -> None:
         """The watchdog's ping ran on a C loop: its delay is the lag."""
         late = _monotonic() - sent
+        # Run by the C loop like _learn_idle: the frame below is the one that runs the loop
+        # (kept up to date across restarts, which do not post _learn_idle again).
+        self.idle_code = cpython.getframe(1).f_code
         self.ping = 0.0
         self.cpu_seen = time.thread_time()  # the pong's own CPU is not the loop's activity
         self.ponged = True
@@ -214,14 +206,24 @@ def _make_select(original: Callable[..., Any]) -> Callable[..., Any]:
         probe = _by_selector.get(id(self))
         if probe is None or probe.selector_ref() is not self:
             return original(self, timeout)
-        try:
-            probe.before_wait()
-        except Exception as exc:
-            _runtime.internal_error("watchdog", exc)
+        # Probe.before_wait and after_wait, inline: this runs at every iteration of every
+        # probed loop. Only a lag sample due or a block ending takes the call.
+        now = _monotonic()
+        probe.waiting = True
+        if now >= probe.next_sample or now - probe.busy_since >= probe.watchdog.threshold:
+            try:
+                probe.before_wait(now)
+            except Exception as exc:
+                _runtime.internal_error("watchdog", exc)
         try:
             return original(self, timeout)
         finally:
-            probe.after_wait()
+            probe.busy_since = _monotonic()
+            probe.waiting = False
+            watchdog = probe.watchdog
+            if watchdog.dozing:  # it sleeps until a loop gets going: this one does
+                watchdog.dozing = False
+                watchdog.wake()
 
     select.__wrapped__ = original  # type: ignore[attr-defined]
     select.__doc__ = original.__doc__

@@ -182,10 +182,16 @@ def _make_run_until_complete(original: Callable[..., Any]) -> Callable[..., Any]
     return run_until_complete
 
 
+# The hook lists themselves (never rebound): the start path tests them without a call.
+_start_hooks = _runtime.loop_start_hooks
+_seen_hooks = _runtime.loop_seen_hooks
+_run_start_hooks = _runtime.run_loop_start_hooks
+
+
 def _starting(loop: Any) -> None:
     # A closed loop is refused by run_forever itself: no hook sees it.
-    if _runtime.has_loop_start_hooks() and not loop.is_closed():
-        _runtime.run_loop_start_hooks(loop)
+    if (_start_hooks or _seen_hooks) and not loop.is_closed():
+        _run_start_hooks(loop)
 
 
 def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,7 +199,9 @@ def _make_run_forever(original: Callable[..., Any]) -> Callable[..., Any]:
     def run_forever(self: Any) -> Any:
         running = running_loop()
         if running is None and not self.is_running():
-            _starting(self)
+            # _starting, inline: this runs at every start of every loop.
+            if (_start_hooks or _seen_hooks) and not self.is_closed():
+                _run_start_hooks(self)
             return original(self)
         monitor = _runtime.active()
         if running is None:

@@ -84,15 +84,20 @@ def internal_error(component: str, exc: BaseException) -> None:
 # -- loops starting ------------------------------------------------------------------------
 
 # Called with a loop just before it starts running in this thread (the loop-health probe
-# attaches there). Each hook is wrapped so it never raises.
+# attaches there). Each hook is wrapped so it never raises. No hook sees the loops of
+# loopwatch's own threads (offload workers: their loops are short-lived and their stalls
+# are the re-entry's), so no hook asks.
 loop_start_hooks: list[Callable[[Any], None]] = []
-# Called once per loop rather than per start (the info metric, the task gauge): a loop that
-# ``asyncio.run`` drives starts three times (the main coroutine, then the shutdown of async
-# generators and of the default executor), and a reused loop may start thousands of times.
+# Called once per loop rather than per start (the info metric, the loops the handlers and the
+# task gauge look at): a loop that ``asyncio.run`` drives starts three times (the main
+# coroutine, then the shutdown of async generators and of the default executor), and a
+# reused loop may start thousands of times.
 loop_seen_hooks: list[Callable[[Any], None]] = []
-# The loop last started and the thread it started in: when the same loop starts again in
-# the same thread, the once-per-loop hooks already ran for it.
-_last_started: tuple[Any, int] = (None, 0)
+# The loop last started, the thread it started in, and whether that thread is one of
+# loopwatch's own: when the same loop starts again in the same thread, the once-per-loop
+# hooks already ran for it and the thread is known. (A restart is the common case, and the
+# one that must cost next to nothing: ``asyncio.run`` starts its loop three times.)
+_last_started: tuple[Any, int, bool] = (None, 0, False)
 _get_ident = threading.get_ident
 
 
@@ -100,12 +105,13 @@ def on_loop_start(hook: Callable[[Any], None], *, once: bool = False) -> Callabl
     """Call ``hook(loop)`` whenever a loop starts; return the function that removes it.
 
     ``once``: only the first time a loop starts (in practice: again when another loop
-    started in that thread meanwhile, so the hook must not mind a second call).
+    started in that thread meanwhile, so the hook must not mind a second call). Loops of
+    loopwatch's own threads are never shown to a hook.
     """
     global _last_started
     hooks = loop_seen_hooks if once else loop_start_hooks
     hooks.append(hook)
-    _last_started = (None, 0)  # a new once-per-loop hook has seen no loop yet
+    _last_started = (None, 0, False)  # a new once-per-loop hook has seen no loop yet
 
     def remove() -> None:
         if hook in hooks:
@@ -122,19 +128,23 @@ def has_loop_start_hooks() -> bool:
 def run_loop_start_hooks(loop: Any) -> None:
     """Run every loop-start hook for ``loop``; a failing hook is an internal error."""
     global _last_started
-    if loop_seen_hooks:
-        last, ident = _last_started
-        if last is None or last() is not loop or ident != _get_ident():
+    last, ident, ours = _last_started
+    if last is None or last() is not loop or ident != _get_ident():
+        ours = current_thread_is_ours()
+        try:
+            _last_started = (weakref.ref(loop), _get_ident(), ours)
+        except TypeError:  # a loop that cannot be referenced weakly: every start is new
+            _last_started = (None, 0, False)
+        if ours:
+            return
+        for hook in list(loop_seen_hooks):
             try:
-                _last_started = (weakref.ref(loop), _get_ident())
-            except TypeError:  # a loop that cannot be referenced weakly: every start is new
-                _last_started = (None, 0)
-            for hook in list(loop_seen_hooks):
-                try:
-                    hook(loop)
-                except Exception as exc:
-                    internal_error("loop_start", exc)
-    for hook in list(loop_start_hooks):
+                hook(loop)
+            except Exception as exc:
+                internal_error("loop_start", exc)
+    elif ours:
+        return
+    for hook in loop_start_hooks:
         try:
             hook(loop)
         except Exception as exc:

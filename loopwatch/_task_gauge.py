@@ -3,7 +3,8 @@
 A task copies the context of the code that creates it, so a task a request handler starts
 carries that handler's labels for its whole life: no task factory is needed, and none is
 ever set on a user's loop. The gauge counts the pending tasks of every watched loop (each
-loop that started while loopwatch was installed, held weakly) by those labels; tasks
+loop that started while loopwatch was installed, held weakly: the loops :mod:`._handlers`
+keeps, so a loop's first start files it once for both) by those labels; tasks
 created outside any handler are not counted, nor is the own task of a handler in flight
 (the in-flight registry of ``_handlers`` knows them while stuck-handler tracking is on):
 what is counted under a handler's name is what it left behind, or started and still
@@ -20,13 +21,10 @@ instead of this process, so a loopwatch thread counts every few seconds there (s
 from __future__ import annotations
 
 import asyncio
-import threading
-import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import _context, _handlers, _runtime
-from ._compat import asyncio as aio
 from ._tasks import task_labels
 
 if TYPE_CHECKING:
@@ -36,24 +34,14 @@ __all__ = ["TaskGauge", "install"]
 
 
 class TaskGauge:
-    """The watched loops and the count of their pending tasks by handler."""
+    """The count of the watched loops' pending tasks by handler."""
 
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
-        self._loops: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def watch(self, loop: Any) -> None:
-        """Count the tasks of ``loop`` from now on (a loop-start hook)."""
-        if _runtime.current_thread_is_ours():
-            return  # offload workers' short-lived loops: their tasks are the caller's
-        with self._lock:
-            self._loops.add(loop)
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Pending tasks of the watched loops by (framework, handler)."""
-        with self._lock:
-            loops = list(self._loops)
+        loops = [loop for loop, _ in _handlers.watched_loops()]
         counts: dict[tuple[str, str], int] = {}
         # A handler in flight is not something it left behind: its own task is skipped (a
         # request's, not recorded, is any one task carrying its labels object: the same key).
@@ -87,18 +75,13 @@ class TaskGauge:
 
 
 def install(monitor: Monitor) -> Callable[[], None]:
-    """Watch loops as they start and count their tasks at each scrape; return the undo."""
+    """Count the watched loops' tasks at each scrape; return the undo."""
     gauge = TaskGauge(monitor)
-    remove_hook = _runtime.on_loop_start(gauge.watch, once=True)
-    running = aio.get_running_loop()
-    if running is not None:
-        gauge.watch(running)
     metrics = monitor.metrics
     if metrics is not None:
         metrics.before_collect("tasks", gauge.refresh)
 
     def undo() -> None:
-        remove_hook()
         if metrics is not None:
             metrics.before_collect("tasks", None)
 

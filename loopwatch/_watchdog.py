@@ -27,7 +27,6 @@ import gc
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +188,10 @@ class Watchdog:
         # Hands a block over between the watchdog (which starts and samples it) and the
         # loop thread (which ends it); held for microseconds, never while reporting.
         self._blocks = threading.Lock()
-        self._probes: weakref.WeakKeyDictionary[Any, Probe] = weakref.WeakKeyDictionary()
+        # id(loop) -> its probe, which holds the loop weakly (checked at each look-up): a
+        # plain dict, so a loop's first start makes no weak reference with a callback. The
+        # looks drop the probes of loops closed or gone.
+        self._probes: dict[int, Probe] = {}
         self._active: tuple[Probe, ...] = ()
         self._wake = _Wake()
         self._parked = False  # the thread may sleep until a loop starts (see probe())
@@ -206,33 +208,60 @@ class Watchdog:
     # -- probes (called in loop threads) ---------------------------------------------------
 
     def probe(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start (or restart) the probe of ``loop``; called in the thread about to run it."""
+        """Start (or restart) the probe of ``loop``; called in the thread about to run it.
+
+        Never called for loopwatch's own threads (the loop-start hooks skip them).
+        """
         if self._stopping:
             return
         probe = self._last
         if probe is None or probe.loop() is not loop or probe.thread_id != get_ident():
-            # Not a restart in the thread that ran this loop last (a thread the check
-            # below let through).
-            if _runtime.current_thread_is_ours():
-                return  # loopwatch's own offload workers: their stalls are the re-entry's
-            probe = self._probes.get(loop)
-            if probe is None:
-                with self._lock:
-                    probe = self._probes.get(loop)
-                    if probe is None:
-                        probe = Probe(self, loop)
-                        self._probes[loop] = probe
-                        # Drop the probes of loops closed meanwhile here too, so a program
-                        # that makes a loop per call keeps this tuple short between looks.
-                        kept = tuple(p for p in self._active if _alive(p))
-                        self._active = (*kept, probe)
+            # Not a restart of the loop started last, in the thread it ran in.
+            probe = self._probes.get(id(loop))
+            if probe is None or probe.loop() is not loop:
+                probe = self._add(loop)
             self._last = probe
-        probe.start(loop)
+            probe.start(loop)
+        else:
+            # Probe.start for a restart, inline (asyncio.run starts its loop three times).
+            probe.busy_since = probe.started_at = probe.idle_seen = probe.active_seen = (
+                _monotonic()
+            )
+            probe.waiting = False
+            probe.ping = 0.0
         # The thread sleeps until woken only when no loop was running at its last look
         # (``_parked`` is set before that look: a start it missed finds the flag set).
         if self._parked:
             self._parked = False
             self._wake.set()
+
+    def probe_of(self, loop: Any) -> Probe | None:
+        """The probe of ``loop``, if it has one."""
+        probe = self._probes.get(id(loop))
+        return probe if probe is not None and probe.loop() is loop else None
+
+    def _add(self, loop: asyncio.AbstractEventLoop) -> Probe:
+        with self._lock:
+            probe = self._probes.get(id(loop))
+            if probe is not None and probe.loop() is loop:
+                return probe
+            probe = Probe(self, loop)
+            self._probes[probe.key] = probe
+            active = self._active
+            if len(active) >= 8:
+                # Drop the probes of loops closed meanwhile here too, so a program that
+                # makes a loop per call keeps this tuple short between looks.
+                active = tuple(p for p in active if self._keep(p))
+            self._active = (*active, probe)
+        return probe
+
+    def _keep(self, probe: Probe) -> bool:
+        # Under self._lock: whether a probe's loop is still open; forgets it if not.
+        if _alive(probe):
+            return True
+        if self._probes.get(probe.key) is probe:
+            del self._probes[probe.key]
+        return False
 
     def wake(self) -> None:
         """Wake the thread now (a loop got going while it dozed)."""
@@ -285,7 +314,7 @@ class Watchdog:
         self._thread = None
         with self._lock:
             probes, self._active = self._active, ()
-            self._probes = weakref.WeakKeyDictionary()
+            self._probes = {}
             self._last = None
         for probe in probes:
             probe.stop()
@@ -298,7 +327,7 @@ class Watchdog:
         for probe in self._active:
             probe.stop()
         self._active = ()
-        self._probes = weakref.WeakKeyDictionary()
+        self._probes = {}
         self._last = None
         self._parked = self.dozing = False
         if not self._stopping:
@@ -361,14 +390,7 @@ class Watchdog:
                 timeout = wait
         if dead:
             with self._lock:
-                kept = []
-                for p in self._active:
-                    loop = p.loop()
-                    if loop is None or loop.is_closed():
-                        p.stop()
-                    else:
-                        kept.append(p)
-                self._active = tuple(kept)
+                self._active = tuple(p for p in self._active if self._keep(p))
         if timeout is None:
             last = self._last
             if last is not None and _monotonic() - last.started_at < _LINGER:
@@ -638,7 +660,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
         _fork_hook_registered = True
     watchdog.start_thread()
     running = aio.get_running_loop()
-    if running is not None:
+    if running is not None and not _runtime.current_thread_is_ours():
         watchdog.probe(running)
 
     def undo() -> None:

@@ -115,3 +115,53 @@ def test_the_watchdog_is_not_woken_per_start_while_it_polls(
         asyncio.run(noop())
     # 200 runs start 600 times; only a start that found the thread parked wakes it.
     assert len(wakes) < 20
+
+
+def test_no_hook_sees_the_loops_of_loopwatch_threads(registry: CollectorRegistry) -> None:
+    loopwatch.install(registry=registry)
+    once: list[Any] = []
+    every: list[Any] = []
+    remove_once = _runtime.on_loop_start(once.append, once=True)
+    remove_every = _runtime.on_loop_start(every.append)
+    try:
+        def run_twice() -> None:
+            asyncio.run(noop())
+            asyncio.run(noop())
+
+        thread = threading.Thread(target=run_twice, name="loopwatch-offload-test")
+        thread.start()
+        thread.join(5)
+        assert once == [] and every == []
+        asyncio.run(noop())  # the same hooks, in a thread of the program's: seen
+        assert len(once) == 1 and len(every) == 3
+    finally:
+        remove_once()
+        remove_every()
+
+
+def test_what_loops_leave_behind_stays_bounded(
+    registry: CollectorRegistry, loop_factory: Any
+) -> None:
+    from loopwatch import _handlers
+
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    kept = asyncio.new_event_loop()  # still open: stays watched and probed throughout
+    try:
+        kept.run_until_complete(noop())
+        for _ in range(300):
+            loop = loop_factory()
+            try:
+                loop.run_until_complete(noop())
+            finally:
+                loop.close()
+        # Nothing per closed loop is kept for long: the probes are swept by new loops and
+        # the watchdog's looks, the watched loops when their table doubles or is read.
+        assert len(watchdog._probes) <= 16
+        assert len(_handlers._loops) <= 2 * 64
+        assert [loop for loop, _ in _handlers.watched_loops()] == [kept]
+        assert _handlers.watched_loops()[0][1] == threading.current_thread().name
+        assert watchdog.probe_of(kept) is not None
+    finally:
+        kept.close()

@@ -488,7 +488,8 @@ def test_idle_loop_samples_as_idle(
         time.sleep(0.1)  # a few ticks
         watchdog = _watchdog._active
         assert watchdog is not None and thread.ident is not None
-        probe = watchdog._probes[loop]
+        probe = watchdog.probe_of(loop)
+        assert probe is not None
         sample = _blocks.sample_thread(thread.ident, 0.0, watchdog._idle_at(probe))
         assert sample.cause == "idle", sample.stack[:3]
     finally:
