@@ -378,19 +378,33 @@ def test_runs_an_inner_session(pytester, inner_flag):
         result.assert_outcomes(failed=1)  # the inner session fails its own test
     else:
         result.assert_outcomes(passed=1)
+
+
+async def test_the_app_naps_after_the_inner_sessions():
+    import service
+
+    service.nap()
 '''
 
 
 def test_incidents_belong_to_the_session_where_they_happened(pytester: pytest.Pytester) -> None:
     """Rule E: an inner pytester session's incident does not fail the outer test."""
     pytester.makeini(INI)
-    pytester.makepyfile(test_outer=NESTED_TESTS)
+    pytester.makepyfile(
+        test_outer=NESTED_TESTS, service="import time\n\ndef nap():\n    time.sleep(0.3)\n"
+    )
     outcomes, out = _run(pytester, "--loopwatch")
-    outcomes = {k: v for k, v in outcomes.items() if k.startswith("test_runs")}
+    # (-rA also shows the inner sessions' own outcome lines, in the passed tests' output)
+    outcomes = {k: v for k, v in outcomes.items() if k.startswith(("test_runs", "test_the"))}
     assert outcomes == {
         "test_runs_an_inner_session[inner_flag0]": "PASSED",
         "test_runs_an_inner_session[inner_flag1]": "PASSED",
+        "test_the_app_naps_after_the_inner_sessions": "FAILED",
     }, out
+    # The inner sessions (one with --loopwatch) left the outer one's wrappers and its
+    # watchdog in place: the app's sleep is still caught, as a call and as a block.
+    after = _section(out, "test_the_app_naps_after_the_inner_sessions")
+    assert "blocking_call: time.sleep" in after and "blocked_loop" in after, after
 
 
 BLOCKBUSTER_CONFTEST = '''
