@@ -25,6 +25,7 @@ import contextlib
 import contextvars
 import gc
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -89,6 +90,26 @@ def _thread_cpu(thread_id: int) -> float | None:
         return None
 
 
+_LINUX = sys.platform.startswith("linux")
+
+
+def _run_queue_wait(native_id: int) -> float | None:
+    """Seconds a thread has spent runnable but waiting for a CPU (Linux), ``None`` elsewhere.
+
+    The second field of its ``schedstat``: on a loaded machine a loop thread that has work
+    to do can wait here for most of a block; that time is the machine's, not the code's.
+    Read unbuffered: one ``read`` system call, which also runs on the loop thread when a
+    block ends (a buffered read there is what blocking-call detectors flag).
+    """
+    if not native_id or not _LINUX:
+        return None
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat", "rb", buffering=0) as file:
+            return int(file.read(128).split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _waits_for_io(native_id: int) -> bool | None:
     """Whether a thread sleeps in epoll (Linux's wait channel), ``None`` where unknown.
 
@@ -133,14 +154,20 @@ class _Block:
     """What the watchdog learnt about one block while it went on."""
 
     __slots__ = (
-        "announced", "context", "cpu", "gcs", "labels", "last", "next_sample", "samples",
-        "seen_at", "since", "still_logged", "task",
+        "announced", "context", "cpu", "gcs", "labels", "last", "next_sample", "queued",
+        "samples", "seen_at", "since", "still_logged", "task",
     )
 
-    def __init__(self, since: float, threshold: float, thread_id: int) -> None:
+    def __init__(
+        self, since: float, threshold: float, thread_id: int, native_id: int = 0,
+        queued: float | None = None,
+    ) -> None:
         self.since = since  # when the loop became busy (stdlib) or the ping was sent (uvloop)
         self.seen_at = _monotonic()
         self.cpu = _thread_cpu(thread_id)  # the loop thread's CPU clock when first seen
+        # The loop thread's wait for a CPU until then, or until the first look at this busy
+        # period (``queued``): what it waits from there on is measured, never extrapolated.
+        self.queued = queued if queued is not None else _run_queue_wait(native_id)
         self.gcs = _gc_seconds[0]
         self.samples: list[_blocks.Sample] = []
         self.last: _blocks.Sample | None = None
@@ -202,6 +229,9 @@ class Watchdog:
         self._last: Probe | None = None  # the probe started last (a restart finds it here)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # id(probe) -> (busy since, its thread's wait for a CPU at the first look at that
+        # busy period); watchdog thread only.
+        self._queued: dict[int, tuple[float, float]] = {}
         metrics = monitor.metrics
         self.lag = metrics.child(metrics.event_loop_lag_seconds) if metrics is not None else None
 
@@ -284,16 +314,20 @@ class Watchdog:
                 block, probe.block = probe.block, None
             if block is not None and block.since != since:
                 block = None  # a record of another (earlier) busy period: stale
-            cpu = None
+            cpu = queued = None
             if block is not None and block.cpu is not None:
                 spent = time.thread_time() - block.cpu
                 watched = _monotonic() - block.seen_at
                 if watched > 0:
                     cpu = max(0.0, spent) / watched * duration  # CPU share, scaled to the block
+            if block is not None and block.queued is not None:
+                now_queued = _run_queue_wait(probe.native_id)
+                if now_queued is not None:
+                    queued = min(max(0.0, now_queued - block.queued), duration)
             gcs = _gc_seconds[0] - block.gcs if block is not None else None
             loop = probe.loop()
             if loop is not None:
-                self._finish(probe, block, loop, duration, cpu, gcs)
+                self._finish(probe, block, loop, duration, cpu, gcs, queued)
         except Exception as exc:
             _runtime.internal_error("watchdog", exc)
 
@@ -457,12 +491,17 @@ class Watchdog:
             since = probe.busy_since
         late = now - since + lead
         if late < threshold:
+            self._note_queued(probe, since)
             return min(threshold - late, _MAX_SLEEP)
         still = False
         with self._blocks:
             block = probe.block
             if block is None or block.since != since:
-                block = probe.block = _Block(since, threshold, probe.thread_id)
+                early = self._queued.pop(id(probe), None)
+                block = probe.block = _Block(
+                    since, threshold, probe.thread_id, probe.native_id,
+                    early[1] if early is not None and early[0] == since else None,
+                )
             still = self._poll(probe, block, late, threshold)
         if still:
             self._log_still_blocked(probe, block, late)
@@ -540,6 +579,18 @@ class Watchdog:
         code = probe.idle_code
         return None if code is None else (code.co_filename, code.co_name)
 
+    def _note_queued(self, probe: Probe, since: float) -> None:
+        """Read the loop thread's wait for a CPU at the first look at a busy period."""
+        known = self._queued.get(id(probe))
+        if known is not None and known[0] == since:
+            return
+        queued = _run_queue_wait(probe.native_id)
+        if queued is None:
+            return
+        if len(self._queued) >= 64:  # probes of loops gone: keep it small
+            self._queued.clear()
+        self._queued[id(probe)] = (since, queued)
+
     def _attribute(self, probe: Probe, block: _Block, sample: _blocks.Sample) -> None:
         loop = probe.loop()
         task = asyncio.current_task(loop) if loop is not None else None
@@ -572,9 +623,14 @@ class Watchdog:
 
     def _finish(
         self, probe: Probe, block: _Block | None, loop: Any, duration: float,
-        cpu: float | None, gcs: float | None,
+        cpu: float | None, gcs: float | None, queued: float | None = None,
     ) -> None:
-        """Report a block that ended (``block`` None: no sample saw it)."""
+        """Report a block that ended (``block`` None: no sample saw it).
+
+        ``cpu``: the loop thread's CPU time, scaled to the block; ``queued``: its wait for
+        a CPU measured within the block (Linux). Both show in the detail as shares of the
+        block (``loop_cpu``, ``loop_queued``).
+        """
         threshold = self.monitor.config.block_threshold
         samples = block.all_samples() if block is not None else []
         if duration < threshold and not any(s.cause != "idle" for s in samples):
@@ -595,6 +651,8 @@ class Watchdog:
             detail["stack"] = unread
         if cpu is not None and duration > 0:
             detail["loop_cpu"] = f"{min(cpu / duration, 1.0):.0%}"
+        if queued is not None and duration > 0:
+            detail["loop_queued"] = f"{min(queued / duration, 1.0):.0%}"
         if gcs:
             detail["gc_seconds"] = f"{gcs:.3f}"
         stack: list[Frame] = []

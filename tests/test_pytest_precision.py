@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -377,19 +378,33 @@ def test_runs_an_inner_session(pytester, inner_flag):
         result.assert_outcomes(failed=1)  # the inner session fails its own test
     else:
         result.assert_outcomes(passed=1)
+
+
+async def test_the_app_naps_after_the_inner_sessions():
+    import service
+
+    service.nap()
 '''
 
 
 def test_incidents_belong_to_the_session_where_they_happened(pytester: pytest.Pytester) -> None:
     """Rule E: an inner pytester session's incident does not fail the outer test."""
     pytester.makeini(INI)
-    pytester.makepyfile(test_outer=NESTED_TESTS)
+    pytester.makepyfile(
+        test_outer=NESTED_TESTS, service="import time\n\ndef nap():\n    time.sleep(0.3)\n"
+    )
     outcomes, out = _run(pytester, "--loopwatch")
-    outcomes = {k: v for k, v in outcomes.items() if k.startswith("test_runs")}
+    # (-rA also shows the inner sessions' own outcome lines, in the passed tests' output)
+    outcomes = {k: v for k, v in outcomes.items() if k.startswith(("test_runs", "test_the"))}
     assert outcomes == {
         "test_runs_an_inner_session[inner_flag0]": "PASSED",
         "test_runs_an_inner_session[inner_flag1]": "PASSED",
+        "test_the_app_naps_after_the_inner_sessions": "FAILED",
     }, out
+    # The inner sessions (one with --loopwatch) left the outer one's wrappers and its
+    # watchdog in place: the app's sleep is still caught, as a call and as a block.
+    after = _section(out, "test_the_app_naps_after_the_inner_sessions")
+    assert "blocking_call: time.sleep" in after and "blocked_loop" in after, after
 
 
 BLOCKBUSTER_CONFTEST = '''
@@ -493,3 +508,83 @@ def test_scope_classifies_by_module_name_not_location() -> None:
     assert scope.classify("/proj/pkg/fixtures/db.py", "pkg.fixtures.db") == SCAFFOLDING
     explicit = Scope(["pkg"], explicit=True, test_patterns=["test_*.py"], cwd="/proj")
     assert explicit.classify("/proj/app.py", "app") == LIBRARY  # only the named packages
+
+
+STARVED_SERVICE = '''
+import threading
+import time
+
+
+def handshake():
+    # 10 ms of the thread's own CPU (a TLS context loading its CA bundle, say).
+    start = time.thread_time()
+    while time.thread_time() - start < 0.01:
+        pass
+
+
+def wait_for_peer():
+    threading.Event().wait(0.4)  # sleeps in a call: a block of the code, whatever the load
+'''
+
+STARVED_TESTS = '''
+import os
+import subprocess
+import sys
+
+import pytest
+
+import service
+
+
+@pytest.fixture
+def crowded_cpu():
+    """This thread and a busy process share one CPU, this thread with the lowest priority."""
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen([
+        sys.executable, "-c",
+        f"import os; os.sched_setaffinity(0, {{{cpu}}}); print(flush=True)\\n"
+        "while True: pass",
+    ], stdout=subprocess.PIPE)
+    hog.stdout.readline()  # it runs on that CPU now
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # 0: this thread only (the loop's), not the watchdog
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)  # the thread stays SCHED_IDLE: on an idle CPU now
+        hog.kill()
+        hog.wait()
+
+
+async def test_short_work_on_a_crowded_cpu(crowded_cpu):
+    service.handshake()
+
+
+async def test_a_wait_in_the_app_on_a_crowded_cpu(crowded_cpu):
+    service.wait_for_peer()
+'''
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and hasattr(os, "SCHED_IDLE")),
+    reason="the kernel's run-queue clock and SCHED_IDLE are Linux's",
+)
+def test_a_block_the_machine_caused_fails_nothing(pytester: pytest.Pytester) -> None:
+    """A loop thread that waits for a CPU is blocked by the machine, not by the code.
+
+    The app's 10 ms of work takes many times the threshold when the loop thread has the
+    lowest priority on a busy CPU: it is excused (and listed). A wait in the app blocks
+    the loop with the thread asleep, not queued for a CPU: it still fails.
+    """
+    pytester.makeini(INI)
+    pytester.makepyfile(test_starved=STARVED_TESTS, service=STARVED_SERVICE)
+    outcomes, out = _run(pytester, "--loopwatch")
+    assert outcomes == {
+        "test_short_work_on_a_crowded_cpu": "PASSED",
+        "test_a_wait_in_the_app_on_a_crowded_cpu": "FAILED",
+    }, out
+    summary = out[out.index("= loopwatch ="):]
+    excused = summary[summary.index("test_short_work_on_a_crowded_cpu"):]
+    assert "blocked_loop at service.py" in excused and "waited for a CPU" in excused, summary
+    assert "in wait_for_peer" in _section(out, "test_a_wait_in_the_app_on_a_crowded_cpu")

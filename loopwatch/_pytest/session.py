@@ -362,19 +362,26 @@ class Session:
         return True
 
     def _starved(self, incident: Incident) -> bool:
-        """A CPU-caused block in which the loop's own CPU time stayed under the threshold.
+        """A block in which the loop thread's own time stayed under the threshold.
 
         On a loaded machine the loop thread waits for a core: the block is real, the work
-        in it is not long enough to be the code's doing.
+        in it is not long enough to be the code's doing. The thread's own time is the block
+        less its wait for a CPU (``loop_queued``, where the system tells it); for a block
+        of computing, it is also at most its CPU time (``loop_cpu``). A thread sleeping in
+        a call (``time.sleep``, a socket read, a lock) waits for no CPU: its block counts
+        whole.
         """
-        if incident.detail.get("cause") != "cpu" or incident.duration is None:
+        duration = incident.duration
+        if duration is None or incident.detail.get("cause") not in ("cpu", "blocking_call"):
             return False
-        share = incident.detail.get("loop_cpu", "").rstrip("%")
-        try:
-            cpu_seconds = float(share) / 100 * incident.duration
-        except ValueError:
-            return False
-        return cpu_seconds < self._settings.block_threshold
+        own = duration
+        queued = _share(incident.detail.get("loop_queued"))
+        if queued is not None:
+            own = duration * (1.0 - queued)
+        cpu = _share(incident.detail.get("loop_cpu"))
+        if incident.detail.get("cause") == "cpu" and cpu is not None:
+            own = min(own, duration * cpu)
+        return own < self._settings.block_threshold
 
     def _why_not(self, incident: Incident, allowed: frozenset[str]) -> str:
         if incident.kind not in self._settings.fail_on:
@@ -398,7 +405,8 @@ class Session:
                 return f"from {whose}{where}, not the code under test"
             if incident.kind == "blocked_loop" and self._starved(incident):
                 return (
-                    f"the loop thread ran {incident.detail.get('loop_cpu')} of the time: the "
+                    f"the loop thread ran {incident.detail.get('loop_cpu', '?')} of the time "
+                    f"and waited for a CPU {incident.detail.get('loop_queued', '?')}: the "
                     "machine, not the code, held it"
                 )
             return "the same event as an allowed incident at this line"
@@ -408,6 +416,14 @@ class Session:
 def _frame(frame: types.FrameType) -> Frame:
     code = frame.f_code
     return Frame(code.co_filename, frame.f_lineno or 0, code.co_name)
+
+
+def _share(text: str | None) -> float | None:
+    """``"42%"`` -> 0.42 (``None`` when absent or unreadable)."""
+    try:
+        return float((text or "").rstrip("%")) / 100
+    except ValueError:
+        return None
 
 
 def _site_key(incident: Incident) -> tuple[str, int] | None:
