@@ -116,9 +116,10 @@ class Probe:
         current = threading.current_thread()
         self.thread_id = get_ident()
         self.thread_name = current.name
+        # The kernel's id of the thread: where it sleeps tells an idle C loop, and how long
+        # it waited for a CPU tells a blocked loop held by the machine (Linux).
+        self.native_id = getattr(current, "native_id", None) or 0
         if self.c_loop:
-            # The kernel's id of the thread: where it sleeps tells an idle C loop (Linux).
-            self.native_id = getattr(current, "native_id", None) or 0
             # Every start goes through loopwatch's run_forever wrapper, so the frame that
             # runs the loop is the same at each start in this thread (a pong learns it again).
             self.idle_code = None
