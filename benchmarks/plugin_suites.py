@@ -82,13 +82,14 @@ SUITES = [
          "anyio[trio]", "pytest-timeout", "python-slugify", "typer", "sentry-sdk",
          "opentelemetry-instrumentation-fastapi", "pytest-xdist"),
         ("tests/test_tutorial", "-n", "0", "-p", "no:cacheprovider"),
+        env=(("PYTHONPATH", "./docs_src"),),  # as its scripts/test.sh runs them
     ),
     Suite(
         "uvicorn", "uvicorn==0.55.0",
-        ("-e", ".[standard]", "pytest", "pytest-mock", "pytest-xdist", "trustme",
-         "cryptography", "httpx2", "a2wsgi", "wsproto"),
-        # tests/benchmarks need pytest-codspeed's marker: not part of the functional suite.
-        ("tests", "-n", "0", "-p", "no:cacheprovider", "--ignore=tests/benchmarks"),
+        # Its dev group: tests/benchmarks run as plain tests with pytest-codspeed installed.
+        ("-e", ".[standard]", "pytest", "pytest-mock", "pytest-xdist[psutil]", "trustme",
+         "cryptography", "httpx2", "a2wsgi", "wsproto", "pytest-codspeed", "zttp"),
+        ("tests", "-n", "0", "-p", "no:cacheprovider"),
     ),
     Suite(
         "aiosqlite", "aiosqlite==0.22.1", ("-e", ".", "pytest"),
@@ -141,9 +142,26 @@ def prepare(suite: Suite, cache: Path) -> tuple[Path, Path]:
         env = {**os.environ, **dict(suite.env)}
         env.pop("PYTHONPATH", None)
         _run([str(python), "-m", "pip", "install", "-q", *suite.install], source, env)
-        _run([str(python), "-m", "pip", "install", "-q", "-e", str(REPO)], source, env)
         done.write_text("ok\n")
+    _use_this_checkout(python, source, suite)
     return source, python
+
+
+def _use_this_checkout(python: Path, source: Path, suite: Suite) -> None:
+    """Install loopwatch editable from the checkout this script is in, unless it already is.
+
+    Environments are cached and shared by checkouts of the repository: the one that runs
+    the suites must be the one measured.
+    """
+    env = {**os.environ, **dict(suite.env)}
+    env.pop("PYTHONPATH", None)
+    where = subprocess.run(
+        [str(python), "-c", "import loopwatch; print(loopwatch.__file__)"],
+        cwd=source, env=env, capture_output=True, text=True,
+    ).stdout.strip()
+    if where and Path(where).resolve().parent == REPO / "loopwatch":
+        return
+    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], source, env)
 
 
 def outcomes(junit: Path) -> dict[str, str]:
@@ -180,9 +198,13 @@ def run_once(
             cmd += ["-o", suite.loopwatch_line]
     else:
         cmd.append("--no-loopwatch")
-    env = {**os.environ, **dict(suite.env)}
+    env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env.pop("LOOPWATCH_DISABLE", None)
+    # Without bytecode files pytest rewrites every module again in each in-process pytester
+    # session (they restore sys.modules): pytest-asyncio's suite took 4x longer.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(suite.env)  # after: a suite may set its own PYTHONPATH
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
