@@ -100,13 +100,18 @@ def _record_safely():
 
 # loopwatch run installs when asyncio is first imported, and its threads start then.
 # regrtest snapshots the threads before a test file imports asyncio: a thread started by
-# that import would read as one the test left behind. Both runs import asyncio here, at
-# start, so the watched one is installed before regrtest looks, as a service is before
-# its framework runs.
-try:
-    import asyncio  # noqa: F401
-except Exception as exc:
-    sys.stderr.write("transparency probe: asyncio: %r\\n" % (exc,))
+# that import would read as one the test left behind. Both runs' regrtest workers import
+# asyncio here, at start, so the watched one is installed before regrtest looks, as a
+# service is before its framework runs. Only the workers (3.11+: test.libregrtest.worker;
+# 3.10: --worker-args): the Pythons the tests start themselves (hundreds, most of them
+# never importing asyncio) stay as they would be, and a full install in each would be most
+# of the watched run's extra time.
+_argv = getattr(sys, "orig_argv", sys.argv)
+if "test.libregrtest.worker" in _argv or "--worker-args" in _argv:
+    try:
+        import asyncio  # noqa: F401
+    except Exception as exc:
+        sys.stderr.write("transparency probe: asyncio: %r\\n" % (exc,))
 _record_safely()
 # Again at exit (a process that installed later is seen then).
 import atexit  # noqa: E402 - a builtin module, imported by the interpreter anyway
