@@ -147,15 +147,6 @@ class Probe:
             self.next_sample = now + watchdog.tick
             watchdog.observe_lag(busy)
 
-    def after_wait(self) -> None:
-        """The loop's wait returned: it is busy from now on."""
-        self.busy_since = _monotonic()
-        self.waiting = False
-        watchdog = self.watchdog
-        if watchdog.dozing:  # it sleeps until a loop gets going: this one does
-            watchdog.dozing = False
-            watchdog.wake()
-
     def _learn_idle(self) -> None:
         # Called by the C loop: the innermost Python frame is the one that runs the loop,
         # the frame a sample shows whenever no Python callback is running.
@@ -207,8 +198,8 @@ def _make_select(original: Callable[..., Any]) -> Callable[..., Any]:
         probe = _by_selector.get(id(self))
         if probe is None or probe.selector_ref() is not self:
             return original(self, timeout)
-        # Probe.before_wait and after_wait, inline: this runs at every iteration of every
-        # probed loop. Only a lag sample due or a block ending takes the call.
+        # The probe's wait bookkeeping, inline: this runs at every iteration of every probed
+        # loop. Only a lag sample due or a block ending takes a call (Probe.before_wait).
         now = _monotonic()
         probe.waiting = True
         if now >= probe.next_sample or now - probe.busy_since >= probe.watchdog.threshold:

@@ -60,7 +60,7 @@ _PONG_TAIL_CPU = 0.0002
 # iteration) is polled every _IDLE_POLL_STEPS[i][1] polls after _IDLE_POLL_STEPS[i][0]
 # seconds without activity, and at the normal rate again as soon as its thread spends CPU.
 # A stdlib loop waiting that long lets the thread sleep up to _DOZE: the loop's next
-# iteration wakes it (see Probe.after_wait), so no block is seen later for it.
+# iteration wakes it (see the select wrapper in _probe), so no block is seen later for it.
 _IDLE_POLL_STEPS = ((5.0, 4), (1.0, 2))
 _DOZE = 1.0
 # How long after the last loop start the thread keeps polling with no loop to watch.
@@ -222,8 +222,8 @@ class Watchdog:
         self._active: tuple[Probe, ...] = ()
         self._wake = _Wake()
         self._parked = False  # the thread may sleep until a loop starts (see probe())
-        # The thread may sleep until a stdlib loop leaves its wait (see Probe.after_wait);
-        # _dozable: every loop looked at allows that.
+        # The thread may sleep until a stdlib loop leaves its wait (the select wrapper in
+        # _probe wakes it); _dozable: every loop looked at allows that.
         self.dozing = False
         self._dozable = False
         self._last: Probe | None = None  # the probe started last (a restart finds it here)
