@@ -155,19 +155,21 @@ class _Block:
 
     __slots__ = (
         "announced", "context", "cpu", "gcs", "labels", "last", "next_sample", "queued",
-        "samples", "seen_at", "since", "still_logged", "task",
+        "queued_at", "samples", "seen_at", "since", "still_logged", "task",
     )
 
     def __init__(
         self, since: float, threshold: float, thread_id: int, native_id: int = 0,
-        queued: float | None = None,
+        queued: tuple[float, float] | None = None,
     ) -> None:
         self.since = since  # when the loop became busy (stdlib) or the ping was sent (uvloop)
         self.seen_at = _monotonic()
         self.cpu = _thread_cpu(thread_id)  # the loop thread's CPU clock when first seen
-        # The loop thread's wait for a CPU until then, or until the first look at this busy
-        # period (``queued``): what it waits from there on is measured, never extrapolated.
-        self.queued = queued if queued is not None else _run_queue_wait(native_id)
+        # The loop thread's wait for a CPU so far, and when it was read: now, or at the first
+        # look at this busy period (``queued``: that reading and its time). Its share from
+        # there to the block's end is what the block is said to have waited for a CPU.
+        self.queued_at = self.seen_at if queued is None else queued[1]
+        self.queued = _run_queue_wait(native_id) if queued is None else queued[0]
         self.gcs = _gc_seconds[0]
         self.samples: list[_blocks.Sample] = []
         self.last: _blocks.Sample | None = None
@@ -231,7 +233,7 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         # id(probe) -> (busy since, its thread's wait for a CPU at the first look at that
         # busy period); watchdog thread only.
-        self._queued: dict[int, tuple[float, float]] = {}
+        self._queued: dict[int, tuple[float, float, float]] = {}
         metrics = monitor.metrics
         self.lag = metrics.child(metrics.event_loop_lag_seconds) if metrics is not None else None
 
@@ -322,8 +324,13 @@ class Watchdog:
                     cpu = max(0.0, spent) / watched * duration  # CPU share, scaled to the block
             if block is not None and block.queued is not None:
                 now_queued = _run_queue_wait(probe.native_id)
-                if now_queued is not None:
-                    queued = min(max(0.0, now_queued - block.queued), duration)
+                watched = _monotonic() - block.queued_at
+                if now_queued is not None and watched > 0:
+                    # The share of the watched part of the block, applied to the whole: the
+                    # first look can come late (a crowded machine delays the watchdog too),
+                    # and the part before it would otherwise count as the code's own time.
+                    share = min(max(0.0, now_queued - block.queued) / watched, 1.0)
+                    queued = share * duration
             gcs = _gc_seconds[0] - block.gcs if block is not None else None
             loop = probe.loop()
             if loop is not None:
@@ -500,7 +507,7 @@ class Watchdog:
                 early = self._queued.pop(id(probe), None)
                 block = probe.block = _Block(
                     since, threshold, probe.thread_id, probe.native_id,
-                    early[1] if early is not None and early[0] == since else None,
+                    early[1:] if early is not None and early[0] == since else None,
                 )
             still = self._poll(probe, block, late, threshold)
         if still:
@@ -589,7 +596,7 @@ class Watchdog:
             return
         if len(self._queued) >= 64:  # probes of loops gone: keep it small
             self._queued.clear()
-        self._queued[id(probe)] = (since, queued)
+        self._queued[id(probe)] = (since, queued, _monotonic())
 
     def _attribute(self, probe: Probe, block: _Block, sample: _blocks.Sample) -> None:
         loop = probe.loop()
