@@ -8,9 +8,11 @@ Counted, not timed: hook calls, finalizers, wake-ups of the watchdog thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,15 +26,25 @@ async def noop() -> None:
     pass
 
 
-def test_once_hooks_run_once_per_loop_start_hooks_at_every_start(
-    registry: CollectorRegistry,
-) -> None:
-    loopwatch.install(registry=registry)
+@contextlib.contextmanager
+def recorded_starts() -> Iterator[tuple[list[Any], list[Any]]]:
+    """The loops a once-per-loop hook and an every-start hook see, while in the block."""
     once: list[Any] = []
     every: list[Any] = []
     remove_once = _runtime.on_loop_start(once.append, once=True)
     remove_every = _runtime.on_loop_start(every.append)
     try:
+        yield once, every
+    finally:
+        remove_once()
+        remove_every()
+
+
+def test_once_hooks_run_once_per_loop_start_hooks_at_every_start(
+    registry: CollectorRegistry,
+) -> None:
+    loopwatch.install(registry=registry)
+    with recorded_starts() as (once, every):
         asyncio.run(noop())
         assert len(every) == 3 and len(set(map(id, every))) == 1
         assert len(once) == 1 and once[0] is every[0]
@@ -48,9 +60,6 @@ def test_once_hooks_run_once_per_loop_start_hooks_at_every_start(
             loop.close()
         assert [x for x in once if x is loop] == [loop, loop]
         assert len([x for x in every if x is loop]) == 6
-    finally:
-        remove_once()
-        remove_every()
 
 
 def test_a_new_once_hook_sees_a_loop_already_started(registry: CollectorRegistry) -> None:
@@ -119,11 +128,7 @@ def test_the_watchdog_is_not_woken_per_start_while_it_polls(
 
 def test_no_hook_sees_the_loops_of_loopwatch_threads(registry: CollectorRegistry) -> None:
     loopwatch.install(registry=registry)
-    once: list[Any] = []
-    every: list[Any] = []
-    remove_once = _runtime.on_loop_start(once.append, once=True)
-    remove_every = _runtime.on_loop_start(every.append)
-    try:
+    with recorded_starts() as (once, every):
         def run_twice() -> None:
             asyncio.run(noop())
             asyncio.run(noop())
@@ -134,9 +139,6 @@ def test_no_hook_sees_the_loops_of_loopwatch_threads(registry: CollectorRegistry
         assert once == [] and every == []
         asyncio.run(noop())  # the same hooks, in a thread of the program's: seen
         assert len(once) == 1 and len(every) == 3
-    finally:
-        remove_once()
-        remove_every()
 
 
 def test_what_loops_leave_behind_stays_bounded(
