@@ -19,7 +19,6 @@ from ._logging import logger
 
 __all__ = [
     "active",
-    "has_loop_start_hooks",
     "internal_error",
     "loop_name",
     "loop_seen_hooks",
@@ -118,11 +117,6 @@ def on_loop_start(hook: Callable[[Any], None], *, once: bool = False) -> Callabl
             hooks.remove(hook)
 
     return remove
-
-
-def has_loop_start_hooks() -> bool:
-    """Whether any hook wants to know about loops starting (a fast test for the hot path)."""
-    return bool(loop_start_hooks or loop_seen_hooks)
 
 
 def run_loop_start_hooks(loop: Any) -> None:
