@@ -13,9 +13,7 @@ Keywords win over the environment; the environment wins over the defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
-import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -24,6 +22,7 @@ from typing import Any, Final, Literal, get_args
 from ._context import FRAMEWORKS
 from ._errors import ConfigError
 from ._logging import logger
+from ._pending_metrics import PrivateRegistry
 
 __all__ = [
     "OPTIONS",
@@ -124,6 +123,8 @@ def _addr(name: str, value: Any) -> str:
     text = value.strip() if isinstance(value, str) else None
     if text is not None and text.lower() == "localhost":
         return "localhost"
+    import ipaddress  # here: only a given address pays for it, not every start
+
     try:
         return str(ipaddress.ip_address(text or ""))
     except ValueError:
@@ -161,6 +162,8 @@ def _meter_provider(name: str, value: Any) -> Any:
 
 
 def _registry(name: str, value: Any) -> Any:
+    if isinstance(value, PrivateRegistry):
+        return value  # the pytest plugin's: a registry of its own, made if ever needed
     if value is not None and not (hasattr(value, "register") and hasattr(value, "collect")):
         raise ConfigError(f"{name}={value!r} is not a prometheus_client CollectorRegistry")
     return value
@@ -331,6 +334,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     found = []
     for variable in sorted(environ):
         if variable.startswith("LOOPWATCH_") and variable not in known:
+            import difflib  # here: only a misspelt variable pays for it
+
             close = difflib.get_close_matches(variable, list(_BY_VARIABLE), n=1, cutoff=0.6)
             found.append((variable, close[0] if close else None))
     return found

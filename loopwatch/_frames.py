@@ -11,7 +11,6 @@ import contextlib
 import os
 import site
 import sys
-import sysconfig
 import types
 from collections.abc import Callable
 from typing import NamedTuple
@@ -24,6 +23,7 @@ __all__ = [
     "is_library_path",
     "is_own_file",
     "is_user_file",
+    "library_prefixes",
     "stack_from_frame",
     "user_frame",
     "without_own_frames",
@@ -50,15 +50,16 @@ def _normalise(path: str) -> str:
 
 
 def _library_prefixes() -> tuple[str, ...]:
+    import sysconfig  # here: the first file judged pays for it, not every install
+
     paths: set[str] = set()
     # "scripts": the bin/Scripts directory of the environment, where pip writes the
     # console-script launchers (venv/bin/uvicorn, venv/bin/pytest). A launcher is the
     # outermost frame of every stack it starts, and is an installed package's code.
+    scheme = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts"):
-        try:
-            paths.add(sysconfig.get_paths()[key])
-        except KeyError:
-            continue
+        if key in scheme:
+            paths.add(scheme[key])
     for scheme_var in ("base_prefix", "exec_prefix", "base_exec_prefix"):
         prefix = getattr(sys, scheme_var, "")
         if prefix:
@@ -77,7 +78,16 @@ def _library_prefixes() -> tuple[str, ...]:
     return tuple(sorted(cleaned, key=len, reverse=True))
 
 
-_LIBRARY_PREFIXES = _library_prefixes()
+_prefixes: list[tuple[str, ...]] = []  # the library prefixes, found on first use
+
+
+def library_prefixes() -> tuple[str, ...]:
+    """Where the stdlib, installed packages and loopwatch live (found on the first call)."""
+    if not _prefixes:
+        _prefixes.append(_library_prefixes())
+    return _prefixes[0]
+
+
 _OWN_PREFIX = _normalise(_OWN_DIR) + os.sep
 _own_file_cache: dict[str, bool] = {}
 _MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
@@ -96,7 +106,7 @@ def is_user_file(filename: str) -> bool:
         result = filename.startswith("<ipython-input") or filename in ("<string>", "<stdin>")
     else:
         path = _normalise(filename)
-        result = not path.startswith(_LIBRARY_PREFIXES) and not any(m in path for m in _MARKERS)
+        result = not path.startswith(library_prefixes()) and not any(m in path for m in _MARKERS)
     if len(_user_file_cache) < 10_000:
         _user_file_cache[filename] = result
     return result
@@ -105,7 +115,7 @@ def is_user_file(filename: str) -> bool:
 def is_library_path(path: str) -> bool:
     """Whether an absolute, normalised ``path`` is the stdlib's, an installed package's or
     loopwatch's own: string checks only (no ``abspath``, no file system), for hot paths."""
-    return path.startswith(_LIBRARY_PREFIXES) or any(m in path for m in _MARKERS)
+    return path.startswith(library_prefixes()) or any(m in path for m in _MARKERS)
 
 
 def stack_from_frame(frame: types.FrameType | None, limit: int = 64) -> list[Frame]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import sys
 import threading
@@ -90,6 +89,8 @@ class JsonFormatter(logging.Formatter):
             payload["loopwatch"] = data
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
+        import json  # here: a process that logs no JSON line does not import it
+
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import sys
 import threading
 import time
@@ -36,13 +37,15 @@ from ._errors import ConfigError, LoopwatchError
 from ._frames import Frame
 from ._incidents import Incident, IncidentStore, hint_for
 from ._logging import LogSetup, LogSink, logger, set_trace_ids
+from ._patching import ImportHook
+from ._pending_metrics import PendingMetrics, PrivateRegistry
 from ._runtime import internal_error, loop_name
-from .metrics import Metrics, MetricsServer, NullMetrics, get_metrics, start_http_server
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from ._otel import OtelSink
+    from .metrics import Metrics, MetricsServer, NullMetrics
 
 __all__ = [
     "Monitor",
@@ -71,6 +74,8 @@ def current() -> Monitor | None:
 
 
 def _count_on_default_registry(component: str) -> None:
+    from .metrics import get_metrics
+
     get_metrics().count_internal_error(component)
 
 
@@ -84,7 +89,9 @@ class Monitor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.enabled = not config.disable
-        self.metrics: Metrics | NullMetrics | None = None
+        self.metrics: Metrics | NullMetrics | PendingMetrics | None = None
+        # Waits for prometheus_client while the metrics are pending (see _pending_metrics).
+        self._prometheus_hook: ImportHook | None = None
         self.store = IncidentStore()
         self._listeners: list[Callable[[Incident], None]] = []
         self._log_setup = LogSetup()
@@ -129,12 +136,14 @@ class Monitor:
         self.config = config
         if first or config.registry is not old.registry or config.label_cap != old.label_cap:
             try:
-                self.metrics = get_metrics(config.registry, label_cap=config.label_cap)
+                self.metrics = self._metrics_for(config, old)
             except LoopwatchError:
                 self.config = old
                 raise  # a clash with the user's own metric: a configuration error, said at once
             except Exception as exc:  # e.g. an unwritable PROMETHEUS_MULTIPROC_DIR
                 internal_error("metrics", exc)
+                from .metrics import NullMetrics
+
                 self.metrics = NullMetrics()
         metrics = self.metrics
         moved = metrics is not old_metrics
@@ -170,6 +179,83 @@ class Monitor:
                 self._undo["watchdog"] = _watchdog.install(self)
             else:
                 self._undo.pop("watchdog")()
+
+    def _metrics_for(self, config: Config, old: Config) -> Metrics | PendingMetrics:
+        """The metrics ``config`` asks for: pending ones while nothing can read them."""
+        registry = config.registry
+        pending = self.metrics
+        if (
+            isinstance(pending, PendingMetrics) and pending.target is None
+            and registry is old.registry
+        ):
+            pending.label_cap = config.label_cap  # still nothing built: the cap is all
+            return pending
+        if (
+            (registry is None or isinstance(registry, PrivateRegistry))
+            and config.metrics_port is None
+            and not config.otel
+            and "prometheus_client" not in sys.modules
+            # In multiprocess mode another process reads this one's files: write them now.
+            and not _multiprocess_dir()
+        ):
+            pending = PendingMetrics(config.label_cap)
+            pending.build = self._build_metrics
+            if self._prometheus_hook is None:
+                self._prometheus_hook = ImportHook("prometheus_client", self._prometheus_imported)
+                self._prometheus_hook.start()
+            return pending
+        from .metrics import get_metrics
+
+        return get_metrics(_resolve(registry), label_cap=config.label_cap)
+
+    def built_metrics(self) -> Metrics | NullMetrics | None:
+        """The monitor's prometheus_client metrics, built now if they were pending (for an
+        adapter that writes its own series); ``None`` before the monitor started."""
+        metrics = self.metrics
+        return self._build_metrics() if isinstance(metrics, PendingMetrics) else metrics
+
+    def _prometheus_imported(self, module: object) -> None:
+        # prometheus_client has just been imported: from now on a scrape can read the
+        # metrics, so build them. When loopwatch.metrics is what imported it, its last line
+        # does this (it is not whole yet).
+        try:
+            ours = sys.modules.get("loopwatch.metrics")
+            if ours is None or getattr(ours, "READY", False):
+                self._build_metrics()
+        except Exception as exc:
+            internal_error("metrics", exc)
+
+    def _build_metrics(self) -> Metrics | NullMetrics:
+        """Build the real metrics and hand the pending ones over (once). Never raises."""
+        from ._compat import prometheus as prom
+        from .metrics import Metrics, NullMetrics, get_metrics
+
+        with _lock:
+            pending = self.metrics
+            if not isinstance(pending, PendingMetrics):
+                return pending if isinstance(pending, Metrics | NullMetrics) else NullMetrics()
+            if pending.target is not None:
+                return pending.target  # type: ignore[no-any-return]
+            real: Metrics | NullMetrics
+            try:
+                real = get_metrics(_resolve(self.config.registry), label_cap=pending.label_cap)
+            except Exception as exc:  # a clash on the default registry, an unwritable dir
+                internal_error("metrics", exc)
+                real = NullMetrics()
+            try:
+                pending.hand_over(real, prom.add_counts)
+            except Exception as exc:
+                internal_error("metrics", exc)
+            self.metrics = real
+            _runtime.set_internal_error_sink(real.count_internal_error)
+            _watchdog.rebind(self)
+            self._stop_waiting()
+            return real
+
+    def _stop_waiting(self) -> None:
+        hook, self._prometheus_hook = self._prometheus_hook, None
+        if hook is not None:
+            hook.stop()
 
     def reconfigure(
         self,
@@ -211,8 +297,11 @@ class Monitor:
         if not first and (config.otel, config.meter_provider) == (
             old.otel, old.meter_provider
         ):
-            if self.otel is not None and isinstance(self.metrics, Metrics):
-                self.metrics.set_mirror(self.otel.mirror)  # the registry may have changed
+            if self.otel is not None:
+                from .metrics import Metrics
+
+                if isinstance(self.metrics, Metrics):
+                    self.metrics.set_mirror(self.otel.mirror)  # the registry may have changed
             return
         self._stop_otel()
         if not config.otel:
@@ -223,6 +312,8 @@ class Monitor:
             raise ConfigError(
                 "otel=True needs the OpenTelemetry API: pip install 'loopwatch[otel]'"
             ) from None
+        from .metrics import Metrics  # _otel imported prometheus_client: nothing pends now
+
         sink = _otel.OtelSink(lambda: self.metrics, config.meter_provider)
         sink.start()
         if isinstance(self.metrics, Metrics):
@@ -236,6 +327,8 @@ class Monitor:
             return
         set_trace_ids(None)
         sink.stop()
+        from .metrics import Metrics
+
         if isinstance(self.metrics, Metrics):
             self.metrics.set_mirror(None)
 
@@ -292,9 +385,11 @@ class Monitor:
         port, addr = self.config.metrics_port, self.config.metrics_addr
         if port is None:
             return
+        from .metrics import start_http_server
+
         try:
             self._server = start_http_server(
-                port, addr, self.config.registry, tasks=self.config.tasks_endpoint
+                port, addr, _resolve(self.config.registry), tasks=self.config.tasks_endpoint
             )
         except OSError as exc:
             # A port in use is the operator's to fix, not a fault of loopwatch: one line,
@@ -335,6 +430,7 @@ class Monitor:
             self._server = None
         self._log_setup.undo()
         self._stop_otel()
+        self._stop_waiting()
         _context.set_default_framework("none")
         _runtime.set_internal_error_sink(_count_on_default_registry)
 
@@ -531,6 +627,17 @@ class Monitor:
             self._log.flush()
         except Exception as exc:
             internal_error("logging", exc)
+
+
+def _multiprocess_dir() -> bool:
+    # The variables prometheus_client reads for its multiprocess mode.
+    names = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+    return any(os.environ.get(name) for name in names)
+
+
+def _resolve(registry: Any) -> Any:
+    """The registry an option names (a private one is made when first needed)."""
+    return registry.resolve() if isinstance(registry, PrivateRegistry) else registry
 
 
 def _host_for_url(addr: str) -> str:

@@ -42,6 +42,7 @@ from ._frames import Frame
 if TYPE_CHECKING:
     from ._context import Labels
     from ._incidents import Incident
+    from ._pending_metrics import PendingMetrics
     from .metrics import Metrics, NullMetrics
 
 __all__ = ["OtelSink", "instrument_name", "trace_ids"]
@@ -245,7 +246,7 @@ class OtelSink:
 
     def __init__(
         self,
-        metrics: Callable[[], Metrics | NullMetrics | None],
+        metrics: Callable[[], Metrics | NullMetrics | PendingMetrics | None],
         meter_provider: Any = None,
     ) -> None:
         self.metrics = metrics

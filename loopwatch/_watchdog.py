@@ -747,4 +747,6 @@ def rebind(monitor: Monitor) -> None:
     watchdog = _active
     if watchdog is not None and watchdog.monitor is monitor:
         metrics = monitor.metrics
-        watchdog.lag = metrics.event_loop_lag_seconds if metrics is not None else None
+        watchdog.lag = (
+            metrics.child(metrics.event_loop_lag_seconds) if metrics is not None else None
+        )

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from . import _pending_metrics as _pending
+from . import _runtime
 from ._compat import prometheus as prom
 from ._errors import LoopwatchError
 
@@ -66,12 +68,8 @@ METRIC_NAMES = (
 
 # Handler values that are always allowed: they are bounded by construction.
 _RESERVED_HANDLERS = frozenset({"__none__", "__unmatched__", "__other__"})
-_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Waits for a pool thread: a free thread answers in well under a millisecond; 0.1 is the
-# default block threshold, so "waits past the threshold" is one bucket away in a query.
-_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LAG_BUCKETS, _STALL_BUCKETS = _pending.LAG_BUCKETS, _pending.STALL_BUCKETS
+_DURATION_BUCKETS, _WAIT_BUCKETS = _pending.DURATION_BUCKETS, _pending.WAIT_BUCKETS
 
 Metric = Counter | Gauge | Histogram
 
@@ -317,34 +315,12 @@ class Metrics:
 
     def record(self, incident: Incident) -> None:
         """Count one occurrence of ``incident`` in the metrics of its kind."""
-        framework, handler = incident.framework, incident.handler
-        kind = incident.kind
-        if kind in ("reentry", "cross_thread_run"):
-            self.child(
-                self.reentry_total, api=incident.api, action=incident.action,
-                framework=framework, handler=handler,
-            ).inc()
-            if incident.duration is not None:
-                self.child(
-                    self.reentry_stall_seconds, api=incident.api, framework=framework,
-                    handler=handler,
-                ).observe(incident.duration)
-        elif kind == "blocked_loop":
-            self.child(self.event_loop_blocks_total, framework=framework, handler=handler).inc()
-            self.child(
-                self.event_loop_blocked_seconds_total, framework=framework, handler=handler
-            ).inc(incident.duration or 0.0)
-        elif kind == "unretrieved_exception":
-            self.child(
-                self.task_exceptions_unretrieved_total, framework=framework, handler=handler,
-                exception=incident.detail.get("exception", "unknown"),
-            ).inc()
-        elif kind == "never_awaited":
-            self.child(
-                self.coroutines_never_awaited_total, framework=framework, handler=handler
-            ).inc()
-        elif kind == "stuck_handler":
-            self.child(self.stuck_handlers_total, framework=framework, handler=handler).inc()
+        for attribute, labels, amount in _pending.incident_samples(incident):
+            child = self.child(getattr(self, attribute), **labels)
+            if attribute in _pending.HISTOGRAMS:
+                child.observe(amount)
+            else:
+                child.inc(amount)
 
     def set_in_flight(self, counts: dict[tuple[str, str], int]) -> None:
         """Set ``loopwatch_handlers_in_flight`` to ``counts`` by (framework, handler); the
@@ -421,7 +397,7 @@ class Metrics:
         """
         self._before_collect.set(name, refresh)
 
-    def move_refreshes(self, to: Metrics | NullMetrics) -> None:
+    def move_refreshes(self, to: Metrics | NullMetrics | _pending.PendingMetrics) -> None:
         """Hand every refresh of :meth:`before_collect` to ``to`` (a registry change)."""
         for name, refresh in self._before_collect.take():
             to.before_collect(name, refresh)
@@ -548,7 +524,7 @@ class NullMetrics:
     def before_collect(self, name: str, refresh: Callable[[], None] | None) -> None:
         """Refresh nothing."""
 
-    def move_refreshes(self, to: Metrics | NullMetrics) -> None:
+    def move_refreshes(self, to: Metrics | NullMetrics | _pending.PendingMetrics) -> None:
         """Nothing to hand over."""
 
     def set_in_flight(self, counts: dict[tuple[str, str], int]) -> None:
@@ -572,3 +548,20 @@ def get_metrics(
         elif label_cap is not None:
             metrics.label_cap = label_cap
         return metrics
+
+
+def _hand_over_pending() -> None:
+    # A monitor installed before prometheus_client was imported counts into pending metrics;
+    # when this module is what imports prometheus_client, the hand-over waits for its end.
+    monitor = _runtime.active()
+    pending = getattr(monitor, "metrics", None)
+    if isinstance(pending, _pending.PendingMetrics) and pending.target is None:
+        try:
+            if pending.build is not None:
+                pending.build()
+        except Exception as exc:
+            _runtime.internal_error("metrics", exc)
+
+
+READY = True  # this module is whole (the pending metrics' hand-over checks it)
+_hand_over_pending()

@@ -82,6 +82,12 @@ def metrics() -> str:
         _HEADER + "# Metrics reference\n",
         "Every metric loopwatch defines, as a fresh registry receives them. Counters are "
         "exposed with their `_total` suffix, histograms with `_bucket`, `_sum` and `_count`.\n",
+        "They go to prometheus_client's default registry unless `install(registry=...)` names "
+        "another. A process that never imports prometheus_client does not pay for it: "
+        "loopwatch counts on its own until the program (or an adapter, or `metrics_port`) "
+        "imports it, then builds these metrics and adds everything counted so far, so the "
+        "first scrape sees the whole process. With `PROMETHEUS_MULTIPROC_DIR` set they are "
+        "built at install, since another process reads their files.\n",
         "| name | type | labels | help |",
         "|---|---|---|---|",
     ]

@@ -250,14 +250,20 @@ def metric_attributes() -> set[str]:
 
 
 def incident_metrics() -> set[str]:
-    """The metrics counted from incidents: those ``Metrics.record`` writes."""
-    record = next(n for n in _metrics_class().body if isinstance(n, ast.FunctionDef)
-                  and n.name == "record")
+    """The metrics counted from incidents: those ``incident_samples`` names (what
+    ``Metrics.record`` and the pending metrics both write)."""
+    tree = ast.parse((PACKAGE / "_pending_metrics.py").read_text(encoding="utf-8"))
+    samples = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+                   and n.name == "incident_samples")
     return {
-        node.attr for node in ast.walk(record)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
+        node.value for node in ast.walk(samples)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
     } & metric_attributes()
+
+
+# The sink: the metrics, and the pending metrics that stand for them until
+# prometheus_client is imported.
+SINK = {"loopwatch.metrics", "loopwatch._pending_metrics"}
 
 
 def metric_users() -> dict[str, set[str]]:
@@ -265,7 +271,7 @@ def metric_users() -> dict[str, set[str]]:
     metrics = metric_attributes()
     users: dict[str, set[str]] = {}
     for name, path in modules().items():
-        if name == "loopwatch.metrics":
+        if name in SINK:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in metrics:

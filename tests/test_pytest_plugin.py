@@ -691,3 +691,35 @@ def test_project_examples_under_the_plugin(
     assert f"examples/starlette_app.py:{line} in render_report" in report, report
     slow = _failure_section(out, r"test_slow\[fastapi\]")
     assert "blocking_call: time.sleep at " in slow and "fastapi handler: GET /slow" in slow, slow
+
+
+def test_the_plugin_builds_no_metrics_and_leaves_the_default_registry_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    # The plugin's install counts into metrics of its own: nothing is imported for them
+    # until the suite imports prometheus_client, and even then nothing of loopwatch's lands
+    # on the registry the suite's own metrics tests read.
+    pytester.makeini(_ini("strict", enable_in_ini=False))
+    pytester.makepyfile(
+        test_one="""
+        import asyncio
+        import sys
+        import app
+
+        def test_a_nothing_imported():
+            assert "prometheus_client" not in sys.modules
+
+        def test_b_default_registry_clean():
+            async def main():
+                app.nap()
+            from prometheus_client import REGISTRY, generate_latest
+            asyncio.run(main())
+            assert b"loopwatch_" not in generate_latest(REGISTRY)
+        """,
+        app=NAP_APP,
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--loopwatch")
+    result.assert_outcomes(passed=1, failed=1)  # the nap still fails its test
+    out = result.stdout.str()
+    assert "test_b_default_registry_clean" in out and "blocking_call: time.sleep" in out
+    assert "AssertionError" not in out

@@ -15,7 +15,8 @@ except ImportError:  # pragma: no cover - a prometheus-client without it
     _MutexValue = None  # type: ignore[assignment,misc]
 
 __all__ = [
-    "bucket_bounds", "exposed_name", "fast_observe", "label_names", "label_values", "registered",
+    "add_counts", "bucket_bounds", "exposed_name", "fast_observe", "label_names",
+    "label_values", "registered",
 ]
 
 
@@ -97,3 +98,29 @@ def fast_observe(child: Any) -> Callable[[float], None]:
     return fast
 
 
+
+
+def add_counts(child: Any, values: list[float]) -> None:
+    """Add bucket counts to a histogram child: ``values`` is ``[count per bucket (the last
+    for +Inf)..., sum]`` over the child's own buckets (pending metrics handed over).
+
+    On the child's bucket and sum values (``_buckets``, ``_sum``), so the counts land
+    whole; a child without them (a null metric) gets one observation per count, at the
+    bucket's bound (the sum then is approximate).
+    """
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if (
+        type(buckets) is list and len(buckets) == len(values) - 1 and total is not None
+        and hasattr(total, "inc") and all(hasattr(bucket, "inc") for bucket in buckets)
+    ):
+        for bucket, count in zip(buckets, values, strict=False):
+            if count:
+                bucket.inc(count)
+        total.inc(values[-1])
+        return
+    finite = [bound for bound in bucket_bounds(child) if bound != float("inf")] or [0.0]
+    for index, count in enumerate(values[:-1]):
+        at = finite[min(index, len(finite) - 1)]
+        for _ in range(int(count)):
+            child.observe(at)

@@ -30,7 +30,7 @@ import loopwatch
 from .. import _frames, _monitor
 from .._frames import Frame
 from .._incidents import Incident
-from ..testing import fresh_registry
+from .._pending_metrics import PrivateRegistry
 from . import active_configs, blocking_calls, pending_tasks, render
 from .options import PENDING_TASK, Settings, allowed_kinds
 from .scope import CODE, SCAFFOLDING, Scope, project_packages
@@ -109,6 +109,9 @@ class Session:
         if self._disabled:
             return
         if self._settings.blocking:
+            # Found now, not in the first wrapped call: finding them reads the file system,
+            # which a detector beside ours (blockbuster) would reject inside a loop.
+            _frames.library_prefixes()
             self._undo_blocking = blocking_calls.install(
                 self._on_blocking_call, self._settings.blocking, self._judge
             )
@@ -139,7 +142,7 @@ class Session:
         """
         current = _monitor.current()
         if current is None:
-            monitor = loopwatch.install(registry=fresh_registry(), **self._install)
+            monitor = loopwatch.install(**{**self._install, "registry": PrivateRegistry()})
             if not monitor.enabled:  # LOOPWATCH_DISABLE: stay out of the way
                 self._disabled = True
                 return

@@ -91,7 +91,7 @@ class Instrumentation:
         self._monitor = _monitor.acquire(**options)
         if self._monitor is None:  # LOOPWATCH_DISABLE: stay out of the way entirely
             return
-        self._metrics = self._monitor.metrics
+        self._metrics = self._monitor.built_metrics()
         if self._registry is not None:
             try:
                 self._metrics = get_metrics(self._registry)
