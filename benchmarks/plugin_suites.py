@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -222,6 +223,9 @@ def main() -> int:
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("-k", dest="keyword", help="pytest -k for every suite run")
     parser.add_argument("--path", help="run only this path of the suite (e.g. tests/test_x.py)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="time N alternating bare/watched pairs (outcomes come from the "
+                             "first); the ratio is the median of the pairs' ratios")
     ns = parser.parse_args()
     chosen = [s for s in SUITES if not ns.suite or s.name in ns.suite]
     out = ns.cache / "reports"
@@ -250,19 +254,27 @@ def main() -> int:
         bare, t_bare, tail_bare = run_once(suite, source, python, False, extra, out)
         watched, t_watched, tail_watched = run_once(suite, source, python, True, extra, out)
         print(f"  bare:    {tail_bare}\n  watched: {tail_watched}", flush=True)
+        pairs = [(t_bare, t_watched)]
+        for _ in range(ns.repeat - 1):
+            pairs.append((run_once(suite, source, python, False, extra, out)[1],
+                          run_once(suite, source, python, True, extra, out)[1]))
         bad = ("failed", "error")
         extra_failures = sorted(
             k for k, v in watched.items() if v in bad and bare.get(k) not in bad
         )
         fixed = sorted(k for k, v in bare.items() if v in bad and watched.get(k) not in bad)
         bare_failed = sum(v in bad for v in bare.values())
-        ratio = t_watched / t_bare if t_bare else float("nan")
+        ratios = sorted(w / b if b else float("nan") for b, w in pairs)
+        ratio = statistics.median(ratios)
+        t_bare = statistics.median(b for b, _ in pairs)
+        t_watched = statistics.median(w for _, w in pairs)
+        spread = f", {len(pairs)} pairs {ratios[0]:.2f}-{ratios[-1]:.2f}" if len(pairs) > 1 else ""
         start = len(rows)
         rows.append(
             f"{suite.name:18} tests {len(bare):5}  failed bare {bare_failed:3}  "
             f"extra failures {len(extra_failures):3}  wall {t_bare:6.1f}s -> {t_watched:6.1f}s "
-            f"({ratio:.2f}x)" + (f"  config: {suite.loopwatch_line}" if suite.loopwatch_line
-                                 else "")
+            f"({ratio:.2f}x{spread})" + (f"  config: {suite.loopwatch_line}"
+                                         if suite.loopwatch_line else "")
         )
         for key in extra_failures:
             rows.append(f"    extra: {key} ({watched[key]})")

@@ -509,6 +509,8 @@ class _Checker:
                 if not _inflight:  # else one began between the look and now
                     self._lock.acquire()  # until a handler begins (or stop)
                 FAST.asleep[0] = False
+                if self._stopping:
+                    break  # the wake-up was stop's: waiting a period would hold up its join
             # Nothing that began meanwhile is older than a period sooner: a stream of
             # short requests wakes this thread once per period, not once per request.
             self._lock.acquire(timeout=self.period())

@@ -247,6 +247,26 @@ def test_stuck_after_zero_turns_it_off(registry: CollectorRegistry) -> None:
     assert sample(registry, "loopwatch_handlers_in_flight", "none", "job:off") == 0
 
 
+def test_uninstall_ends_the_handler_thread_without_waiting_out_its_period(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread sleeps until a handler begins; stop's wake-up must end it then and there,
+    # not after one more period (uninstall joins it: every pytest session, every
+    # capture_incidents block and notebook unload waited that period).
+    from loopwatch import _handlers
+
+    monkeypatch.setattr(_handlers, "_MAX_PERIOD", 0.05)
+    loopwatch.install(registry=registry, stuck_after=600)
+    thread = next(t for t in threading.enumerate() if t.name == _handlers.THREAD_NAME)
+    wait_for(lambda: _handlers.FAST.asleep[0])  # idle: waiting for a handler to begin
+    time.sleep(0.3)  # past the install's own wake-up and the short period it starts
+    wait_for(lambda: _handlers.FAST.asleep[0])
+    # Any period from now on would be a long one.
+    monkeypatch.setattr(_handlers, "_MAX_PERIOD", 60.0)
+    loopwatch.uninstall()  # joins for at most 2 s
+    assert not thread.is_alive()
+
+
 def test_stuck_after_option_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loopwatch.install(registry=CollectorRegistry()).config.stuck_after == 10.0
     loopwatch.uninstall()
