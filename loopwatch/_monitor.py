@@ -92,6 +92,7 @@ class Monitor:
         self.metrics: Metrics | NullMetrics | PendingMetrics | None = None
         # Waits for prometheus_client while the metrics are pending (see _pending_metrics).
         self._prometheus_hook: ImportHook | None = None
+        self._build_lock = threading.RLock()  # re-entered when loopwatch.metrics is imported
         self.store = IncidentStore()
         self._listeners: list[Callable[[Incident], None]] = []
         self._log_setup = LogSetup()
@@ -230,7 +231,9 @@ class Monitor:
         from ._compat import prometheus as prom
         from .metrics import Metrics, NullMetrics, get_metrics
 
-        with _lock:
+        # Its own lock, not the install lock: this runs inside the import of
+        # prometheus_client, whose import lock a thread holding the install lock may wait for.
+        with self._build_lock:
             pending = self.metrics
             if not isinstance(pending, PendingMetrics):
                 return pending if isinstance(pending, Metrics | NullMetrics) else NullMetrics()
