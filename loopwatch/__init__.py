@@ -9,10 +9,11 @@ you import them.
 PYTEST_DONT_REWRITE: ``loopwatch run`` imports the package before pytest starts, and the
 package ships a pytest plugin; pytest must not warn that it cannot rewrite it.
 
-Importing the package costs next to nothing: the monitor, the metrics (and
-prometheus-client) and the rest are imported when one of their names is first used, so a
-process that only imports loopwatch, or one ``loopwatch run`` starts that never uses
-asyncio, does not pay for them.
+Importing the package costs next to nothing: the monitor, the metrics and the rest are
+imported when one of their names is first used, so a process that only imports loopwatch,
+or one ``loopwatch run`` starts that never uses asyncio, does not pay for them. Even
+installed, loopwatch imports prometheus-client only once the program (or an adapter, or
+``metrics_port``) does: until then it counts on its own, and hands every count over then.
 """
 
 from __future__ import annotations

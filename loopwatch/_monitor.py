@@ -227,7 +227,9 @@ class Monitor:
             internal_error("metrics", exc)
 
     def _build_metrics(self) -> Metrics | NullMetrics:
-        """Build the real metrics and hand the pending ones over (once). Never raises."""
+        """Build the real metrics and hand the pending ones over (once). A failure to build
+        them is counted and gives null metrics; only a broken prometheus_client install (no
+        ``loopwatch.metrics`` import) raises."""
         from ._compat import prometheus as prom
         from .metrics import Metrics, NullMetrics, get_metrics
 
