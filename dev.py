@@ -49,6 +49,7 @@ CORE_TESTS = (
     "tests/test_reliability_core.py",
     "tests/test_reenter.py",
     "tests/test_subinterpreters.py",
+    "tests/test_import_cost.py",
 )
 # The loop-health monitor reads task internals that differ by version: its tests too,
 # minus the real-server ones (those need the framework extras).

@@ -18,6 +18,7 @@ import loopwatch
 from loopwatch import cli
 
 PY = sys.executable
+pytestmark = pytest.mark.core  # the import hook and the hand-over: every Python
 
 
 def imported(code: str, env: dict[str, str] | None = None) -> set[str]:
