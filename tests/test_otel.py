@@ -462,6 +462,23 @@ def test_metrics_reach_the_meter_provider(
     ) == 1
 
 
+def test_lag_still_reaches_the_meter_provider_after_a_registry_change(
+    reader: tuple[InMemoryMetricReader, MeterProvider], registry: CollectorRegistry
+) -> None:
+    metric_reader, provider = reader
+    loopwatch.install(otel=True, meter_provider=provider, block_threshold=0.05)
+    loopwatch.install(registry=registry)  # the lag histogram moves to this registry
+
+    async def main() -> None:
+        time.sleep(0.2)  # a blocked loop: one lag sample at least
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert registry.get_sample_value("loopwatch_event_loop_lag_seconds_count")
+    (lag,) = metric_points(metric_reader)["loopwatch.event_loop_lag"]
+    assert lag.count >= 1
+
+
 def test_handler_durations_reach_the_meter_provider(
     reader: tuple[InMemoryMetricReader, MeterProvider], registry: CollectorRegistry
 ) -> None:
