@@ -264,7 +264,9 @@ class KernelHarness:
                     quiet_after if on_quiet is not None else None,
                 )
             except _Quiet:
-                if on_quiet is not None:
+                # Not once the cell's error is in: the cell is ending, and a SIGINT that lands
+                # while the kernel sends its reply is caught there and the reply lost.
+                if on_quiet is not None and cell.error is None:
                     on_quiet()
                 continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:

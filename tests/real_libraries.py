@@ -429,7 +429,11 @@ def _usable(kernel: KernelHarness) -> str:
             "print('sleeping', flush=True)\ntime.sleep(30)",
             timeout=25, on_stdout=stop, on_quiet=stop_again, quiet_after=5.0,
         )
-        if cell.error is None or cell.error.ename != "KeyboardInterrupt":
+        # A second press that lands while IPython is still showing the first one's traceback
+        # ends the cell with "KeyboardInterrupt" on stderr and no error message (IPython's
+        # showtraceback catches it): the cell was interrupted all the same.
+        stopped = cell.error is not None and cell.error.ename == "KeyboardInterrupt"
+        if not stopped and not (cell.error is None and "KeyboardInterrupt" in cell.stderr):
             return f"interrupt: {_describe(cell, '')}"
         step = "cell after the interrupt"
         cell = kernel.execute("print(await asyncio.sleep(0, 'alive'))", timeout=20)
