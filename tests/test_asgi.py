@@ -840,3 +840,38 @@ def test_an_instrumented_app_mounted_in_an_instrumented_app(registry: CollectorR
     assert run(go()) == {"framework": "fastapi", "handler": "GET /sub/things/{tid}"}
     assert handler_values(registry) == {"GET /sub/things/{tid}"}
     assert duration_count(registry, "fastapi", "GET /sub/things/{tid}") == 1
+
+
+def test_a_block_in_a_middleware_before_routing_is_counted_as_unmatched(
+    registry: CollectorRegistry,
+) -> None:
+    """What the docs' label table says: work before the router has matched carries
+    ``__unmatched__``; the request's own duration, observed at its end, carries the route."""
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def slow_auth(request: Any, call_next: Any) -> Any:
+        time.sleep(0.3)  # a blocking check ahead of the router
+        return await call_next(request)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    loopwatch.install(registry=registry, block_threshold=0.1)
+    instrument_fastapi(app, registry=registry, handler_metrics=True, metrics_path=None)
+
+    async def go() -> int:
+        async with in_process(app) as client:
+            return (await client.get("/items/7")).status_code
+
+    assert run(go()) == 200
+    blocks = registry.get_sample_value(
+        "loopwatch_event_loop_blocks_total", {"framework": "fastapi", "handler": "__unmatched__"}
+    )
+    assert blocks == 1
+    duration = registry.get_sample_value(
+        "loopwatch_handler_duration_seconds_count",
+        {"framework": "fastapi", "handler": "GET /items/{item_id}", "outcome": "ok"},
+    )
+    assert duration == 1
