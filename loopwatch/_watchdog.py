@@ -21,6 +21,7 @@ default labels.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import gc
@@ -73,13 +74,33 @@ get_ident = threading.get_ident
 # -- garbage-collection time ---------------------------------------------------------------
 
 _gc_seconds = [0.0, 0.0]  # [cumulative seconds in collections, start of the current one]
+# Collections of a millisecond or more as (start, end) on the monotonic clock, newest last.
+# A block's collection time is summed from here over the whole block: the watchdog's first
+# look comes a threshold after the block began (later still while a collection holds the
+# GIL), and the collections that ended before it count too.
+_GC_LONG = 0.001
+_gc_long: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
 
 
 def _on_gc(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_seconds[1] = _perf()
     else:
-        _gc_seconds[0] += _perf() - _gc_seconds[1]
+        took = _perf() - _gc_seconds[1]
+        _gc_seconds[0] += took
+        if took >= _GC_LONG:
+            end = _monotonic()
+            _gc_long.append((end - took, end))
+
+
+def _gc_during(start: float, end: float) -> float:
+    """Seconds of the long collections (see ``_gc_long``) that fell between start and end."""
+    total = 0.0
+    for began, ended in reversed(tuple(_gc_long)):
+        if ended <= start:
+            break
+        total += max(0.0, min(ended, end) - max(began, start))
+    return total
 
 
 def _thread_cpu(thread_id: int) -> float | None:
@@ -331,7 +352,11 @@ class Watchdog:
                     # and the part before it would otherwise count as the code's own time.
                     share = min(max(0.0, now_queued - block.queued) / watched, 1.0)
                     queued = share * duration
-            gcs = _gc_seconds[0] - block.gcs if block is not None else None
+            # Every collection since the first look, and the long ones of the whole block.
+            ended = _monotonic()
+            gcs = _gc_during(ended - duration, ended)
+            if block is not None:
+                gcs = max(gcs, _gc_seconds[0] - block.gcs)
             loop = probe.loop()
             if loop is not None:
                 self._finish(probe, block, loop, duration, cpu, gcs, queued)

@@ -502,6 +502,34 @@ def test_garbage_collection_on_the_loop(
     assert float(incident.detail["gc_seconds"]) >= 0.25
 
 
+def test_collections_before_the_first_look_count_toward_the_cause(
+    registry: CollectorRegistry,
+) -> None:
+    # A collection of a big heap is C code holding the GIL: the watchdog cannot look during
+    # it, so its first look at this block comes after the collection has ended. (stdlib
+    # loop only: uvloop's block is timed from the ping, which cannot go out during it.)
+    heap = [[] for _ in range(3_000_000)]
+    started = time.perf_counter()
+    gc.collect()
+    collection = time.perf_counter() - started
+    loopwatch.install(registry=registry, block_threshold=0.1)
+
+    async def main() -> None:
+        await asyncio.sleep(0.05)
+        gc.collect()  # the larger part of the block
+        spin(collection / 2)
+        await settle()
+
+    try:
+        with capture_incidents() as seen:
+            run_on(asyncio.new_event_loop, main())
+    finally:
+        del heap
+    (incident,) = blocked(seen)
+    assert incident.detail["cause"] == "gc", (collection, incident.detail)
+    assert float(incident.detail["gc_seconds"]) >= collection * 0.6
+
+
 @pytest.mark.parametrize("installed", ["before", "while running"])
 def test_idle_loop_samples_as_idle(
     loop_factory: LoopFactory, registry: CollectorRegistry, installed: str
