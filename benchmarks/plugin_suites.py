@@ -187,9 +187,12 @@ def outcomes(junit: Path) -> dict[str, str]:
 
 
 def run_once(
-    suite: Suite, source: Path, python: Path, watched: bool, extra: list[str], out: Path
+    suite: Suite, source: Path, python: Path, watched: bool, extra: list[str], out: Path,
+    pair: int = 1,
 ) -> tuple[dict[str, str], float, str]:
-    junit = out / f"{suite.name}-{'watched' if watched else 'bare'}.xml"
+    # Each pair's reports are kept (the first pair's without a number).
+    name = f"{suite.name}-{'watched' if watched else 'bare'}" + (f"-{pair}" if pair > 1 else "")
+    junit = out / f"{name}.xml"
     junit.unlink(missing_ok=True)
     cmd = [str(python), "-m", "pytest", *suite.args, *extra, "-q", f"--junitxml={junit}",
            "-o", "junit_logging=no", "-o", "junit_family=xunit1"]
@@ -209,7 +212,7 @@ def run_once(
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=source, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    log = out / f"{suite.name}-{'watched' if watched else 'bare'}.log"
+    log = out / f"{name}.log"
     log.write_text(proc.stdout + proc.stderr)
     tail = (proc.stdout.strip().splitlines() or [""])[-1]
     return outcomes(junit), elapsed, tail
@@ -224,8 +227,9 @@ def main() -> int:
     parser.add_argument("-k", dest="keyword", help="pytest -k for every suite run")
     parser.add_argument("--path", help="run only this path of the suite (e.g. tests/test_x.py)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="time N alternating bare/watched pairs (outcomes come from the "
-                             "first); the ratio is the median of the pairs' ratios")
+                        help="run N alternating bare/watched pairs: an extra failure of any pair "
+                             "is listed with how many pairs had it; the ratio is the median "
+                             "of the pairs' ratios")
     ns = parser.parse_args()
     chosen = [s for s in SUITES if not ns.suite or s.name in ns.suite]
     out = ns.cache / "reports"
@@ -255,13 +259,22 @@ def main() -> int:
         watched, t_watched, tail_watched = run_once(suite, source, python, True, extra, out)
         print(f"  bare:    {tail_bare}\n  watched: {tail_watched}", flush=True)
         pairs = [(t_bare, t_watched)]
-        for _ in range(ns.repeat - 1):
-            pairs.append((run_once(suite, source, python, False, extra, out)[1],
-                          run_once(suite, source, python, True, extra, out)[1]))
+        outcomes_of = [(bare, watched)]
+        for pair in range(2, ns.repeat + 1):
+            more_bare, more_t_bare, _ = run_once(suite, source, python, False, extra, out, pair)
+            more_watched, more_t_watched, _ = run_once(
+                suite, source, python, True, extra, out, pair
+            )
+            pairs.append((more_t_bare, more_t_watched))
+            outcomes_of.append((more_bare, more_watched))
         bad = ("failed", "error")
-        extra_failures = sorted(
-            k for k, v in watched.items() if v in bad and bare.get(k) not in bad
-        )
+        # An extra failure of any pair counts, with how many pairs had it.
+        seen: dict[str, int] = {}
+        for pair_bare, pair_watched in outcomes_of:
+            for k, v in pair_watched.items():
+                if v in bad and pair_bare.get(k) not in bad:
+                    seen[k] = seen.get(k, 0) + 1
+        extra_failures = sorted(seen)
         fixed = sorted(k for k, v in bare.items() if v in bad and watched.get(k) not in bad)
         bare_failed = sum(v in bad for v in bare.values())
         ratios = sorted(w / b if b else float("nan") for b, w in pairs)
@@ -277,7 +290,8 @@ def main() -> int:
                                          if suite.loopwatch_line else "")
         )
         for key in extra_failures:
-            rows.append(f"    extra: {key} ({watched[key]})")
+            where = f" in {seen[key]} of {len(pairs)} pairs" if len(pairs) > 1 else ""
+            rows.append(f"    extra: {key} ({watched.get(key, 'passed in the first')}{where})")
         for key in fixed:
             rows.append(f"    failed bare only: {key}")
         if len(watched) != len(bare):
