@@ -8,7 +8,9 @@ websocket route, the routes inside mounts and included routers, every ``frontend
 one path no route serves. The label loopwatch records is compared with a template this
 script computes on its own, without loopwatch's resolver: it walks the app's route tree in
 order, as Starlette's router would, and joins the ``path_format`` of the first route that
-takes the request to the mount and include prefixes above it.
+takes the request to the mount and include prefixes above it. A middleware just ahead of
+each app's router also reads the label before routing (what a block in an authentication
+check gets), compared with the same template (front-ends aside: they are routed last).
 
     python benchmarks/label_check.py                 # the installed FastAPI's sdist
     python benchmarks/label_check.py --sdist PATH    # an sdist already on disk
@@ -36,14 +38,16 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import fastapi
 import starlette
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Host, Match, Mount, WebSocketRoute
 
+from loopwatch._context import current_labels
 from loopwatch.adapters import fastapi as lw_fastapi
 from loopwatch.adapters import starlette as lw_starlette
 
@@ -130,15 +134,20 @@ def frontends(node: Any, prefix: str = "") -> Iterator[str]:
             yield from frontends(included, prefix + context.prefix)
 
 
-def expected(node: Any, target: Target, path: str, prefix: str = "") -> str:
-    """The template the first route that takes ``path`` has: Starlette's routing order."""
+def expected(
+    node: Any, target: Target, path: str, prefix: str = "", front_ends: bool = True
+) -> str:
+    """The template the first route that takes ``path`` has: Starlette's routing order.
+
+    Without ``front_ends``, FastAPI's ``frontend()`` builds are left out: what loopwatch
+    labels a request with before its router ran (a middleware answered first)."""
     scope = {"type": target.kind, "path": path, "root_path": "", "method": target.method,
              "headers": [(b"host", target.host.encode())]}
     partial: str | None = None
     for route in routes_of(node):
         if isinstance(route, Host):
             if route.matches(scope)[0] is Match.FULL:
-                return expected(route.app, target, path, prefix)
+                return expected(route.app, target, path, prefix, front_ends)
             continue
         if isinstance(route, Mount):
             found = route.path_regex.match(path)
@@ -147,7 +156,8 @@ def expected(node: Any, target: Target, path: str, prefix: str = "") -> str:
             mount = route.path_format[: -len("/{path}")]
             if not getattr(route, "routes", None):
                 return f"{method_of(target)} {prefix}{mount}/{{path}}"
-            return expected(route, target, "/" + found.group("path"), prefix + mount)
+            return expected(route, target, "/" + found.group("path"), prefix + mount,
+                            front_ends)
         regex = getattr(route, "path_regex", None)
         if regex is None or not regex.match(path):
             continue
@@ -163,6 +173,8 @@ def expected(node: Any, target: Target, path: str, prefix: str = "") -> str:
         return label
     if partial is not None:
         return partial
+    if not front_ends:
+        return UNMATCHED
     for front in sorted(frontends(node), key=len, reverse=True):  # the most specific
         if front == "/" or path == front or path.startswith(front + "/"):
             tail = "" if front == "/" else front
@@ -237,9 +249,26 @@ class Report:
     requests: int = 0
     exact: int = 0
     unrouted: int = 0  # answered by a middleware before any routing
+    ahead: int = 0  # labels read by a middleware just ahead of the router
+    ahead_exact: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     misses: list[str] = field(default_factory=list)
     failed_imports: list[str] = field(default_factory=list)
+
+
+class Ahead:
+    """The innermost middleware, just ahead of the router: the label loopwatch gives work
+    there (a block in an authentication check), before any route is known."""
+
+    seen: ClassVar[list[str]] = []
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            Ahead.seen.append(current_labels().handler)
+        await self.app(scope, receive, send)
 
 
 def instrument(name: str, app: Any, report: Report) -> CollectorRegistry | None:
@@ -250,6 +279,7 @@ def instrument(name: str, app: Any, report: Report) -> CollectorRegistry | None:
     except RuntimeError as exc:  # a sub-app another app has already served
         report.failed_imports.append(f"{name}: not instrumented: {exc}")
         return None
+    app.user_middleware.append(Middleware(Ahead))
     return registry
 
 
@@ -259,8 +289,9 @@ async def drive(name: str, app: Any, registry: CollectorRegistry, report: Report
     report.routes += len({(t.kind, t.path, t.host) for t in planned}) - 1
     for target in planned:
         before = counts(registry)
+        Ahead.seen = []
         status, routed = await send_one(app, target)
-        want = expected(app, target, target.path) if routed else UNMATCHED
+        want = expected(app, target, target.path, front_ends=routed)
         grown = counts(registry) - before
         got = next(iter(grown)) if len(grown) == 1 else f"<{len(grown)} labels: {dict(grown)}>"
         report.requests += 1
@@ -271,6 +302,16 @@ async def drive(name: str, app: Any, registry: CollectorRegistry, report: Report
         else:
             report.misses.append(f"{name}: {method_of(target)} {target.path} "
                                  f"(host {target.host}): got {got!r}, want {want!r}")
+        if Ahead.seen:  # no other middleware answered first
+            report.ahead += 1
+            want_ahead = expected(app, target, target.path, front_ends=False)
+            if Ahead.seen[0] == want_ahead:
+                report.ahead_exact += 1
+            else:
+                report.misses.append(
+                    f"{name}: {method_of(target)} {target.path} (host {target.host}), ahead "
+                    f"of the router: got {Ahead.seen[0]!r}, want {want_ahead!r}"
+                )
 
 
 def apps_in(module: Any) -> list[Any]:
@@ -356,6 +397,8 @@ def main() -> int:
     print(f"{report.modules} modules, {report.imported} imported, {report.apps} apps, "
           f"{report.routes} routes, {report.requests} requests: {report.exact} exact labels "
           f"({share:.2f} %); {report.unrouted} answered by a middleware before routing")
+    print(f"ahead of the router (a middleware reading the labels before routing): "
+          f"{report.ahead_exact} of {report.ahead} exact")
     print("statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items())))
     for miss in report.misses:
         print("MISS " + miss)

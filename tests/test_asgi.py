@@ -842,11 +842,11 @@ def test_an_instrumented_app_mounted_in_an_instrumented_app(registry: CollectorR
     assert duration_count(registry, "fastapi", "GET /sub/things/{tid}") == 1
 
 
-def test_a_block_in_a_middleware_before_routing_is_counted_as_unmatched(
+def test_a_block_in_a_middleware_ahead_of_the_router_is_counted_under_the_route(
     registry: CollectorRegistry,
 ) -> None:
-    """What the docs' label table says: work before the router has matched carries
-    ``__unmatched__``; the request's own duration, observed at its end, carries the route."""
+    """A blocking authentication check ahead of the router: the block carries the route
+    the request asked for, as its duration does; a 404's block stays ``__unmatched__``."""
     app = FastAPI()
 
     @app.middleware("http")
@@ -861,17 +861,50 @@ def test_a_block_in_a_middleware_before_routing_is_counted_as_unmatched(
     loopwatch.install(registry=registry, block_threshold=0.1)
     instrument_fastapi(app, registry=registry, handler_metrics=True, metrics_path=None)
 
-    async def go() -> int:
+    async def go() -> list[int]:
         async with in_process(app) as client:
-            return (await client.get("/items/7")).status_code
+            return [(await client.get(path)).status_code for path in ("/items/7", "/nowhere")]
 
-    assert run(go()) == 200
-    blocks = registry.get_sample_value(
-        "loopwatch_event_loop_blocks_total", {"framework": "fastapi", "handler": "__unmatched__"}
-    )
-    assert blocks == 1
-    duration = registry.get_sample_value(
-        "loopwatch_handler_duration_seconds_count",
-        {"framework": "fastapi", "handler": "GET /items/{item_id}", "outcome": "ok"},
-    )
-    assert duration == 1
+    assert run(go()) == [200, 404]
+    for handler in ("GET /items/{item_id}", "__unmatched__"):
+        blocks = registry.get_sample_value(
+            "loopwatch_event_loop_blocks_total", {"framework": "fastapi", "handler": handler}
+        )
+        assert blocks == 1, handler
+        duration = registry.get_sample_value(
+            "loopwatch_handler_duration_seconds_count",
+            {"framework": "fastapi", "handler": handler, "outcome": "ok"},
+        )
+        assert duration == 1, handler
+
+
+def test_a_middleware_that_answers_first_counts_the_route_asked_for(
+    registry: CollectorRegistry,
+) -> None:
+    """A 401 from a middleware never reaches the router: its duration is counted under the
+    route the request asked for, not with the 404s."""
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def auth(request: Any, call_next: Any) -> Any:
+        if request.headers.get("authorization") != "Bearer ok":
+            return PlainTextResponse("no", status_code=401)
+        return await call_next(request)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    instrument_fastapi(app, registry=registry, handler_metrics=True, metrics_path=None)
+
+    async def go() -> list[int]:
+        async with in_process(app) as client:
+            return [
+                (await client.get("/items/1")).status_code,
+                (await client.get("/items/2", headers={"authorization": "Bearer ok"})).status_code,
+                (await client.get("/nowhere")).status_code,
+            ]
+
+    assert run(go()) == [401, 200, 401]
+    assert duration_count(registry, "fastapi", "GET /items/{item_id}") == 2
+    assert duration_count(registry, "fastapi", "__unmatched__") == 1

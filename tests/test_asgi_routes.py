@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -184,6 +184,27 @@ def mount_of_routes(tmp: Path) -> tuple[Any, list[Probe]]:
         Probe("/sub/things/zq1", "GET /sub/things/{tid}"),
         Probe("/sub/ws/zqroom", "WEBSOCKET /sub/ws/{room}", kind="websocket", status=101),
         Probe("/sub/zq-nothing", UNMATCHED, status=404, echoes=False),
+    ]
+
+
+@case
+def routing_order(tmp: Path) -> tuple[Any, list[Probe]]:
+    """The first route that matches wins; a mount that matches ends routing there (its 404
+    shadows a later route); a method no route allows is the 405 of the first route."""
+    app = starlette_app(
+        Route("/o/{x}", echo, methods=["POST"]),
+        Mount("/o/m", routes=[Route("/in", echo)]),
+        Route("/o/m/shadowed", echo),
+        Route("/o/{x}", echo, methods=["GET"]),
+        Route("/o/{x}/{y}", echo),
+    )
+    return app, [
+        Probe("/o/zq1", "GET /o/{x}"),  # the second route of that path: its method
+        Probe("/o/zq1", "POST /o/{x}", method="POST"),
+        Probe("/o/zq1", "PUT /o/{x}", method="PUT", status=405, echoes=False),
+        Probe("/o/m/in", "GET /o/m/in"),
+        Probe("/o/m/shadowed", UNMATCHED, status=404, echoes=False),
+        Probe("/o/zq1/zq2", "GET /o/{x}/{y}"),
     ]
 
 
@@ -573,3 +594,46 @@ def test_routes_added_after_the_first_request_are_found(registry: CollectorRegis
         return [first, second, third]
 
     assert asyncio.run(go()) == ["GET /a/{x}", "GET /late/{x}/r/{y}", "GET /inc/l/{z}"]
+
+
+class LabelsAhead:
+    """A middleware between loopwatch's and the router: reads the labels before routing,
+    as a block in an authentication middleware would."""
+
+    seen: ClassVar[list[str]] = []
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            LabelsAhead.seen.append(handler())
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_work_ahead_of_the_router_gets_the_routes_template(
+    name: str, registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """Labels read in a middleware ahead of the router name the route the router then
+    picks: the same template the endpoint sees (``__unmatched__`` where routing finds none,
+    or a 405's method and route)."""
+    app, probes = CASES[name](tmp_path)
+    instrument(app, registry)
+    app.user_middleware.append(Middleware(LabelsAhead))  # innermost: just ahead of routing
+    LabelsAhead.seen = []
+
+    async def go() -> None:
+        for probe in probes:
+            await call(
+                app, probe.path, method=probe.method, kind=probe.kind, host=probe.host,
+                root_path=probe.root_path, headers=HTML,
+            )
+
+    asyncio.run(go())
+    # FastAPI's front-ends are routed last, by rules of their own that loopwatch does not
+    # replay: ahead of routing, a request a front-end serves is not matched yet.
+    frontend = name in ("frontends", "frontend_behind_a_mount")
+    assert LabelsAhead.seen == [
+        UNMATCHED if frontend and not probe.echoes else probe.label for probe in probes
+    ]

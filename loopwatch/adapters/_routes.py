@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .asgi import LoopwatchMiddleware
 
 try:
-    from starlette.routing import Host, Mount, compile_path
+    from starlette.routing import Host, Mount, WebSocketRoute, compile_path
 except ImportError:  # a bare ASGI app: no Starlette routes can appear in the scope
 
     class Mount:  # type: ignore[no-redef]
@@ -27,6 +27,9 @@ except ImportError:  # a bare ASGI app: no Starlette routes can appear in the sc
 
     class Host:  # type: ignore[no-redef]
         """Stands in for Starlette's Host when Starlette is not installed."""
+
+    class WebSocketRoute:  # type: ignore[no-redef]
+        """Stands in for Starlette's WebSocketRoute when Starlette is not installed."""
 
     compile_path = None  # type: ignore[assignment]
 
@@ -124,7 +127,11 @@ class _Resolver:
             ):
                 return route, prefix
         if endpoint is None:
-            return None, prefix
+            if "router" in scope:
+                return None, prefix  # routed, and nothing matched
+            # Not routed yet (a middleware ahead of the router is running, or answered
+            # first): the route the router will pick, from the route tree.
+            return self._tree(scope).route_ahead(scope), prefix
         return self._tree(scope).leaf_for(endpoint, scope, prefix), prefix
 
     def _frontend(self, path: str) -> _Frontend:
@@ -227,7 +234,7 @@ class _Placement:
     not done routing, or nothing below matched: no template of its own).
     """
 
-    __slots__ = ("container", "depth", "obj", "prefix", "regex", "template")
+    __slots__ = ("children", "container", "depth", "obj", "prefix", "regex", "template")
 
     def __init__(
         self, obj: object, template: str, prefix: _Prefix, container: bool, depth: int
@@ -238,6 +245,7 @@ class _Placement:
         self.container = container
         self.depth = depth
         self.regex = None if container else getattr(obj, "path_regex", None)
+        self.children: list[_Placement] = []  # below a mount or host, in routing order
 
     def label_template(self) -> str | None:
         return None if self.container else self.template
@@ -266,8 +274,10 @@ class _Tree:
                           list[_Placement]] = ({}, {}, [])
         version = _starlette.routes_version(self._router)
         routes = getattr(self._router, "routes", None) or []
-        self._walk(list(routes), self._prefix(""), 0)
+        top: list[_Placement] = []
+        self._walk(list(routes), self._prefix(""), 0, top)
         self._by_obj, self._by_endpoint, self._mounts = self._next
+        self._top = top
         self._version = version
 
     def _prefix(self, template: str) -> _Prefix:
@@ -276,14 +286,18 @@ class _Tree:
             found = self._prefixes[template] = _Prefix(template)
         return found
 
-    def _walk(self, routes: list[Any], prefix: _Prefix, depth: int) -> None:
+    def _walk(
+        self, routes: list[Any], prefix: _Prefix, depth: int, level: list[_Placement]
+    ) -> None:
+        """Place ``routes`` under ``prefix``; ``level`` gets them in routing order."""
         if depth > _MAX_DEPTH:
             return
         for route in routes:
             included = _starlette.included_routes(route)
             if included is not None:
-                # A FastAPI included router: its routes carry the include prefixes.
-                self._walk(included, prefix, depth + 1)
+                # A FastAPI included router: its routes carry the include prefixes, and
+                # are tried where the router was included.
+                self._walk(included, prefix, depth + 1, level)
                 continue
             if isinstance(route, Mount):
                 path = route.path_format
@@ -294,7 +308,7 @@ class _Tree:
                 )
                 self._add(placement, route.app)
                 self._next[2].append(placement)
-                self._walk(children, inner, depth + 1)
+                self._walk(children, inner, depth + 1, placement.children)
             elif isinstance(route, Host):
                 # The host is not part of the template: requests to any host share it.
                 children = _starlette.mount_children(route)
@@ -302,12 +316,14 @@ class _Tree:
                     route, prefix.template + _MOUNT_TAIL, prefix, bool(children), depth
                 )
                 self._add(placement, route.app)
-                self._walk(children, prefix, depth + 1)
+                self._walk(children, prefix, depth + 1, placement.children)
             else:
                 template = getattr(route, "path_format", None)
-                if isinstance(template, str) and template.startswith("/"):
-                    placement = _Placement(route, prefix.template + template, prefix, False, depth)
-                    self._add(placement, getattr(route, "endpoint", None))
+                if not (isinstance(template, str) and template.startswith("/")):
+                    continue
+                placement = _Placement(route, prefix.template + template, prefix, False, depth)
+                self._add(placement, getattr(route, "endpoint", None))
+            level.append(placement)
 
     def _add(self, placement: _Placement, endpoint: object) -> None:
         by_obj, by_endpoint, _ = self._next
@@ -360,6 +376,24 @@ class _Tree:
                 return placement
         return candidates[0]
 
+    def route_ahead(self, scope: Scope) -> _Placement | None:
+        """The route the router will pick for ``scope``, which it has not routed yet.
+
+        Only for a request whose labels are read before its router ran (a block in a
+        middleware ahead of it, or a middleware that answered first): the routes' own
+        patterns and methods are tried in the router's order, as the router tries them. A
+        mount that matches and holds no matching route is where routing ends (its
+        placement labels nothing); a method the route does not allow is taken only when
+        no other route takes it (the router's 405).
+        """
+        if _starlette.routes_version(self._router) != self._version:
+            self._build()
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        return _first_match(self._top, scope, path, 0)
+
     def prefix_template(self, prefix: str) -> str | None:
         """The template of a concrete mount prefix (``/orgs/acme`` → ``/orgs/{org}``)."""
         if not prefix:
@@ -380,3 +414,47 @@ class _Tree:
                 best = placement
         return best
 
+
+
+def _first_match(
+    level: list[_Placement], scope: Scope, path: str, depth: int
+) -> _Placement | None:
+    """The placement of ``level`` (and below) that routing ``path`` picks, if any."""
+    if depth > _MAX_DEPTH:
+        return None
+    websocket = scope.get("type") == "websocket"
+    method = scope.get("method")
+    partial: _Placement | None = None
+    for placement in level:
+        obj: Any = placement.obj
+        if isinstance(obj, Mount):
+            found = obj.path_regex.match(path)
+            if found is None:
+                continue
+            if not placement.children:
+                return placement  # a mounted app: its own template
+            rest = "/" + found.group("path")
+            return _first_match(placement.children, scope, rest, depth + 1) or placement
+        if isinstance(obj, Host):
+            if obj.host_regex.match(_host(scope)) is None:
+                continue
+            return _first_match(placement.children, scope, path, depth + 1) or placement
+        regex = placement.regex
+        if regex is None or regex.match(path) is None:
+            continue
+        if isinstance(obj, WebSocketRoute) != websocket:
+            continue
+        methods = getattr(obj, "methods", None)
+        if not websocket and methods and method not in methods:
+            if partial is None:
+                partial = placement
+            continue
+        return placement
+    return partial
+
+
+def _host(scope: Scope) -> str:
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            return str(value.decode("latin-1").split(":")[0])
+    return ""

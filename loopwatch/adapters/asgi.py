@@ -9,7 +9,8 @@ resolution reads what the router left in the scope (the endpoint of the deepest 
 Starlette's ``scope["route"]``, FastAPI's effective route of an included router or its
 ``frontend()``, the mount path in ``root_path``), finds the route by identity in a tree of
 the app's routes built once, and caches per route object, so its cost does not grow with
-the number of routes.
+the number of routes. Labels read before the router ran (a middleware ahead of it blocks,
+or answers first) name the route the router would pick, tried in the tree.
 
 Handler values: ``GET /items/{item_id}`` (mount and include prefixes as templates, the
 server's ``root_path`` not), ``WEBSOCKET /ws/{room}``, ``GET /static/{path}`` for a mounted
