@@ -112,6 +112,53 @@ def test_a_request_waiting_on_an_event_is_one_stuck_incident_with_its_chain(
     assert sample(registry, "loopwatch_stuck_handlers_total", "fastapi", handler) == 1
 
 
+@pytest.mark.parametrize("loop", LOOP_KINDS)
+def test_a_request_stuck_in_a_middleware_ahead_of_the_router_carries_its_route(
+    loop: str, registry: CollectorRegistry
+) -> None:
+    """A rate limiter that never lets the request through: the request never reached the
+    router, and its stuck report and in-flight gauge still name the route it asked for."""
+    gate = Gate()
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def rate_limit(request: Any, call_next: Any) -> Any:
+        if request.url.path.startswith("/orders/"):
+            never = asyncio.Event()
+            gate.loop, gate.event = asyncio.get_running_loop(), never
+            gate.started.set()
+            await wait_for_pool(never)
+        return await call_next(request)
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: int) -> dict[str, int]:
+        return {"order": order_id}
+
+    instrument(app, registry=registry, stuck_after=STUCK_AFTER)
+    handler = "GET /orders/{order_id}"
+    statuses: list[int] = []
+    with serve_uvicorn(app, loop) as base:
+
+        def call() -> None:
+            with httpx.Client(base_url=base, timeout=30) as client:
+                statuses.append(client.get("/orders/7").status_code)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert gate.started.wait(5)
+        try:
+            wait_for(lambda: stuck_incidents(), timeout=5)
+            (incident,) = stuck_incidents()
+            assert (incident.framework, incident.handler) == ("fastapi", handler)
+            assert incident.site is not None and incident.site.function == "wait_for_pool"
+            assert sample(registry, "loopwatch_handlers_in_flight", "fastapi", handler) == 1
+            assert sample(registry, "loopwatch_stuck_handlers_total", "fastapi", handler) == 1
+        finally:
+            gate.release()
+            caller.join(10)
+    assert statuses == [200]
+
+
 def check_stuck_request(registry: CollectorRegistry, gate: Gate, handler: str) -> None:
     began = time.monotonic()
     wait_for(lambda: stuck_incidents(), timeout=5)
