@@ -12,7 +12,6 @@ Keywords win over the environment; the environment wins over the defaults.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 import os
@@ -172,17 +171,33 @@ def _registry(name: str, value: Any) -> Any:
 # -- the table -----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
 class Option:
     """One option: its keyword, its variable, what it takes and what it does."""
 
-    name: str
-    variable: str | None  # None: a keyword only (an object cannot come from the environment)
-    type: str
-    default: Any
-    accepted: str
-    doc: str
-    parse: Callable[[str, Any], Any]
+    # Plain classes here, not dataclasses: every install imports this module, and making a
+    # dataclass costs about a millisecond each.
+    __slots__ = ("accepted", "default", "doc", "name", "parse", "type", "variable")
+
+    def __init__(
+        self,
+        name: str,
+        variable: str | None,  # None: a keyword only (an object cannot come from the environment)
+        type: str,  # the column's name in the reference
+        default: Any,
+        accepted: str,
+        doc: str,
+        parse: Callable[[str, Any], Any],
+    ) -> None:
+        self.name = name
+        self.variable = variable
+        self.type = type
+        self.default = default
+        self.accepted = accepted
+        self.doc = doc
+        self.parse = parse
+
+    def __repr__(self) -> str:
+        return f"Option({self.name!r}, {self.variable!r}, default={self.default!r})"
 
 
 _TABLE = (
@@ -260,31 +275,70 @@ def option_rows() -> list[dict[str, str]]:
 _DEFAULTS = {option.name: option.default for option in _TABLE}
 
 
-@dataclasses.dataclass(frozen=True)
 class Config:
-    """The effective configuration of an installed monitor (defaults from :data:`OPTIONS`)."""
+    """The effective configuration of an installed monitor (defaults from :data:`OPTIONS`).
 
-    on_reentry: str = _DEFAULTS["on_reentry"]
-    block_threshold: float = _DEFAULTS["block_threshold"]
-    log_format: str = _DEFAULTS["log_format"]
-    metrics_port: int | None = _DEFAULTS["metrics_port"]
-    metrics_addr: str = _DEFAULTS["metrics_addr"]
-    disable: bool = _DEFAULTS["disable"]
-    offload_timeout: float = _DEFAULTS["offload_timeout"]
-    label_cap: int = _DEFAULTS["label_cap"]
-    default_framework: str = _DEFAULTS["default_framework"]
-    watchdog: bool = _DEFAULTS["watchdog"]
-    lag_tick: float = _DEFAULTS["lag_tick"]
-    stuck_after: float = _DEFAULTS["stuck_after"]
-    tasks_endpoint: bool = _DEFAULTS["tasks_endpoint"]
-    otel: bool = _DEFAULTS["otel"]
-    registry: Any = _DEFAULTS["registry"]  # a CollectorRegistry; None means the default one
-    meter_provider: Any = _DEFAULTS["meter_provider"]  # None means OTel's global provider
+    Read-only: :meth:`replace` makes a changed copy. Equal when every option is.
+    """
+
+    __slots__ = (
+        "block_threshold", "default_framework", "disable", "label_cap", "lag_tick",
+        "log_format", "meter_provider", "metrics_addr", "metrics_port", "offload_timeout",
+        "on_reentry", "otel", "registry", "stuck_after", "tasks_endpoint", "watchdog",
+    )
+
+    on_reentry: str
+    block_threshold: float
+    log_format: str
+    metrics_port: int | None
+    metrics_addr: str
+    disable: bool
+    offload_timeout: float
+    label_cap: int
+    default_framework: str
+    watchdog: bool
+    lag_tick: float
+    stuck_after: float
+    tasks_endpoint: bool
+    otel: bool
+    registry: Any  # a CollectorRegistry; None means the default one
+    meter_provider: Any  # None means OTel's global provider
+
+    def __init__(self, **values: Any) -> None:
+        unknown = values.keys() - _DEFAULTS.keys()
+        if unknown:
+            raise TypeError(f"Config() got unknown option(s): {', '.join(sorted(unknown))}")
+        for name, default in _DEFAULTS.items():
+            object.__setattr__(self, name, values.get(name, default))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Config is read-only (use replace()): cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Config is read-only: cannot delete {name!r}")
+
+    def _values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _DEFAULTS}
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` (option names as keywords; values already parsed)."""
+        return Config(**{**self._values(), **changes})
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Config:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values().values()))
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values().items()) + ")"
 
     def public_dict(self) -> dict[str, Any]:
         """The options as plain values (objects by type only), for ``doctor`` and logs."""
         # Shallow: a deep copy of the registry or the meter provider would copy their locks.
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = self._values()
         out["registry"] = "default" if self.registry is None else type(self.registry).__name__
         out["meter_provider"] = (
             "global" if self.meter_provider is None else type(self.meter_provider).__name__
@@ -325,7 +379,7 @@ def load_config(
             values[option.name] = option.parse(option.name, given[option.name])
         elif base is None and option.variable is not None and option.variable in env:
             values[option.name] = option.parse(option.variable, env[option.variable])
-    return dataclasses.replace(base if base is not None else Config(), **values)
+    return (base if base is not None else Config()).replace(**values)
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

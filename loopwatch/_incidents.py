@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 from typing import Any, Literal, get_args
 
@@ -144,13 +143,21 @@ def reentry_hint(
     return f"{api}() {where} and {error}. Fix: {fix}."
 
 
-@dataclasses.dataclass(frozen=True)
 class Incident:
     """One hazard loopwatch saw, with where it happened and what it did about it.
 
     ``count``, ``first_seen`` and ``last_seen`` aggregate the repeats of one fingerprint
-    (kind, api, site). ``stack`` holds code locations only, never variable values.
+    (kind, api, site). ``stack`` holds code locations only, never variable values. A
+    read-only record: equal when every field is.
     """
+
+    # Written out rather than a dataclass: every install imports this module, and making a
+    # dataclass costs milliseconds of start-up.
+    __match_args__ = (
+        "kind", "api", "action", "framework", "handler", "site", "stack", "thread", "task",
+        "loop", "duration", "count", "first_seen", "last_seen", "hint", "detail",
+    )
+    __slots__ = __match_args__
 
     kind: str
     api: str
@@ -167,7 +174,65 @@ class Incident:
     first_seen: float
     last_seen: float
     hint: str
-    detail: dict[str, str] = dataclasses.field(default_factory=dict)
+    detail: dict[str, str]
+
+    def __init__(
+        self,
+        kind: str,
+        api: str,
+        action: str,
+        framework: str,
+        handler: str,
+        site: Frame | None,
+        stack: tuple[Frame, ...],
+        thread: str,
+        task: str | None,
+        loop: str,
+        duration: float | None,
+        count: int,
+        first_seen: float,
+        last_seen: float,
+        hint: str,
+        detail: dict[str, str] | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "kind", kind)
+        put(self, "api", api)
+        put(self, "action", action)
+        put(self, "framework", framework)
+        put(self, "handler", handler)
+        put(self, "site", site)
+        put(self, "stack", stack)
+        put(self, "thread", thread)
+        put(self, "task", task)
+        put(self, "loop", loop)
+        put(self, "duration", duration)
+        put(self, "count", count)
+        put(self, "first_seen", first_seen)
+        put(self, "last_seen", last_seen)
+        put(self, "hint", hint)
+        put(self, "detail", {} if detail is None else detail)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an Incident is read-only: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"an Incident is read-only: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Incident:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # its detail is a dict
+
+    def __repr__(self) -> str:
+        return "Incident(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+    def _replace(self, **changes: Any) -> Incident:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        return Incident(**values)
 
     @property
     def fingerprint(self) -> tuple[str, str, Frame | None]:
@@ -231,10 +296,8 @@ class IncidentStore:
         with self._lock:
             known = self._items.get(key)
             if known is not None:
-                incident = dataclasses.replace(
-                    incident,
-                    count=known.count + incident.count,
-                    first_seen=known.first_seen,
+                incident = incident._replace(
+                    count=known.count + incident.count, first_seen=known.first_seen
                 )
                 self._items.move_to_end(key)
             self._items[key] = incident
@@ -254,7 +317,7 @@ class IncidentStore:
             known = self._items.get(fingerprint)
             if known is None:
                 return None
-            revised = dataclasses.replace(known, **changes)
+            revised = known._replace(**changes)
             self._items[fingerprint] = revised
             return revised
 

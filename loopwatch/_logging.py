@@ -11,7 +11,6 @@ print each line twice), and always when JSON lines are asked for.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import sys
 import threading
@@ -156,12 +155,16 @@ class LogSetup:
             self._propagate = None
 
 
-@dataclasses.dataclass
 class _Fold:
-    incident: Incident
-    logged_at: float  # monotonic time of the last line for this fingerprint
-    folded: int  # occurrences since that line, not logged
-    message: str | None = None  # the latest line's own text (progress lines have one)
+    __slots__ = ("folded", "incident", "logged_at", "message")
+
+    def __init__(
+        self, incident: Incident, logged_at: float, folded: int, message: str | None = None
+    ) -> None:
+        self.incident = incident
+        self.logged_at = logged_at  # monotonic time of the last line for this fingerprint
+        self.folded = folded  # occurrences since that line, not logged
+        self.message = message  # the latest line's own text (progress lines have one)
 
 
 class LogSink:

@@ -208,3 +208,18 @@ def test_log_message_does_not_repeat_the_logger_name(
         assert asyncio.run(main()) == 1
     (record,) = [r for r in caplog.records if r.name == "loopwatch"]
     assert record.getMessage().startswith("reentry asyncio.run [offloaded]")
+
+
+def test_an_incident_is_a_read_only_record_equal_by_its_fields() -> None:
+    first = incident("a")
+    with pytest.raises(AttributeError, match="read-only"):
+        first.count = 2  # type: ignore[misc]
+    same = Incident(**{name: getattr(first, name) for name in Incident.__match_args__})
+    assert same == first and same is not first
+    assert first.detail == {} and first.detail is not incident("a").detail
+    assert "kind='reentry'" in repr(first)
+    match first:
+        case Incident("reentry", api):
+            assert api == "a"
+        case _:
+            raise AssertionError("positional match")

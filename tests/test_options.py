@@ -301,17 +301,31 @@ def _keywords(func: Any) -> set[str]:
 
 
 def test_every_door_takes_the_options_of_the_table() -> None:
-    import dataclasses
 
     names = set(_config.OPTIONS)
     assert _keywords(loopwatch.install) == names
     assert _keywords(_monitor.install) == names
     assert _keywords(_monitor.Monitor.reconfigure) == names - {"disable"}
-    assert {f.name for f in dataclasses.fields(_config.Config)} == names
+    assert set(_config.Config.__slots__) == names
     config = _config.Config()
     for option in _config.OPTIONS.values():
         assert getattr(config, option.name) == option.default
         assert f"{option.name}:" in (loopwatch.install.__doc__ or "")
+
+
+def test_a_config_is_read_only_and_replace_makes_a_changed_copy() -> None:
+    config = _config.Config()
+    with pytest.raises(AttributeError, match="read-only"):
+        config.block_threshold = 1.0  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="read-only"):
+        del config.otel
+    changed = config.replace(block_threshold=0.5)
+    assert changed.block_threshold == 0.5 and config.block_threshold == 0.1
+    assert changed != config and changed == _config.Config(block_threshold=0.5)
+    assert hash(changed) == hash(_config.Config(block_threshold=0.5))
+    assert "block_threshold=0.5" in repr(changed)
+    with pytest.raises(TypeError, match="no_such_option"):
+        _config.Config(no_such_option=1)
 
 
 def test_the_table_rows_describe_every_option() -> None:
