@@ -462,10 +462,11 @@ _pending: set[int] = set()
 
 
 def _wake() -> None:
-    FAST.asleep[0] = False
     checker = _checker
     if checker is not None:
         checker.wake()
+    else:
+        FAST.asleep[0] = False
 
 
 class _Checker:
@@ -477,17 +478,37 @@ class _Checker:
         self._lock.acquire()  # held while nobody asked for a wake-up
         self._stopping = False
         self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-        self._thread.start()
+        self._starting = threading.Lock()
 
     def wake(self) -> None:
+        """Wake the thread; the first handler to begin starts it.
+
+        A program that never runs a handler (a script, a worker, a test suite) never gets
+        the thread: the install starts none.
+        """
+        if self._thread is None:
+            if self._stopping or not _inflight:
+                return  # nothing to look at yet (FAST.asleep stays set: the next begin asks)
+            with self._starting:
+                if self._thread is None and not self._stopping:
+                    thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                    self._thread = thread
+                    FAST.asleep[0] = False
+                    try:
+                        thread.start()
+                    except RuntimeError as exc:  # no thread to be had now: the next begin tries
+                        self._thread = None
+                        FAST.asleep[0] = True
+                        _runtime.internal_error("handlers", exc)
+            return
+        FAST.asleep[0] = False
         with contextlib.suppress(RuntimeError):  # a wake-up is pending already
             self._lock.release()
 
     def stop(self) -> None:
         self._stopping = True
+        with self._starting:  # no start after this
+            pass
         self.wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -594,7 +615,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     running = _running_loop()
     if running is not None and not _runtime.current_thread_is_ours():
         _watch(running)
-    checker.start()
+    FAST.asleep[0] = True  # the thread starts when a handler begins (it wakes it)
     configure(monitor.config.stuck_after)
 
     def undo() -> None:

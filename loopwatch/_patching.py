@@ -171,7 +171,7 @@ _finder_lock = threading.Lock()
 
 
 class ImportHook:
-    """Calls ``on_load(module)`` once a top-level module is imported (now, or later)."""
+    """Calls ``on_load(module)`` once a module is imported (now, or later)."""
 
     def __init__(self, name: str, on_load: Callable[[types.ModuleType], None]) -> None:
         self._name = name

@@ -28,7 +28,6 @@ function that was queued.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
 import functools
 import itertools
@@ -323,7 +322,12 @@ def install(monitor: Monitor) -> Callable[[], None]:
     patches.patch(
         asyncio.base_events.BaseEventLoop, "run_in_executor", _make_run_in_executor
     )
-    patches.patch(concurrent.futures.ThreadPoolExecutor, "submit", _make_submit)
+
+    def patch_pool(module: types.ModuleType) -> None:
+        cls = getattr(module, "ThreadPoolExecutor", None)
+        if cls is not None and not patches.patched(cls, "submit"):
+            patches.patch(cls, "submit", _make_submit)
+
 
     def patch_anyio(module: types.ModuleType) -> None:
         cls = anyio_compat.backend_class(module)
@@ -338,6 +342,9 @@ def install(monitor: Monitor) -> Callable[[], None]:
             _runtime.internal_error("anyio", exc)
 
     hooks = [
+        # concurrent.futures imports its thread pool only when it is first asked for (the
+        # first run_in_executor): the install does not import it for them.
+        ImportHook("concurrent.futures.thread", patch_pool),
         ImportHook("uvloop", uvloop_patcher(patches, "run_in_executor", _make_run_in_executor)),
         ImportHook(anyio_compat.BACKEND_MODULE, patch_anyio),
     ]

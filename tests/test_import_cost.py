@@ -71,10 +71,11 @@ def test_a_python_that_never_imports_asyncio_imports_nothing_of_loopwatch() -> N
 # metrics pend until something imports it), importlib.abc (which brings importlib.resources
 # and pathlib), json (for JSON log lines), ipaddress and difflib (for an option given),
 # sysconfig (for the first stack judged), dataclasses (the install's records are written out:
-# making a dataclass costs about a millisecond each).
+# making a dataclass costs about a millisecond each), concurrent.futures' thread pool (patched
+# when the program first asks for it).
 LEFT_FOR_LATER = {
     "prometheus_client", "loopwatch.metrics", "http.server", "importlib.abc", "json",
-    "ipaddress", "difflib", "sysconfig", "dataclasses",
+    "ipaddress", "difflib", "sysconfig", "dataclasses", "concurrent.futures.thread",
 }
 
 
@@ -89,6 +90,29 @@ def test_the_install_imports_nothing_it_does_not_need_yet() -> None:
     )
     assert "loopwatch._watchdog" in installed
     assert not LEFT_FOR_LATER & installed, LEFT_FOR_LATER & installed
+
+
+def test_the_thread_pool_imported_after_the_install_is_watched_and_no_idle_threads() -> None:
+    code = (
+        "import asyncio, sys, threading, time, loopwatch\n"
+        "loopwatch.install(registry=None)\n"
+        "assert 'concurrent.futures.thread' not in sys.modules\n"
+        "names = lambda: sorted(t.name for t in threading.enumerate())\n"
+        "assert names() == ['MainThread', 'loopwatch-watchdog'], names()\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    await loop.run_in_executor(None, time.sleep, 0.01)\n"
+        "asyncio.run(main())\n"
+        "import concurrent.futures as cf\n"
+        "assert hasattr(cf.ThreadPoolExecutor.submit, '__wrapped__')\n"
+        "assert 'loopwatch-handlers' not in names(), names()  # no handler ran\n"
+        "loopwatch.uninstall()\n"
+        "assert not hasattr(cf.ThreadPoolExecutor.submit, '__wrapped__')\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 HAND_OVER = """

@@ -304,6 +304,14 @@ def test_uninstall_ends_the_handler_thread_without_waiting_out_its_period(
 
     monkeypatch.setattr(_handlers, "_MAX_PERIOD", 0.05)
     loopwatch.install(registry=registry, stuck_after=600)
+    # No thread until a handler begins: a program that runs none never gets it.
+    assert not [t for t in threading.enumerate() if t.name == _handlers.THREAD_NAME]
+
+    async def one_handler() -> None:
+        with loopwatch.handler_context("none", "job:once"):
+            await asyncio.sleep(0)
+
+    asyncio.run(one_handler())
     thread = next(t for t in threading.enumerate() if t.name == _handlers.THREAD_NAME)
     wait_for(lambda: _handlers.FAST.asleep[0])  # idle: waiting for a handler to begin
     time.sleep(0.3)  # past the install's own wake-up and the short period it starts
