@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import types
@@ -505,6 +506,18 @@ class _Checker:
         with contextlib.suppress(RuntimeError):  # a wake-up is pending already
             self._lock.release()
 
+    def after_fork_in_child(self) -> None:
+        """Start afresh in a forked child (a pre-forking server's worker): the parent's
+        thread does not exist here, and its handlers do not run here."""
+        self._thread = None
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._starting = threading.Lock()
+        _inflight.clear()
+        _reported.clear()
+        _pending.clear()
+        FAST.asleep[0] = True  # the child's first handler starts the thread
+
     def stop(self) -> None:
         self._stopping = True
         with self._starting:  # no start after this
@@ -606,11 +619,26 @@ def configure(stuck_after: float) -> None:
         _checker.wake()
 
 
+_fork_hook_registered = False
+
+
+def _after_fork_in_child() -> None:
+    checker = _checker
+    if checker is not None:
+        try:
+            checker.after_fork_in_child()
+        except Exception as exc:
+            _runtime.internal_error("handlers", exc)
+
+
 def install(monitor: Monitor) -> Callable[[], None]:
     """Start tracking handlers for ``monitor``; return the undo."""
-    global _checker
+    global _checker, _fork_hook_registered
     checker = _Checker(monitor)
     _checker = checker
+    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_registered = True
     remove_hook = _runtime.on_loop_start(_watch, once=True)
     running = _running_loop()
     if running is not None and not _runtime.current_thread_is_ours():

@@ -9,9 +9,13 @@ the in-flight gauge and the stuck counter, and the final age once the handler en
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -396,3 +400,36 @@ def test_a_discord_listener_and_a_tasks_loop_iteration_that_hang(
         assert incident.detail["state"] == "ended"
         assert incident.duration is not None and incident.duration >= 5 * STUCK_AFTER
         assert sample(registry, "loopwatch_stuck_handlers_total", "discord", handler) == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="os.fork is POSIX")
+def test_a_forked_worker_reports_its_own_stuck_handlers(tmp_path: Path) -> None:
+    """A pre-forking server (gunicorn --preload): the parent ran a handler (so its checker
+    thread ran) before it forked; the worker's own stuck handler is still reported."""
+    script = tmp_path / "fork_child.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio, os, threading
+        import loopwatch
+
+        loopwatch.install(registry=None, stuck_after=0.2)
+
+        async def handler(wait):
+            with loopwatch.handler_context("none", "job:wait"):
+                await asyncio.sleep(wait)
+
+        asyncio.run(handler(0.01))  # the parent's checker thread starts
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(handler(1.2))
+            stuck = [i for i in loopwatch.incidents() if i.kind == "stuck_handler"]
+            names = [t.name for t in threading.enumerate()]
+            print("child", len(stuck), names.count("loopwatch-handlers"), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """))
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(script)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "child 1 1" in out.stdout, (out.stdout, out.stderr)
