@@ -743,7 +743,12 @@ def test_auto_in_a_kernel_reenters_and_runs_a_library_loop_on_this_thread() -> N
 
     with capture_incidents(on_reentry="auto", registry=fresh_registry()) as seen:
         run_outer(main)
-    actions = [(i.api, i.action, i.detail["result"]) for i in seen]
+    # A loaded runner may add what the machine causes (a blocked loop, a wait for a pool
+    # thread); anything else is a finding. The re-entries are the subject.
+    others = [i.summary() for i in seen if i.kind != "reentry"]
+    assert all(i.kind in ("blocked_loop", "threadpool_saturated") for i in seen
+               if i.kind != "reentry"), others
+    actions = [(i.api, i.action, i.detail["result"]) for i in seen if i.kind == "reentry"]
     # The user's code ran the library's loop twice: two calls, each reported and counted.
     assert actions == [
         ("loop.run_until_complete", "reentered", "returned"),
