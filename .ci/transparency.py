@@ -530,6 +530,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bare-only", action="store_true",
                         help="only the bare run (timing, or results for --reuse-bare later)")
     parser.add_argument("--allowed", type=Path, default=ALLOWED_FILE)
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="time N bare/watched pairs per Python (the later ones for the CPU "
+                             "ratio only, alternating which goes first) and print the median "
+                             "ratio with its range (default 1)")
     args = parser.parse_args(argv)
     try:
         extra_env = dict(item.split("=", 1) for item in args.env)
@@ -598,11 +602,42 @@ def one_python(python: str, version: str, args: argparse.Namespace, extra_env: d
     if flaky:
         print(f"   still not allowed after the re-run: {len(not_ok)}")
     cost = f"{watched.cpu / bare.cpu:.2f}x" if bare.cpu > 0 else "unknown"
+    if args.repeat > 1 and bare.cpu > 0:
+        cost = repeated_cost(python, version, tests, args, extra_env, skip, here,
+                             watched.cpu / bare.cpu)
     line = (f"{version}: bare {counts(bare)} ({timing(bare)}); loopwatch "
             f"{counts(watched)} ({timing(watched)}; CPU {cost} bare); "
             f"allowed differences {len(ok)}; "
             f"not allowed {len(not_ok)}; skipped as flaky bare {len(skip)}")
     return line, not not_ok
+
+
+def repeated_cost(python: str, version: str, tests: list[str], args: argparse.Namespace,
+                  extra_env: dict[str, str], skip: list[str], here: Path, first: float) -> str:
+    """The CPU ratio over ``--repeat`` pairs: the first pair's, then pairs timed only.
+
+    A shared machine's load moves a single run's CPU time by a quarter either way; the
+    median of several pairs, each run back to back and alternating which goes first, is
+    the figure to quote.
+    """
+    ratios = [first]
+    for i in range(1, args.repeat):
+        order = ("loopwatch", "bare") if i % 2 else ("bare", "loopwatch")
+        cpu: dict[str, float] = {}
+        for mode in order:
+            run = run_regrtest(python, mode, tests, here / f"{mode}-{i + 1}", args.jobs,
+                               args.timeout, extra_env if mode == "loopwatch" else {}, skip)
+            cpu[mode] = run.cpu
+        if cpu["bare"] > 0:
+            ratios.append(cpu["loopwatch"] / cpu["bare"])
+            say(f"{version}: pair {i + 1}: CPU {cpu['bare']:.0f} s bare, "
+                f"{cpu['loopwatch']:.0f} s watched, {ratios[-1]:.2f}x")
+    ordered = sorted(ratios)
+    middle = len(ordered) // 2
+    median = (ordered[middle] if len(ordered) % 2
+              else (ordered[middle - 1] + ordered[middle]) / 2)
+    listed = ", ".join(f"{r:.2f}" for r in ratios)
+    return f"{median:.2f}x median of {len(ratios)} pairs ({listed})"
 
 
 if __name__ == "__main__":
