@@ -593,7 +593,7 @@ def test_a_failure_inside_the_middleware_never_reaches_the_app(
     def broken(*args: Any) -> Any:
         raise KeyError("resolver bug on purpose")
 
-    monkeypatch.setattr(lw_routes._Resolver, "_leaf", broken)
+    monkeypatch.setattr(lw_routes._Resolver, "leaf", broken)
 
     async def go() -> httpx.Response:
         async with in_process(app) as client:
@@ -605,6 +605,11 @@ def test_a_failure_inside_the_middleware_never_reaches_the_app(
     assert registry.get_sample_value(
         "loopwatch_internal_errors_total", {"component": "asgi"}
     ) >= 1  # type: ignore[operator]
+    # The request is still timed, under the label the failing resolver falls back to.
+    assert registry.get_sample_value(
+        "loopwatch_handler_duration_seconds_count",
+        {"framework": "fastapi", "handler": "__unmatched__", "outcome": "ok"},
+    ) == 1
 
 
 # -- instrument() ---------------------------------------------------------------------------

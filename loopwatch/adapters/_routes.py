@@ -71,7 +71,7 @@ class _Resolver:
     def labels(self, scope: Scope, root_path: str) -> Labels:
         """The labels for ``scope`` now (``__unmatched__`` before or without a match)."""
         try:
-            leaf, prefix = self._leaf(scope, root_path)
+            leaf, prefix = self.leaf(scope, root_path)
             if leaf is None:
                 return self._unmatched_labels()
             key = (id(leaf), prefix, scope.get("method"))
@@ -96,7 +96,7 @@ class _Resolver:
                 self._unmatched = labels
         return labels
 
-    def _leaf(self, scope: Scope, root_path: str) -> tuple[object | None, str]:
+    def leaf(self, scope: Scope, root_path: str) -> tuple[object | None, str]:
         """What the deepest match was, and the concrete mount prefix above the server's.
 
         Every route, mount and host that matches writes ``scope["endpoint"]`` (its endpoint

@@ -110,7 +110,10 @@ class LoopwatchMiddleware:
                 internal_error("asgi", exc)
                 self._metrics = NullMetrics()
         self._resolver = _Resolver(self)
-        self._children: dict[tuple[Labels, str], Callable[[float], None]] = {}
+        # (id(leaf), mount prefix, method, outcome) -> (leaf, observe): see _observe.
+        self._children: dict[
+            tuple[int, str, Any, str], tuple[object, Callable[[float], None]]
+        ] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -164,7 +167,7 @@ class LoopwatchMiddleware:
                 self._observe(metrics, scope, root_path, outcome, started)
                 raise
             status = sent[0]
-            if scope["type"] == "websocket":
+            if kind == "websocket":
                 outcome = "ok"
             elif status == 0 or status >= 500:
                 outcome = "error"  # no response at all: the server answers 500
@@ -218,28 +221,43 @@ class LoopwatchMiddleware:
     ) -> None:
         elapsed = _now() - started
         try:
-            labels = self._resolver.labels(scope, root_path)
-            observe = self._children.get((labels, outcome))
-            if observe is None:
-                observe = self._new_child(metrics, labels, outcome)
-            observe(elapsed)
+            # Keyed by what the router matched (the resolver's leaf), not by the labels it
+            # resolves to: a repeat request skips the resolver's own cache. The leaf is kept
+            # in the value and compared, so a recycled id never finds another's histogram.
+            resolver = self._resolver
+            try:
+                leaf, prefix = resolver.leaf(scope, root_path)
+            except Exception as exc:  # counted; labels() below says __unmatched__
+                internal_error("asgi", exc)
+                leaf, prefix = None, ""
+            key = (id(leaf), prefix, scope.get("method"), outcome)
+            found = self._children.get(key)
+            if found is not None and found[0] is leaf:
+                found[1](elapsed)
+                return
+            labels = resolver.labels(scope, root_path)
+            self._new_child(metrics, labels, outcome, key, leaf)(elapsed)
         except Exception as exc:
             internal_error("asgi", exc)
 
     def _new_child(
-        self, metrics: Metrics | NullMetrics, labels: Labels, outcome: str
+        self, metrics: Metrics | NullMetrics, labels: Labels, outcome: str,
+        key: tuple[int, str, Any, str], leaf: object,
     ) -> Callable[[float], None]:
         child = metrics.child(
             metrics.handler_duration_seconds, framework=labels.framework,
             handler=labels.handler, outcome=outcome,
         )
         observe = prom.fast_observe(child)
-        # Kept only when the value was admitted under the label cap: a value folded into
-        # "__other__" must count as an overflow on every request.
-        if labels.handler in prom.label_values(child):
+        # Kept only when the value was admitted under the label cap (a value folded into
+        # "__other__" must count as an overflow on every request), and not for a matched
+        # route the resolver could not name yet (it does not cache that either).
+        if labels.handler in prom.label_values(child) and (
+            leaf is None or labels.handler != UNMATCHED
+        ):
             if len(self._children) >= _CACHE_LIMIT:
                 self._children.clear()
-            self._children[(labels, outcome)] = observe
+            self._children[key] = (leaf, observe)
         return observe
 
 
@@ -275,12 +293,14 @@ def _track(send: Send, sent: list[Any], message: Message) -> Awaitable[None]:
     gone) is found afterwards, off the fast path, by :func:`_failed_sending`.
     """
     kind = message["type"]
-    if kind == "http.response.start":
+    if kind == "http.response.body":  # first: a streamed response sends many
+        if not message.get("more_body", False):
+            sent[1] = True
+    elif kind == "http.response.start":
         sent[0] = message.get("status", 200)
     elif (
         # pathsend and zerocopysend (ASGI extensions) send a whole file or a part of one.
-        kind in ("http.response.body", "http.response.zerocopysend")
-        and not message.get("more_body", False)
+        kind == "http.response.zerocopysend" and not message.get("more_body", False)
     ) or kind == "http.response.pathsend":
         sent[1] = True
     return send(message)
