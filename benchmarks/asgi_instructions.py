@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+
+import _callgrind  # beside this script
 
 VARIANTS = ("bare", "default", "handler_metrics")
 
@@ -78,14 +79,6 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def total(path: str) -> int:
-    with open(path) as file:
-        for line in file:
-            if line.startswith(("totals:", "summary:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"no totals in {path}")
-
-
 def count(variant: str, requests: int, tmp: str) -> int:
     out = os.path.join(tmp, f"cg.{variant}.{requests}")
     subprocess.run(
@@ -93,22 +86,16 @@ def count(variant: str, requests: int, tmp: str) -> int:
          os.path.join(tmp, "child.py"), variant, str(requests)],
         check=True, capture_output=True,
     )
-    return total(out)
+    return _callgrind.total(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--few", type=int, default=1000)
-    parser.add_argument("--many", type=int, default=6000)
-    parser.add_argument("variants", nargs="*", default=list(VARIANTS))
+    _callgrind.add_counts(parser, 1000, 6000, VARIANTS)
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        print("needs valgrind")
+    variants = _callgrind.variants(parser, args.variants, VARIANTS)
+    if variants is None:
         return 1
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
-    variants = args.variants if "bare" in args.variants else ["bare", *args.variants]
     print(f"instructions per request (({args.many}) - ({args.few})) / {args.many - args.few}")
     bare = 0.0
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,11 +34,12 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+
+import _callgrind  # beside this script
 
 VARIANTS = (
     "bare", "full", "no-start-hooks", "no-seen-hooks", "no-hooks", "no-select",
@@ -111,11 +112,7 @@ CHILD = textwrap.dedent('''
 def main_thread_total(out: str) -> int:
     # --separate-threads: one file per thread, "-01" the main one.
     (path,) = glob.glob(out.replace("%p", "*") + "-01")
-    with open(path) as file:
-        for line in file:
-            if line.startswith("totals:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no totals in {path}")
+    return _callgrind.total(path)
 
 
 def count(variant: str, loop: str, entry: str, calls: int, tmp: str) -> int:
@@ -134,17 +131,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--entry", choices=("run", "runner"), default="run")
-    parser.add_argument("--few", type=int, default=50)
-    parser.add_argument("--many", type=int, default=350)
-    parser.add_argument("variants", nargs="*", default=list(VARIANTS))
+    _callgrind.add_counts(parser, 50, 350, VARIANTS)
     args = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        print("needs valgrind")
+    variants = _callgrind.variants(parser, args.variants, VARIANTS)
+    if variants is None:
         return 1
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
-    variants = args.variants if "bare" in args.variants else ["bare", *args.variants]
     print(f"{args.entry} on {args.loop}, instructions of the calling thread per call "
           f"(({args.many} calls) - ({args.few} calls)) / {args.many - args.few}")
     bare = 0.0
