@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 import types
@@ -619,26 +618,18 @@ def configure(stuck_after: float) -> None:
         _checker.wake()
 
 
-_fork_hook_registered = False
-
-
 def _after_fork_in_child() -> None:
     checker = _checker
     if checker is not None:
-        try:
-            checker.after_fork_in_child()
-        except Exception as exc:
-            _runtime.internal_error("handlers", exc)
+        checker.after_fork_in_child()
 
 
 def install(monitor: Monitor) -> Callable[[], None]:
     """Start tracking handlers for ``monitor``; return the undo."""
-    global _checker, _fork_hook_registered
+    global _checker
     checker = _Checker(monitor)
     _checker = checker
-    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_registered = True
+    _runtime.after_fork_in_child("handlers", _after_fork_in_child)
     remove_hook = _runtime.on_loop_start(_watch, once=True)
     running = _running_loop()
     if running is not None and not _runtime.current_thread_is_ours():

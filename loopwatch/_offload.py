@@ -23,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -116,8 +115,8 @@ class _Workers:
 
 
 workers = _Workers()
-if hasattr(os, "register_at_fork"):  # a preloading server (gunicorn --preload) forks workers
-    os.register_at_fork(after_in_child=workers.after_fork_in_child)
+# A preloading server (gunicorn --preload) forks its workers after the install.
+_runtime.after_fork_in_child("offload", workers.after_fork_in_child)
 
 
 def worker_threads() -> int:

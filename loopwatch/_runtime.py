@@ -9,6 +9,7 @@ nothing from loopwatch but the logger, so any module may import it without a cir
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import weakref
@@ -19,6 +20,7 @@ from ._logging import logger
 
 __all__ = [
     "active",
+    "after_fork_in_child",
     "internal_error",
     "loop_name",
     "loop_seen_hooks",
@@ -78,6 +80,29 @@ def internal_error(component: str, exc: BaseException) -> None:
         # The log failed too: stderr is the last place left; if that fails, there is none.
         with contextlib.suppress(Exception):
             sys.stderr.write(f"loopwatch: internal error in {component}: {exc!r}\n")
+
+
+# -- forked children ------------------------------------------------------------------------
+
+# component -> what it resets in a forked child (threads and locks do not survive a fork: a
+# preloading server such as ``gunicorn --preload`` installs in the parent, then forks).
+_fork_hooks: dict[str, Callable[[], None]] = {}
+
+
+def after_fork_in_child(component: str, hook: Callable[[], None]) -> None:
+    """Run ``hook`` in every child forked from now on; a failure is an internal error of
+    ``component``. One hook per component (a second call replaces the first)."""
+    if not _fork_hooks and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_run_fork_hooks)
+    _fork_hooks[component] = hook
+
+
+def _run_fork_hooks() -> None:
+    for component, hook in list(_fork_hooks.items()):
+        try:
+            hook()
+        except Exception as exc:
+            internal_error(component, exc)
 
 
 # -- loops starting ------------------------------------------------------------------------

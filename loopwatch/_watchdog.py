@@ -25,7 +25,6 @@ import collections
 import contextlib
 import contextvars
 import gc
-import os
 import sys
 import threading
 import time
@@ -722,21 +721,15 @@ class Watchdog:
 # -- install -------------------------------------------------------------------------------
 
 _active: Watchdog | None = None
-_fork_hook_registered = False
-
-
 def _after_fork_in_child() -> None:
     watchdog = _active
     if watchdog is not None:
-        try:
-            watchdog.after_fork_in_child()
-        except Exception as exc:
-            _runtime.internal_error("watchdog", exc)
+        watchdog.after_fork_in_child()
 
 
 def install(monitor: Monitor) -> Callable[[], None]:
     """Start the probes and the watchdog thread (unless ``watchdog=False``); return the undo."""
-    global _active, _fork_hook_registered
+    global _active
     if not monitor.config.watchdog:
         return lambda: None
     watchdog = Watchdog(monitor)
@@ -745,9 +738,7 @@ def install(monitor: Monitor) -> Callable[[], None]:
     gc.callbacks.append(_on_gc)
     remove_hook = _runtime.on_loop_start(watchdog.probe)
     _active = watchdog
-    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_registered = True
+    _runtime.after_fork_in_child("watchdog", _after_fork_in_child)
     watchdog.start_thread()
     running = aio.get_running_loop()
     if running is not None and not _runtime.current_thread_is_ours():
