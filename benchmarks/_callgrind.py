@@ -8,6 +8,7 @@ the same way (``bare`` always first: the other rows are read against it).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from collections.abc import Sequence
 
@@ -39,3 +40,13 @@ def total(path: str) -> int:
             if line.startswith(("totals:", "summary:")):
                 return int(line.split()[1])
     raise RuntimeError(f"no totals in {path}")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a counted child: one fixed hash seed.
+
+    With a random seed per process, the same tree's count moves by a few thousand
+    instructions between runs (dictionary layouts differ); with one seed it repeats to
+    within a few hundred.
+    """
+    return {**os.environ, "PYTHONHASHSEED": "0"}

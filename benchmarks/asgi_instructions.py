@@ -84,7 +84,7 @@ def count(variant: str, requests: int, tmp: str) -> int:
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
          os.path.join(tmp, "child.py"), variant, str(requests)],
-        check=True, capture_output=True,
+        check=True, capture_output=True, env=_callgrind.child_env(),
     )
     return _callgrind.total(out)
 

@@ -122,7 +122,7 @@ def count(variant: str, loop: str, entry: str, calls: int, tmp: str) -> int:
         ["valgrind", "--tool=callgrind", "--separate-threads=yes",
          f"--callgrind-out-file={out}", sys.executable, script, variant, loop, entry,
          str(calls)],
-        check=True, capture_output=True,
+        check=True, capture_output=True, env=_callgrind.child_env(),
     )
     return main_thread_total(out)
 

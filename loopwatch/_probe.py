@@ -19,7 +19,10 @@ wakes an idle loop. What is measured, per loop type:
   it is busy, the watchdog posts one callback (``call_soon_threadsafe``), at most once per
   ``lag_tick``; the time it takes to run is the lag sample, and a callback not run within
   ``block_threshold`` is a block. So a busy uvloop gets one handle per tick, an idle one
-  none, plus one at a loop's first start in a thread to learn which frame runs the loop.
+  none, plus one at the watchdog's first look at a loop, to learn which frame runs it.
+  That first look is also when a uvloop loop's probe is made, on the watchdog thread: the
+  loop's own thread only notes the start (the loop weakly, the thread, the time), so a loop
+  that closes before the watchdog looks (a short ``asyncio.run``) costs next to nothing.
 
 The probe of a loop is written by the loop's thread and read by the watchdog thread
 without locks (plain attribute reads and writes of floats and booleans).
@@ -28,6 +31,7 @@ without locks (plain attribute reads and writes of floats and booleans).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
 import threading
 import time
@@ -44,7 +48,9 @@ from ._patching import Patches
 if TYPE_CHECKING:
     from ._watchdog import Watchdog
 
-__all__ = ["Probe", "patch_selectors", "probe_for_selector"]
+__all__ = [
+    "Probe", "outside_by_type", "patch_selectors", "probe_for_selector", "watched_from_outside",
+]
 
 _monotonic = time.monotonic
 get_ident = threading.get_ident
@@ -68,6 +74,29 @@ def _no_selector() -> None:
     return None
 
 
+# Loop type -> whether its iteration runs in C (uvloop, or anything that is not asyncio's
+# own loop): watched from outside, with no hook per iteration.
+outside_by_type: dict[type, bool] = {}
+
+
+def watched_from_outside(loop: object) -> bool:
+    """Whether ``loop`` runs its iterations in C, so the watchdog watches it from outside."""
+    kind = type(loop)
+    outside = outside_by_type.get(kind)
+    if outside is None:
+        outside = outside_by_type[kind] = (
+            uvl.is_uvloop(loop) or not isinstance(loop, asyncio.BaseEventLoop)
+        )
+    return outside
+
+
+def _thread_name(thread_id: int) -> str:
+    for thread in threading.enumerate():
+        if thread.ident == thread_id:
+            return thread.name
+    return f"thread {thread_id}"  # a thread the threading module does not know
+
+
 class Probe:
     """The busy/idle state of one loop."""
 
@@ -89,15 +118,19 @@ class Probe:
     selector_ref: Callable[[], object] = staticmethod(_no_selector)  # that selector, weakly
     started_at = 0.0  # monotonic time of the last start
 
-    def __init__(self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop, at: float = 0.0
+    ) -> None:
         self.watchdog = watchdog
         self.loop = weakref.ref(loop)
         self.key = id(loop)  # where the watchdog files it
-        self.busy_since = now = _monotonic()  # when the current iteration left its wait
+        # When the current iteration left its wait: now, or when the loop started (``at``, a
+        # C loop's probe made later by the watchdog thread).
+        self.busy_since = now = at or _monotonic()
         # The first lag sample is taken a tick after the probe starts: a loop that lives less
         # than that (a short asyncio.run) writes no sample at all.
         self.next_sample = now + watchdog.tick
-        self.c_loop = uvl.is_uvloop(loop) or not isinstance(loop, asyncio.BaseEventLoop)
+        self.c_loop = watched_from_outside(loop)
 
     # -- the loop's thread -----------------------------------------------------------------
 
@@ -133,6 +166,24 @@ class Probe:
         self.selector_ref = weakref.ref(selector)
         self.selector = key = id(selector)
         _by_selector[key] = self
+
+    # -- the watchdog thread: a C loop's probe, made at the watchdog's first look ----------
+
+    def adopt(
+        self, loop: asyncio.AbstractEventLoop, thread_id: int, native_id: int, at: float
+    ) -> None:
+        """A C loop that started at ``at`` in thread ``thread_id`` (recorded by that thread)."""
+        if thread_id != self.thread_id:
+            self.thread_id = thread_id
+            self.native_id = native_id
+            self.thread_name = _thread_name(thread_id)
+            # The one handle a C loop gets without being busy: the frame that runs it is
+            # learnt at once (a ping learns it too, but only a busy loop gets pinged).
+            self.idle_code = None
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(self._learn_idle)
+        if at > self.started_at:
+            self.busy_since = self.started_at = self.idle_seen = self.active_seen = at
 
     def before_wait(self, now: float | None = None) -> None:
         """The loop goes back to waiting for I/O: the iteration's busy time is known."""

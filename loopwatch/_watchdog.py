@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import contextvars
 import gc
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
 from ._patching import Patches
-from ._probe import Probe, patch_selectors
+from ._probe import Probe, outside_by_type, patch_selectors, watched_from_outside
 from ._tasks import default_labels, task_labels
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ _LINGER = 1.0
 _monotonic = time.monotonic
 _perf = time.perf_counter
 get_ident = threading.get_ident
+get_native_id = threading.get_native_id
 
 # -- garbage-collection time ---------------------------------------------------------------
 
@@ -163,8 +164,11 @@ class _Wake:
         self._lock.acquire()
 
     def set(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
+        # Not contextlib.suppress: a loop start that finds the thread parked calls this.
+        try:  # noqa: SIM105
             self._lock.release()
+        except RuntimeError:  # already released: a wake-up is pending
+            pass
 
     def wait(self, timeout: float | None) -> None:
         self._lock.acquire(timeout=-1 if timeout is None else timeout)
@@ -218,9 +222,12 @@ class _Block:
         return ""
 
 
+def _open(loop: Any) -> bool:
+    return loop is not None and not loop.is_closed()
+
+
 def _alive(probe: Probe) -> bool:
-    loop = probe.loop()
-    if loop is not None and not loop.is_closed():
+    if _open(probe.loop()):
         return True
     probe.stop()
     return False
@@ -249,6 +256,11 @@ class Watchdog:
         self.dozing = False
         self._dozable = False
         self._last: Probe | None = None  # the probe started last (a restart finds it here)
+        # C loops started and not yet looked at, as [loop weakly, thread id, native thread
+        # id, start time, probe once made]: noted by the loop's thread, made into probes by
+        # this one (_adopt). _young is the last noted, which a restart updates in place.
+        self._starts: collections.deque[list[Any]] = collections.deque()
+        self._young: list[Any] | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
         # id(probe) -> (busy since, its thread's wait for a CPU at the first look at that
@@ -262,42 +274,92 @@ class Watchdog:
     def probe(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start (or restart) the probe of ``loop``; called in the thread about to run it.
 
+        A C loop without a probe yet only has its start noted: the watchdog thread makes its
+        probe at the next look (``_adopt``).
+
         Never called for loopwatch's own threads (the loop-start hooks skip them).
         """
         if self._stopping:
             return
+        ident = get_ident()
         probe = self._last
-        if probe is None or probe.loop() is not loop or probe.thread_id != get_ident():
-            # Not a restart of the loop started last, in the thread it ran in.
-            probe = self._probes.get(id(loop))
-            if probe is None or probe.loop() is not loop:
-                probe = self._add(loop)
-            self._last = probe
-            probe.start(loop)
-        else:
+        if probe is not None and probe.thread_id == ident and probe.loop() is loop:
             # Probe.start for a restart, inline (asyncio.run starts its loop three times).
             probe.busy_since = probe.started_at = probe.idle_seen = probe.active_seen = (
                 _monotonic()
             )
             probe.waiting = False
             probe.ping = 0.0
+        else:
+            # Not a restart of the loop started last, in the thread it ran in.
+            young = self._young
+            if young is not None and young[1] == ident and young[0]() is loop:
+                probe = young[4]  # a restart of the C loop noted last
+                if probe is None:
+                    young[3] = _monotonic()  # not looked at yet
+            else:
+                probe = self._probes.get(id(loop))
+                if probe is None or probe.loop() is not loop:
+                    outside = outside_by_type.get(type(loop))
+                    if outside is None:
+                        outside = watched_from_outside(loop)
+                    if outside:
+                        self._note_start(loop, ident)
+                    else:
+                        probe = self._add(loop)
+            if probe is not None:
+                self._last = probe
+                probe.start(loop)
         # The thread sleeps until woken only when no loop was running at its last look
         # (``_parked`` is set before that look: a start it missed finds the flag set).
         if self._parked:
             self._parked = False
             self._wake.set()
 
+    def _note_start(self, loop: asyncio.AbstractEventLoop, ident: int) -> None:
+        # A new C loop: its probe is made at the watchdog's next look (_adopt), if it is
+        # still open then. Its starts until then update this record.
+        starts = self._starts
+        if len(starts) >= 64:
+            # Loops that came and went between two looks: drop their records here, so a
+            # program that starts a loop per call keeps this short.
+            for _ in range(len(starts)):
+                try:
+                    record = starts.popleft()
+                except IndexError:  # the watchdog took the rest meanwhile
+                    break
+                if _open(record[0]()):
+                    starts.append(record)
+        young = self._young = [weakref.ref(loop), ident, get_native_id(), _monotonic(), None]
+        starts.append(young)
+
+    def _adopt(self) -> None:
+        """Make the probes of the C loops noted since the last look (this thread)."""
+        starts = self._starts
+        while starts:
+            record = starts.popleft()
+            loop = record[0]()
+            if not _open(loop):
+                continue
+            probe = self._probes.get(id(loop))
+            if probe is None or probe.loop() is not loop:
+                probe = self._add(loop, record[3])
+            probe.adopt(loop, record[1], record[2], record[3])
+            record[4] = probe
+            if self._young is record:
+                self._last = probe
+
     def probe_of(self, loop: Any) -> Probe | None:
         """The probe of ``loop``, if it has one."""
         probe = self._probes.get(id(loop))
         return probe if probe is not None and probe.loop() is loop else None
 
-    def _add(self, loop: asyncio.AbstractEventLoop) -> Probe:
+    def _add(self, loop: asyncio.AbstractEventLoop, at: float = 0.0) -> Probe:
         with self._lock:
             probe = self._probes.get(id(loop))
             if probe is not None and probe.loop() is loop:
                 return probe
-            probe = Probe(self, loop)
+            probe = Probe(self, loop, at)
             self._probes[probe.key] = probe
             active = self._active
             if len(active) >= 8:
@@ -380,7 +442,8 @@ class Watchdog:
         with self._lock:
             probes, self._active = self._active, ()
             self._probes = {}
-            self._last = None
+            self._last = self._young = None
+            self._starts.clear()
         for probe in probes:
             probe.stop()
 
@@ -393,7 +456,8 @@ class Watchdog:
             probe.stop()
         self._active = ()
         self._probes = {}
-        self._last = None
+        self._last = self._young = None
+        self._starts.clear()
         self._parked = self.dozing = False
         if not self._stopping:
             self.start_thread()
@@ -440,6 +504,8 @@ class Watchdog:
         c_poll = min(threshold / 2, _MAX_POLL / 2)
         timeout: float | None = None
         dead = False
+        if self._starts:
+            self._adopt()
         for probe in self._active:
             loop = probe.loop()
             if loop is None or loop.is_closed():
@@ -458,7 +524,10 @@ class Watchdog:
                 self._active = tuple(p for p in self._active if self._keep(p))
         if timeout is None:
             last = self._last
-            if last is not None and _monotonic() - last.started_at < _LINGER:
+            young = self._young
+            started = max(last.started_at if last is not None else 0.0,
+                          young[3] if young is not None else 0.0)
+            if _monotonic() - started < _LINGER:
                 # A loop started a moment ago: keep looking at the normal rate a while
                 # rather than sleep until the next start wakes this thread. A program
                 # that runs asyncio.run() in a loop then pays no wake-up per call.

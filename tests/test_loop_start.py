@@ -167,3 +167,72 @@ def test_what_loops_leave_behind_stays_bounded(
         assert watchdog.probe_of(kept) is not None
     finally:
         kept.close()
+
+
+def test_a_uvloop_loop_gets_its_probe_on_the_watchdog_thread(
+    registry: CollectorRegistry,
+) -> None:
+    uv = pytest.importorskip("uvloop")
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    loop = uv.new_event_loop()
+    ready = threading.Event()
+    loop.call_soon(ready.set)
+    before = time.monotonic()
+    thread = threading.Thread(target=loop.run_forever, name="uv-service")
+    thread.start()
+    try:
+        assert ready.wait(5)
+        deadline = time.monotonic() + 5
+        while watchdog.probe_of(loop) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        probe = watchdog.probe_of(loop)
+        assert probe is not None and probe.c_loop
+        # What the loop's thread noted at its start, not what the watchdog thread is.
+        assert (probe.thread_id, probe.native_id, probe.thread_name) == (
+            thread.ident, thread.native_id, "uv-service",
+        )
+        assert before <= probe.started_at <= time.monotonic()
+        # The one handle posted at the first look has run: the frame that runs the loop.
+        deadline = time.monotonic() + 5
+        while probe.idle_code is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert probe.idle_code is not None
+        # A restart of an adopted loop goes straight to its probe, in its thread.
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        started = probe.started_at
+        loop.run_until_complete(noop())
+        assert watchdog.probe_of(loop) is probe
+        assert probe.started_at > started and probe.thread_id == threading.get_ident()
+    finally:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+        loop.close()
+
+
+def test_short_uvloop_runs_make_no_probe_and_their_notes_stay_few(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uv = pytest.importorskip("uvloop")
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    # The watchdog thread does not look meanwhile: the notes pile up as between two looks.
+    monkeypatch.setattr(watchdog, "_adopt", lambda: None)
+    with recorded_starts() as (_, every):
+        for _ in range(300):
+            loop = uv.new_event_loop()
+            try:
+                loop.run_until_complete(noop())
+                loop.run_until_complete(noop())  # a restart updates the note, adds none
+            finally:
+                loop.close()
+        assert len(every) == 600  # every start was seen by the hooks
+    assert 1 <= len(watchdog._starts) <= 64
+    assert not any(p.c_loop for p in watchdog._active)
+    monkeypatch.undo()
+    watchdog._adopt()
+    assert not watchdog._starts and not any(p.c_loop for p in watchdog._active)
