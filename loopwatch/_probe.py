@@ -54,6 +54,7 @@ __all__ = [
 
 _monotonic = time.monotonic
 get_ident = threading.get_ident
+get_native_id = threading.get_native_id
 
 # id(selector) -> the probe of the loop that waits on it. The probe holds its selector
 # weakly and the select wrapper checks it is the one: an id reused by a new selector after
@@ -103,7 +104,7 @@ class Probe:
     # Defaults at class level: a new probe writes only what differs (a program may start a
     # loop per call), and the fields a loop of the other kind never uses stay unwritten.
     thread_id = 0
-    thread_name = ""
+    _thread_name = ""  # looked up when first asked (see thread_name)
     native_id = 0  # the kernel's id of the loop thread (0: unknown)
     waiting = False  # in select (stdlib loops)
     idle_code: Any = None  # code of the frame that runs a C loop (learnt)
@@ -119,7 +120,8 @@ class Probe:
     started_at = 0.0  # monotonic time of the last start
 
     def __init__(
-        self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop, at: float = 0.0
+        self, watchdog: Watchdog, loop: asyncio.AbstractEventLoop, at: float = 0.0,
+        c_loop: bool | None = None,
     ) -> None:
         self.watchdog = watchdog
         self.loop = weakref.ref(loop)
@@ -130,7 +132,15 @@ class Probe:
         # The first lag sample is taken a tick after the probe starts: a loop that lives less
         # than that (a short asyncio.run) writes no sample at all.
         self.next_sample = now + watchdog.tick
-        self.c_loop = watched_from_outside(loop)
+        self.c_loop = watched_from_outside(loop) if c_loop is None else c_loop
+
+    @property
+    def thread_name(self) -> str:
+        """The name of the loop's thread, looked up when first asked (only reports ask)."""
+        name = self._thread_name
+        if not name and self.thread_id:
+            name = self._thread_name = _thread_name(self.thread_id)
+        return name
 
     # -- the loop's thread -----------------------------------------------------------------
 
@@ -146,12 +156,11 @@ class Probe:
 
     def _moved(self, loop: asyncio.AbstractEventLoop) -> None:
         # The first start of this loop in this thread: what is learnt once, not per start.
-        current = threading.current_thread()
         self.thread_id = get_ident()
-        self.thread_name = current.name
+        self._thread_name = ""
         # The kernel's id of the thread: where it sleeps tells an idle C loop, and how long
         # it waited for a CPU tells a blocked loop held by the machine (Linux).
-        self.native_id = getattr(current, "native_id", None) or 0
+        self.native_id = get_native_id()
         if self.c_loop:
             # Every start goes through loopwatch's run_forever wrapper, so the frame that
             # runs the loop is the same at each start in this thread (a pong learns it again).
@@ -176,7 +185,7 @@ class Probe:
         if thread_id != self.thread_id:
             self.thread_id = thread_id
             self.native_id = native_id
-            self.thread_name = _thread_name(thread_id)
+            self._thread_name = ""
             # The one handle a C loop gets without being busy: the frame that runs it is
             # learnt at once (a ping learns it too, but only a busy loop gets pinged).
             self.idle_code = None

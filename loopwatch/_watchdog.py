@@ -227,7 +227,8 @@ def _open(loop: Any) -> bool:
 
 
 def _alive(probe: Probe) -> bool:
-    if _open(probe.loop()):
+    loop = probe.loop()
+    if loop is not None and not loop.is_closed():
         return True
     probe.stop()
     return False
@@ -306,7 +307,7 @@ class Watchdog:
                     if outside:
                         self._note_start(loop, ident)
                     else:
-                        probe = self._add(loop)
+                        probe = self._add(loop, 0.0, False)
             if probe is not None:
                 self._last = probe
                 probe.start(loop)
@@ -354,19 +355,27 @@ class Watchdog:
         probe = self._probes.get(id(loop))
         return probe if probe is not None and probe.loop() is loop else None
 
-    def _add(self, loop: asyncio.AbstractEventLoop, at: float = 0.0) -> Probe:
-        with self._lock:
+    def _add(
+        self, loop: asyncio.AbstractEventLoop, at: float = 0.0, c_loop: bool | None = None
+    ) -> Probe:
+        # The lock taken and released directly: every new stdlib loop comes here, and a
+        # with-block costs twice as much.
+        lock = self._lock
+        lock.acquire()
+        try:
             probe = self._probes.get(id(loop))
             if probe is not None and probe.loop() is loop:
                 return probe
-            probe = Probe(self, loop, at)
+            probe = Probe(self, loop, at, c_loop)
             self._probes[probe.key] = probe
             active = self._active
             if len(active) >= 8:
                 # Drop the probes of loops closed meanwhile here too, so a program that
                 # makes a loop per call keeps this tuple short between looks.
-                active = tuple(p for p in active if self._keep(p))
+                active = tuple([p for p in active if self._keep(p)])
             self._active = (*active, probe)
+        finally:
+            lock.release()
         return probe
 
     def _keep(self, probe: Probe) -> bool:
