@@ -91,13 +91,6 @@ def watched_from_outside(loop: object) -> bool:
     return outside
 
 
-def _thread_name(thread_id: int) -> str:
-    for thread in threading.enumerate():
-        if thread.ident == thread_id:
-            return thread.name
-    return f"thread {thread_id}"  # a thread the threading module does not know
-
-
 class Probe:
     """The busy/idle state of one loop."""
 
@@ -139,7 +132,7 @@ class Probe:
         """The name of the loop's thread, looked up when first asked (only reports ask)."""
         name = self._thread_name
         if not name and self.thread_id:
-            name = self._thread_name = _thread_name(self.thread_id)
+            name = self._thread_name = _runtime.thread_name(self.thread_id)
         return name
 
     # -- the loop's thread -----------------------------------------------------------------

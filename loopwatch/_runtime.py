@@ -29,6 +29,7 @@ __all__ = [
     "run_loop_start_hooks",
     "set_active",
     "set_internal_error_sink",
+    "thread_name",
 ]
 
 # The installed, enabled monitor (a loopwatch._monitor.Monitor), or None. Typed loosely
@@ -179,6 +180,15 @@ def loop_name(loop: object | None) -> str:
         return "none"
     cls = type(loop)
     return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+
+
+def thread_name(ident: int) -> str:
+    """The name of the live thread ``ident`` (looked up by whoever reports it, not by the
+    loop start that notes the ident: a start is frequent, a report rare)."""
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread {ident}"  # ended since, or a thread the threading module does not know
 
 
 def current_thread_is_ours() -> bool:

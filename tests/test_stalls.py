@@ -176,7 +176,9 @@ def test_each_call_of_a_client_keeping_its_loop_is_counted(
 
     with capture_incidents(registry=registry, on_reentry=policy) as seen:
         assert run_on(loop_factory, main()) == [0, 2, 4, 6, 8]
-    assert [i.action for i in seen] == ["nested"] * 5
+    # Only the re-entries: on a loaded machine the process can be kept off the CPU long
+    # enough for a blocked-loop incident of its own (seen once in CI, 279 ms between calls).
+    assert [i.action for i in seen if i.kind == "reentry"] == ["nested"] * 5
     assert total(registry, "loopwatch_reentry_total", action="nested") == 5
     assert total(registry, "loopwatch_reentry_stall_seconds_count") == 5
 
