@@ -54,7 +54,14 @@ __all__ = [
 
 _monotonic = time.monotonic
 get_ident = threading.get_ident
-get_native_id = threading.get_native_id
+
+
+def _no_native_id() -> int:
+    return 0  # a platform without kernel thread ids: unknown
+
+
+# The kernel's id of the calling thread (missing on a few platforms).
+get_native_id: Callable[[], int] = getattr(threading, "get_native_id", _no_native_id)
 
 # id(selector) -> the probe of the loop that waits on it. The probe holds its selector
 # weakly and the select wrapper checks it is the one: an id reused by a new selector after

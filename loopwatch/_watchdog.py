@@ -36,7 +36,13 @@ from ._compat import asyncio as aio
 from ._compat import cpython
 from ._frames import Frame
 from ._patching import Patches
-from ._probe import Probe, outside_by_type, patch_selectors, watched_from_outside
+from ._probe import (
+    Probe,
+    get_native_id,
+    outside_by_type,
+    patch_selectors,
+    watched_from_outside,
+)
 from ._tasks import default_labels, task_labels
 
 if TYPE_CHECKING:
@@ -69,7 +75,6 @@ _LINGER = 1.0
 _monotonic = time.monotonic
 _perf = time.perf_counter
 get_ident = threading.get_ident
-get_native_id = threading.get_native_id
 
 # -- garbage-collection time ---------------------------------------------------------------
 
