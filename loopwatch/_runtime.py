@@ -150,7 +150,10 @@ def run_loop_start_hooks(loop: Any) -> None:
     global _last_started
     last, ident, ours = _last_started
     if last is None or last() is not loop or ident != _get_ident():
-        ours = current_thread_is_ours()
+        try:  # current_thread_is_ours(), inline: asked at every new loop
+            ours = _thread_kind.ours
+        except AttributeError:
+            ours = current_thread_is_ours()
         try:
             _last_started = (weakref.ref(loop), _get_ident(), ours)
         except TypeError:  # a loop that cannot be referenced weakly: every start is new
@@ -191,6 +194,19 @@ def thread_name(ident: int) -> str:
     return f"thread {ident}"  # ended since, or a thread the threading module does not know
 
 
+# Per thread, once known: whether it is one of loopwatch's own. Asked at each new loop, and
+# the name behind it costs two Python calls (``current_thread`` and the ``name`` property);
+# a thread-local answer dies with its thread, so a reused thread id never inherits it.
+_thread_kind = threading.local()
+
+
 def current_thread_is_ours() -> bool:
-    """Whether this thread is one of loopwatch's own (offload workers, the watchdog)."""
-    return threading.current_thread().name.startswith("loopwatch-")
+    """Whether this thread is one of loopwatch's own (offload workers, the watchdog).
+
+    Told by the name it was started with (``loopwatch-...``), read at its first question.
+    """
+    try:
+        ours: bool = _thread_kind.ours
+    except AttributeError:
+        ours = _thread_kind.ours = threading.current_thread().name.startswith("loopwatch-")
+    return ours

@@ -263,8 +263,8 @@ class Watchdog:
         self._dozable = False
         self._last: Probe | None = None  # the probe started last (a restart finds it here)
         # C loops started and not yet looked at, as [loop weakly, thread id, native thread
-        # id, start time, probe once made]: noted by the loop's thread, made into probes by
-        # this one (_adopt). _young is the last noted, which a restart updates in place.
+        # id, first start's time, probe once made]: noted by the loop's thread, made into
+        # probes by this one (_adopt). _young is the last noted (a restart finds it there).
         self._starts: collections.deque[list[Any]] = collections.deque()
         self._young: list[Any] | None = None
         self._stopping = False
@@ -300,9 +300,9 @@ class Watchdog:
             # Not a restart of the loop started last, in the thread it ran in.
             young = self._young
             if young is not None and young[1] == ident and young[0]() is loop:
-                probe = young[4]  # a restart of the C loop noted last
-                if probe is None:
-                    young[3] = _monotonic()  # not looked at yet
+                # A restart of the C loop noted last: nothing to do until the watchdog has
+                # looked at it (its first start's time stands), its probe's restart after.
+                probe = young[4]
             else:
                 probe = self._probes.get(id(loop))
                 if probe is None or probe.loop() is not loop:
@@ -310,7 +310,15 @@ class Watchdog:
                     if outside is None:
                         outside = watched_from_outside(loop)
                     if outside:
-                        self._note_start(loop, ident)
+                        # A new C loop: its probe is made at the watchdog's next look
+                        # (_adopt), if it is still open then.
+                        starts = self._starts
+                        if len(starts) >= 64:
+                            self._forget_gone(starts)
+                        self._young = young = [
+                            weakref.ref(loop), ident, get_native_id(), _monotonic(), None,
+                        ]
+                        starts.append(young)
                     else:
                         probe = self._add(loop, 0.0, False)
             if probe is not None:
@@ -322,22 +330,17 @@ class Watchdog:
             self._parked = False
             self._wake.set()
 
-    def _note_start(self, loop: asyncio.AbstractEventLoop, ident: int) -> None:
-        # A new C loop: its probe is made at the watchdog's next look (_adopt), if it is
-        # still open then. Its starts until then update this record.
-        starts = self._starts
-        if len(starts) >= 64:
-            # Loops that came and went between two looks: drop their records here, so a
-            # program that starts a loop per call keeps this short.
-            for _ in range(len(starts)):
-                try:
-                    record = starts.popleft()
-                except IndexError:  # the watchdog took the rest meanwhile
-                    break
-                if _open(record[0]()):
-                    starts.append(record)
-        young = self._young = [weakref.ref(loop), ident, get_native_id(), _monotonic(), None]
-        starts.append(young)
+    @staticmethod
+    def _forget_gone(starts: collections.deque[list[Any]]) -> None:
+        # The notes of C loops that came and went between two looks, dropped by a start
+        # that finds many, so a program that starts a loop per call keeps them few.
+        for _ in range(len(starts)):
+            try:
+                record = starts.popleft()
+            except IndexError:  # the watchdog took the rest meanwhile
+                break
+            if _open(record[0]()):
+                starts.append(record)
 
     def _adopt(self) -> None:
         """Make the probes of the C loops noted since the last look (this thread)."""
