@@ -186,8 +186,11 @@ def loop_name(loop: object | None) -> str:
 
 
 def thread_name(ident: int) -> str:
-    """The name of the live thread ``ident`` (looked up by whoever reports it, not by the
-    loop start that notes the ident: a start is frequent, a report rare)."""
+    """The name of the live thread ``ident``, else ``thread <ident>``.
+
+    Looked up by whatever reports a loop's thread, not by the loop start that notes the id:
+    a start is frequent, a report rare.
+    """
     for thread in threading.enumerate():
         if thread.ident == ident:
             return thread.name
