@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 import loopwatch
 from loopwatch import _probe, _runtime, _watchdog
+from loopwatch.testing import capture_incidents
 
 
 async def noop() -> None:
@@ -236,3 +237,24 @@ def test_short_uvloop_runs_make_no_probe_and_their_notes_stay_few(
     monkeypatch.undo()
     watchdog._adopt()
     assert not watchdog._starts and not any(p.c_loop for p in watchdog._active)
+
+
+def test_a_block_names_the_thread_its_loop_ran_in(loop_factory: Any) -> None:
+    # The probe notes the thread's id at the start; the name is looked up for the report.
+    async def block() -> None:
+        time.sleep(0.3)
+
+    with capture_incidents(block_threshold=0.1) as seen:
+        def run() -> None:
+            loop = loop_factory()
+            try:
+                loop.run_until_complete(block())
+            finally:
+                loop.close()
+
+        thread = threading.Thread(target=run, name="billing-loop")
+        thread.start()
+        thread.join(10)
+    blocks = [i for i in seen if i.kind == "blocked_loop"]
+    assert [i.thread for i in blocks] == ["billing-loop"]
+    assert _runtime.thread_name(thread.ident or 0) == f"thread {thread.ident}"  # ended
