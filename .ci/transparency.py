@@ -19,6 +19,10 @@ it, ``.venv`` when that is the version, else ``.venv-3.X`` (the ones ``dev.py te
 Without PYTHON every supported version with a venv is used. ``--env`` adds variables to the
 loopwatch run only (``--env LOOPWATCH_WATCHDOG=0``), for diagnosis.
 
+Before anything is timed, the bytecode of the loopwatch each interpreter imports is
+compiled: under ``PYTHONDONTWRITEBYTECODE`` an editable install edited since it was last
+compiled would otherwise be compiled again by every watched process.
+
 Each run is checked to have really been bare or really watched: a second ``sitecustomize``
 written by this script (loopwatch's hook chains to it; bare, it runs alone) records in every
 process whether loopwatch is installed there, at start and at exit (``loopwatch run``
@@ -559,11 +563,27 @@ def main(argv: list[str]) -> int:
     return 1 if any(not good for _, good in verdicts) else 0
 
 
+# Compiles the bytecode of the loopwatch this interpreter imports. Under
+# PYTHONDONTWRITEBYTECODE an editable install whose modules changed since they were last
+# compiled is compiled again by every process of the watched run, which then measures that.
+_COMPILE = (
+    "import compileall, os, sys, loopwatch; "
+    "sys.exit(not compileall.compile_dir(os.path.dirname(loopwatch.__file__), quiet=1))"
+)
+
+
+def compile_loopwatch(python: str) -> None:
+    done = subprocess.run([python, "-c", _COMPILE], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise JobError(f"could not compile loopwatch for {python}: {done.stderr.strip()}")
+
+
 def one_python(python: str, version: str, args: argparse.Namespace, extra_env: dict[str, str],
                allowed: Allowed, out: Path) -> tuple[str, bool]:
     tests = asyncio_test_files(python, [t for t in args.tests.split(",") if t])
     if not tests:
         raise JobError(f"no test_asyncio files selected for {python}")
+    compile_loopwatch(python)
     here = out / version
     skip = allowed.skipped(version)
     if args.reuse_bare:
