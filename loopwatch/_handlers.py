@@ -158,8 +158,7 @@ def watched_loops() -> list[tuple[Any, str]]:
     """The loops loopwatch has seen run, with their thread's name."""
     with _loops_lock:
         alive = _sweep()
-    names = {thread.ident: thread.name for thread in threading.enumerate()}
-    return [(loop, names.get(ident) or _runtime.thread_name(ident)) for loop, ident in alive]
+    return [(loop, _runtime.thread_name(ident)) for loop, ident in alive]
 
 
 def begin(framework: str, handler: str, task: Any = None, loop: Any = None) -> list[Any] | None:

@@ -232,8 +232,7 @@ def _open(loop: Any) -> bool:
 
 
 def _alive(probe: Probe) -> bool:
-    loop = probe.loop()
-    if loop is not None and not loop.is_closed():
+    if _open(probe.loop()):
         return True
     probe.stop()
     return False
