@@ -83,7 +83,11 @@ def _make_run(original: Callable[..., Any]) -> Callable[..., Any]:
     def run(main: Any, *args: Any, **kwargs: Any) -> Any:
         running = running_loop()
         if running is None or not asyncio.iscoroutine(main):
-            return original(main, *args, **kwargs)  # and the original's error for bad input
+            # (and the original's error for bad input). Unpacking empty arguments into the
+            # call costs more than testing for them: this runs at every asyncio.run.
+            if args or kwargs:
+                return original(main, *args, **kwargs)
+            return original(main)
         call = _Call(
             API_RUN, main, None,
             lambda aw: original(aw, *args, **kwargs),
@@ -99,7 +103,9 @@ def _make_runner_run(original: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: Any, coro: Any, *args: Any, **kwargs: Any) -> Any:
         running = running_loop()
         if running is None or not asyncio.iscoroutine(coro):
-            return original(self, coro, *args, **kwargs)
+            if args or kwargs:
+                return original(self, coro, *args, **kwargs)
+            return original(self, coro)
         call = _Call(
             API_RUNNER, coro, None,
             lambda aw: original(self, aw, *args, **kwargs),
