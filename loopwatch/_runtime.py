@@ -111,22 +111,25 @@ def _run_fork_hooks() -> None:
 # Called with a loop just before it starts running in this thread (the loop-health probe
 # attaches there). Each hook is wrapped so it never raises. No hook sees the loops of
 # loopwatch's own threads (offload workers: their loops are short-lived and their stalls
-# are the re-entry's), so no hook asks.
-loop_start_hooks: list[Callable[[Any], None]] = []
+# are the re-entry's), so no hook asks. What a hook returns is ignored, but for the one case
+# run_loop_start_hooks describes.
+loop_start_hooks: list[Callable[[Any], object]] = []
 # Called once per loop rather than per start (the info metric, the loops the handlers and the
 # task gauge look at): a loop that ``asyncio.run`` drives starts three times (the main
 # coroutine, then the shutdown of async generators and of the default executor), and a
 # reused loop may start thousands of times.
-loop_seen_hooks: list[Callable[[Any], None]] = []
-# The loop last started, the thread it started in, and whether that thread is one of
-# loopwatch's own: when the same loop starts again in the same thread, the once-per-loop
-# hooks already ran for it and the thread is known. (A restart is the common case, and the
-# one that must cost next to nothing: ``asyncio.run`` starts its loop three times.)
-_last_started: tuple[Any, int, bool] = (None, 0, False)
+loop_seen_hooks: list[Callable[[Any], object]] = []
+# The loop last started, the thread it started in, whether that thread is one of
+# loopwatch's own, and what the start hook said at that start (see run_loop_start_hooks):
+# when the same loop starts again in the same thread, the once-per-loop hooks already ran
+# for it and the thread is known. (A restart is the common case, and the one that must cost
+# next to nothing: ``asyncio.run`` starts its loop three times.)
+_NOT_STARTED: tuple[Any, int, bool, list[Any] | None] = (None, 0, False, None)
+_last_started = _NOT_STARTED
 _get_ident = threading.get_ident
 
 
-def on_loop_start(hook: Callable[[Any], None], *, once: bool = False) -> Callable[[], None]:
+def on_loop_start(hook: Callable[[Any], object], *, once: bool = False) -> Callable[[], None]:
     """Call ``hook(loop)`` whenever a loop starts; return the function that removes it.
 
     ``once``: only the first time a loop starts (in practice: again when another loop
@@ -136,7 +139,7 @@ def on_loop_start(hook: Callable[[Any], None], *, once: bool = False) -> Callabl
     global _last_started
     hooks = loop_seen_hooks if once else loop_start_hooks
     hooks.append(hook)
-    _last_started = (None, 0, False)  # a new once-per-loop hook has seen no loop yet
+    _last_started = _NOT_STARTED  # a new once-per-loop hook has seen no loop yet
 
     def remove() -> None:
         if hook in hooks:
@@ -146,26 +149,44 @@ def on_loop_start(hook: Callable[[Any], None], *, once: bool = False) -> Callabl
 
 
 def run_loop_start_hooks(loop: Any) -> None:
-    """Run every loop-start hook for ``loop``; a failing hook is an internal error."""
+    """Run every loop-start hook for ``loop``; a failing hook is an internal error.
+
+    The start hook, when it is the only one, may return a list whose last item is ``None``
+    while the loop's restarts need nothing from it, and which it fills in (from any thread)
+    once they do: until then a restart of that loop in that thread runs no hook at all. (The
+    watchdog's note of a C loop it has not looked at yet: ``asyncio.run`` starts its loop
+    three times, and a loop that closes before the watchdog's next look needs no probe.)
+    """
     global _last_started
-    last, ident, ours = _last_started
+    last, ident, ours, quiet = _last_started
     if last is None or last() is not loop or ident != _get_ident():
         try:  # current_thread_is_ours(), inline: asked at every new loop
             ours = _thread_kind.ours
         except AttributeError:
             ours = current_thread_is_ours()
         try:
-            _last_started = (weakref.ref(loop), _get_ident(), ours)
+            ref = weakref.ref(loop)
         except TypeError:  # a loop that cannot be referenced weakly: every start is new
-            _last_started = (None, 0, False)
+            ref = None
         if ours:
+            _last_started = (ref, _get_ident(), True, None) if ref is not None else _NOT_STARTED
             return
         for hook in list(loop_seen_hooks):
             try:
                 hook(loop)
             except Exception as exc:
                 internal_error("loop_start", exc)
-    elif ours:
+        said: object = None
+        for hook in loop_start_hooks:
+            try:
+                said = hook(loop)
+            except Exception as exc:
+                said = None
+                internal_error("loop_start", exc)
+        quiet = said if isinstance(said, list) and len(loop_start_hooks) == 1 else None
+        _last_started = (ref, _get_ident(), False, quiet) if ref is not None else _NOT_STARTED
+        return
+    if ours or (quiet is not None and quiet[-1] is None):
         return
     for hook in loop_start_hooks:
         try:

@@ -266,6 +266,8 @@ class Watchdog:
         # probes by this one (_adopt). _young is the last noted (a restart finds it there).
         self._starts: collections.deque[list[Any]] = collections.deque()
         self._young: list[Any] | None = None
+        self._forget_at = 64  # a start that finds this many notes drops those of closed loops
+        self._prune_at = 8  # a new probe that finds this many drops those of closed loops
         self._stopping = False
         self._thread: threading.Thread | None = None
         # id(probe) -> (busy since, its thread's wait for a CPU at the first look at that
@@ -276,17 +278,20 @@ class Watchdog:
 
     # -- probes (called in loop threads) ---------------------------------------------------
 
-    def probe(self, loop: asyncio.AbstractEventLoop) -> None:
+    def probe(self, loop: asyncio.AbstractEventLoop) -> list[Any] | None:
         """Start (or restart) the probe of ``loop``; called in the thread about to run it.
 
         A C loop without a probe yet only has its start noted: the watchdog thread makes its
-        probe at the next look (``_adopt``).
+        probe at the next look (``_adopt``). That note is returned; its last item stays
+        ``None`` until the probe is made, and the loop's restarts meanwhile need no call
+        (see ``_runtime.run_loop_start_hooks``).
 
         Never called for loopwatch's own threads (the loop-start hooks skip them).
         """
         if self._stopping:
-            return
+            return None
         ident = get_ident()
+        note = None
         probe = self._last
         if probe is not None and probe.thread_id == ident and probe.loop() is loop:
             # Probe.start for a restart, inline (asyncio.run starts its loop three times).
@@ -302,6 +307,8 @@ class Watchdog:
                 # A restart of the C loop noted last: nothing to do until the watchdog has
                 # looked at it (its first start's time stands), its probe's restart after.
                 probe = young[4]
+                if probe is None:
+                    note = young
             else:
                 probe = self._probes.get(id(loop))
                 if probe is None or probe.loop() is not loop:
@@ -312,12 +319,12 @@ class Watchdog:
                         # A new C loop: its probe is made at the watchdog's next look
                         # (_adopt), if it is still open then.
                         starts = self._starts
-                        if len(starts) >= 64:
+                        if len(starts) >= self._forget_at:
                             self._forget_gone(starts)
-                        self._young = young = [
+                        self._young = note = [
                             weakref.ref(loop), ident, get_native_id(), _monotonic(), None,
                         ]
-                        starts.append(young)
+                        starts.append(note)
                     else:
                         probe = self._add(loop, 0.0, False)
             if probe is not None:
@@ -328,11 +335,13 @@ class Watchdog:
         if self._parked:
             self._parked = False
             self._wake.set()
+        return note
 
-    @staticmethod
-    def _forget_gone(starts: collections.deque[list[Any]]) -> None:
+    def _forget_gone(self, starts: collections.deque[list[Any]]) -> None:
         # The notes of C loops that came and went between two looks, dropped by a start
-        # that finds many, so a program that starts a loop per call keeps them few.
+        # that finds many, so a program that starts a loop per call keeps them few. The
+        # next sweep waits until the notes left have doubled: many loops open at once (each
+        # noted, none looked at yet) cost each start a constant share, not a sweep each.
         for _ in range(len(starts)):
             try:
                 record = starts.popleft()
@@ -340,6 +349,7 @@ class Watchdog:
                 break
             if _open(record[0]()):
                 starts.append(record)
+        self._forget_at = max(64, 2 * len(starts))
 
     def _adopt(self) -> None:
         """Make the probes of the C loops noted since the last look (this thread)."""
@@ -356,6 +366,7 @@ class Watchdog:
             record[4] = probe
             if self._young is record:
                 self._last = probe
+        self._forget_at = 64
 
     def probe_of(self, loop: Any) -> Probe | None:
         """The probe of ``loop``, if it has one."""
@@ -376,10 +387,12 @@ class Watchdog:
             probe = Probe(self, loop, at, c_loop)
             self._probes[probe.key] = probe
             active = self._active
-            if len(active) >= 8:
+            if len(active) >= self._prune_at:
                 # Drop the probes of loops closed meanwhile here too, so a program that
-                # makes a loop per call keeps this tuple short between looks.
+                # makes a loop per call keeps this tuple short between looks; the next time
+                # once those left have doubled (many loops open at once: no scan per loop).
                 active = tuple([p for p in active if self._keep(p)])
+                self._prune_at = max(8, 2 * len(active))
             self._active = (*active, probe)
         finally:
             lock.release()
@@ -538,6 +551,7 @@ class Watchdog:
         if dead:
             with self._lock:
                 self._active = tuple(p for p in self._active if self._keep(p))
+                self._prune_at = max(8, 2 * len(self._active))
         if timeout is None:
             last = self._last
             young = self._young

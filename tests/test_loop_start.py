@@ -244,6 +244,80 @@ def test_short_uvloop_runs_make_no_probe_and_their_notes_stay_few(
     assert not watchdog._starts and not any(p.c_loop for p in watchdog._active)
 
 
+def test_a_uvloop_loops_restarts_call_no_hook_until_the_watchdog_looks(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uv = pytest.importorskip("uvloop")
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    monkeypatch.setattr(watchdog, "_adopt", lambda: None)  # the watchdog does not look yet
+    (hook,) = _runtime.loop_start_hooks  # the watchdog's, the only one
+    calls: list[Any] = []
+
+    def counted(loop: Any) -> Any:
+        calls.append(loop)
+        return hook(loop)
+
+    _runtime.loop_start_hooks[0] = counted
+    loop = uv.new_event_loop()
+    try:
+        for _ in range(5):
+            loop.run_until_complete(noop())
+        assert calls == [loop]  # the first start noted it; the restarts needed nothing
+        # The watchdog looks: the probe is made, and the next restart reaches it.
+        monkeypatch.undo()
+        watchdog._adopt()
+        probe = watchdog.probe_of(loop)
+        assert probe is not None
+        started = probe.started_at
+        loop.run_until_complete(noop())
+        assert calls == [loop, loop] and probe.started_at > started
+        # A stdlib loop's probe restarts at each of asyncio.run's three starts.
+        calls.clear()
+        asyncio.run(noop())
+        assert len(calls) == 3 and len(set(map(id, calls))) == 1
+    finally:
+        _runtime.loop_start_hooks[0] = hook
+        loop.close()
+
+
+@pytest.mark.parametrize("kind", ["stdlib", "uvloop"])
+def test_many_loops_open_at_once_cost_each_new_loop_a_constant_share(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, kind: str,
+) -> None:
+    # A start that finds many probes (stdlib) or notes (uvloop) drops those of closed loops.
+    # With every loop still open nothing can be dropped: the next sweep must wait until
+    # they have doubled, not come again at the next start.
+    if kind == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    monkeypatch.setattr(watchdog, "_adopt", lambda: None)  # no look meanwhile
+    real_open = _watchdog._open
+    checked = [0]
+
+    def counted(loop: Any) -> bool:
+        checked[0] += 1
+        return real_open(loop)
+
+    monkeypatch.setattr(_watchdog, "_open", counted)
+    loops = []
+    try:
+        for _ in range(150):
+            loop = factory()
+            loops.append(loop)
+            loop.run_until_complete(noop())
+        # A sweep at every start past the first few would have checked about 10,000.
+        assert 0 < checked[0] < 3 * 150
+    finally:
+        for loop in loops:
+            loop.close()
+
+
 def test_a_block_names_the_thread_its_loop_ran_in(loop_factory: Any) -> None:
     # The probe notes the thread's id at the start; the name is looked up for the report.
     async def block() -> None:
