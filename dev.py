@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import venv
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -184,6 +184,18 @@ def run_lanes(lanes: list[list[Stage]]) -> bool:
     return all(results)
 
 
+def compile_bytecode(pythons: Iterable[str | Path]) -> None:
+    """Compile loopwatch's bytecode for each interpreter, as pip compiles an installed wheel's.
+
+    The environments hold an editable install, and where PYTHONDONTWRITEBYTECODE is set (a
+    CI runner, a container) nothing would ever be cached: every Python started under
+    `loopwatch run` (test_asyncio's subprocesses, our own subprocess tests) would compile
+    loopwatch's modules again, ~100 ms each, a cost no installed user pays.
+    """
+    for python in pythons:
+        run(python, "-m", "compileall", "-q", "loopwatch")
+
+
 def test(args: list[str]) -> int:
     fast = "--fast" in args
     args = [a for a in args if a != "--fast"]
@@ -228,13 +240,9 @@ def test(args: list[str]) -> int:
         envs = dict(zip(builds, pool.map(lambda build: build(), builds.values()), strict=True))
     say(f"environments ready in {time.monotonic() - started:.0f}s")
 
-    # loopwatch's bytecode, compiled once per interpreter, as pip compiles an installed
-    # wheel's. The environments hold an editable install, and where PYTHONDONTWRITEBYTECODE
-    # is set (a CI runner, a container) nothing would ever be cached: every Python started
-    # under `loopwatch run` (test_asyncio's subprocesses, our own subprocess tests) would
-    # compile loopwatch's modules again, ~100 ms each, a cost no installed user pays.
-    for env in {envs["main"], *(envs[version] for version in others)}:
-        run(bin_of(env, "python"), "-m", "compileall", "-q", "loopwatch")
+    compile_bytecode(
+        bin_of(env, "python") for env in {envs["main"], *(envs[version] for version in others)}
+    )
 
     py = bin_of(envs["main"], "python")
     run(py, "-m", "ruff", "check", "loopwatch", "tests", "examples", "benchmarks", "integrations")
