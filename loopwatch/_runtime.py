@@ -142,8 +142,10 @@ def on_loop_start(hook: Callable[[Any], object], *, once: bool = False) -> Calla
     _last_started = _NOT_STARTED  # a new once-per-loop hook has seen no loop yet
 
     def remove() -> None:
+        global _last_started
         if hook in hooks:
             hooks.remove(hook)
+        _last_started = _NOT_STARTED  # nor keep what the hook said (a note holds its probe)
 
     return remove
 

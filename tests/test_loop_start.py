@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
 import weakref
@@ -279,6 +280,28 @@ def test_a_uvloop_loops_restarts_call_no_hook_until_the_watchdog_looks(
         assert len(calls) == 3 and len(set(map(id, calls))) == 1
     finally:
         _runtime.loop_start_hooks[0] = hook
+        loop.close()
+
+
+def test_uninstall_leaves_no_watchdog_alive_in_the_loop_start_state(
+    registry: CollectorRegistry,
+) -> None:
+    uv = pytest.importorskip("uvloop")
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    loop = uv.new_event_loop()
+    try:
+        loop.run_until_complete(noop())  # noted: the hook runner keeps the note
+        watchdog._adopt()  # the note now holds the probe, which holds the watchdog
+        loop.run_until_complete(noop())  # runs the callback the look posted
+        assert watchdog.probe_of(loop) is not None
+        gone = weakref.ref(watchdog)
+        del watchdog
+        loopwatch.uninstall()
+        gc.collect()
+        assert gone() is None
+    finally:
         loop.close()
 
 
