@@ -28,6 +28,14 @@ async def noop() -> None:
     pass
 
 
+def installed_watchdog(registry: CollectorRegistry) -> _watchdog.Watchdog:
+    """Install loopwatch with its defaults and a private registry; its watchdog."""
+    loopwatch.install(registry=registry)
+    watchdog = _watchdog._active
+    assert watchdog is not None
+    return watchdog
+
+
 @contextlib.contextmanager
 def recorded_starts() -> Iterator[tuple[list[Any], list[Any]]]:
     """The loops a once-per-loop hook and an every-start hook see, while in the block."""
@@ -107,9 +115,7 @@ def test_no_finalizer_per_loop_and_the_probe_still_reads_its_selector(
 def test_the_watchdog_is_not_woken_per_start_while_it_polls(
     registry: CollectorRegistry,
 ) -> None:
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     wakes: list[int] = []
 
     class Counted(_watchdog._Wake):
@@ -148,9 +154,7 @@ def test_what_loops_leave_behind_stays_bounded(
 ) -> None:
     from loopwatch import _handlers
 
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     kept = asyncio.new_event_loop()  # still open: stays watched and probed throughout
     try:
         kept.run_until_complete(noop())
@@ -175,9 +179,7 @@ def test_a_uvloop_loop_gets_its_probe_on_the_watchdog_thread(
     registry: CollectorRegistry,
 ) -> None:
     uv = pytest.importorskip("uvloop")
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     loop = uv.new_event_loop()
     ready = threading.Event()
     loop.call_soon(ready.set)
@@ -219,9 +221,7 @@ def test_short_uvloop_runs_make_no_probe_and_their_notes_stay_few(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uv = pytest.importorskip("uvloop")
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     # The watchdog thread does not look meanwhile: the notes pile up as between two looks.
     monkeypatch.setattr(watchdog, "_adopt", lambda: None)
     noted: list[int] = []  # the number of notes after each loop
@@ -249,9 +249,7 @@ def test_a_uvloop_loops_restarts_call_no_hook_until_the_watchdog_looks(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uv = pytest.importorskip("uvloop")
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     monkeypatch.setattr(watchdog, "_adopt", lambda: None)  # the watchdog does not look yet
     (hook,) = _runtime.loop_start_hooks  # the watchdog's, the only one
     calls: list[Any] = []
@@ -287,9 +285,7 @@ def test_uninstall_leaves_no_watchdog_alive_in_the_loop_start_state(
     registry: CollectorRegistry,
 ) -> None:
     uv = pytest.importorskip("uvloop")
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     loop = uv.new_event_loop()
     try:
         loop.run_until_complete(noop())  # noted: the hook runner keeps the note
@@ -316,9 +312,7 @@ def test_many_loops_open_at_once_cost_each_new_loop_a_constant_share(
         factory = pytest.importorskip("uvloop").new_event_loop
     else:
         factory = asyncio.new_event_loop
-    loopwatch.install(registry=registry)
-    watchdog = _watchdog._active
-    assert watchdog is not None
+    watchdog = installed_watchdog(registry)
     monkeypatch.setattr(watchdog, "_adopt", lambda: None)  # no look meanwhile
     real_open = _watchdog._open
     checked = [0]
